@@ -18,7 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CSV_FIELDS = (
-    "model", "dataset", "spec", "metric", "value", "stderr", "size", "size_unit", "seqlen",
+    "model",
+    "dataset",
+    "spec",
+    "metric",
+    "value",
+    "stderr",
+    "size",
+    "size_unit",
+    "seqlen",
     "source",
 )
 LLAMA2_7B = "llama2-7b"
@@ -111,34 +119,55 @@ def split_slash(cell: str) -> tuple[str, str]:
     return left, right
 
 
-def make_row(model: str, dataset: str, spec: str, metric: str, value: str, source: str,
-             **extra: str) -> Row:
+def make_row(
+    model: str, dataset: str, spec: str, metric: str, value: str, source: str, **extra: str
+) -> Row:
     """One CSV row; ``extra`` sets stderr/size/size_unit/seqlen (seqlen defaults to unknown)."""
     row = dict.fromkeys(CSV_FIELDS, "") | {"seqlen": "unknown"}
-    row |= {"model": model, "dataset": dataset, "spec": spec, "metric": metric,
-            "value": value, "source": source}
+    row |= {
+        "model": model,
+        "dataset": dataset,
+        "spec": spec,
+        "metric": metric,
+        "value": value,
+        "source": source,
+    }
     return row | extra
 
 
 PRUNERS = {
-    "Magnitude": ("magnitude", {}), "Wanda": ("wanda", {}), "SparseGPT": ("sparsegpt", {}),
-    "RIA": ("ria", {}), "ADMM": ("admm", {}),
-    "w.DSnoT": ("dsnot", {"init": "wanda"}), "s.DSnoT": ("dsnot", {"init": "sparsegpt"}),
-    "Wanda_owl": ("owl", {"base": "wanda"}), "SparseGPT_owl": ("owl", {"base": "sparsegpt"}),
-    "BESA-row": ("besa", {"alloc": "row"}), "BESA-layer": ("besa", {"alloc": "layer"}),
-    "LLM_Pruner w/o": ("llm_pruner", {}), "LLM_Pruner": ("llm_pruner", {"recover": "lora"}),
-    "FLAP(WIFV)": ("flap", {}), "SLEB": ("sleb", {}),
-    "slicegpt w/o": ("slicegpt", {}), "slicegpt": ("slicegpt", {"recover": "finetune"}),
+    "Magnitude": ("magnitude", {}),
+    "Wanda": ("wanda", {}),
+    "SparseGPT": ("sparsegpt", {}),
+    "RIA": ("ria", {}),
+    "ADMM": ("admm", {}),
+    "w.DSnoT": ("dsnot", {"init": "wanda"}),
+    "s.DSnoT": ("dsnot", {"init": "sparsegpt"}),
+    "Wanda_owl": ("owl", {"base": "wanda"}),
+    "SparseGPT_owl": ("owl", {"base": "sparsegpt"}),
+    "BESA-row": ("besa", {"alloc": "row"}),
+    "BESA-layer": ("besa", {"alloc": "layer"}),
+    "LLM_Pruner w/o": ("llm_pruner", {}),
+    "LLM_Pruner": ("llm_pruner", {"recover": "lora"}),
+    "FLAP(WIFV)": ("flap", {}),
+    "SLEB": ("sleb", {}),
+    "slicegpt w/o": ("slicegpt", {}),
+    "slicegpt": ("slicegpt", {"recover": "finetune"}),
 }
 QUANT_BITS = {"GPTQ": "gptq", "AWQ": "awq", "GGUF": "gguf"}
 # Methods of one fixed width: only the cell in that width's column names a point.
 QUANT_FIXED = {
-    "QLoRA_NF4": ("nf4", "4bits"), "QLoRA_FP4": ("fp4", "4bits"),
-    "LLM.int8()": ("int8", "8bits"), "SmothQuant w8a8": ("smoothquant:8", "8bits"),
+    "QLoRA_NF4": ("nf4", "4bits"),
+    "QLoRA_FP4": ("fp4", "4bits"),
+    "LLM.int8()": ("int8", "8bits"),
+    "SmothQuant w8a8": ("smoothquant:8", "8bits"),
 }
 TABLE5_METRICS = {
-    "PPL": ("wikitext2", "ppl"), "Tokens/s": ("wikitext2", "tokens_per_s"),
-    "ARC-C": ("arc_challenge", "acc"), "ARC-E": ("arc_easy", "acc"), "MMLU": ("mmlu", "acc"),
+    "PPL": ("wikitext2", "ppl"),
+    "Tokens/s": ("wikitext2", "tokens_per_s"),
+    "ARC-C": ("arc_challenge", "acc"),
+    "ARC-E": ("arc_easy", "acc"),
+    "MMLU": ("mmlu", "acc"),
 }
 
 
@@ -167,8 +196,7 @@ def _table4(table: StudyTable) -> list[Row]:
             spec = _quant_spec(label, col)
             if spec is not None:
                 src = f"Table 4, row {label}, col {col}"
-                rows.append(make_row(LLAMA2_7B, "wikitext2", spec, "ppl", cell, src,
-                                     seqlen="2048"))
+                rows.append(make_row(LLAMA2_7B, "wikitext2", spec, "ppl", cell, src, seqlen="2048"))
     return rows
 
 
@@ -202,8 +230,11 @@ def _table5(table: StudyTable) -> list[Row]:
                     continue
                 value, err = split_pm(group[indicator][i])
                 src = f"Table 5, row {model} {indicator}, col {col}"
-                rows.append(make_row(model_id(model), dataset, spec, metric, value, src,
-                                     stderr=err, **size_cols))
+                rows.append(
+                    make_row(
+                        model_id(model), dataset, spec, metric, value, src, stderr=err, **size_cols
+                    )
+                )
     return rows
 
 
@@ -212,8 +243,19 @@ def _table6(table: StudyTable) -> list[Row]:
     for model, scheme, ppl, size in fill_down(table.rows):
         value, err = split_pm(ppl)
         src = f"Table 6, row {model} {scheme}, col PPL"
-        rows.append(make_row(model_id(model), "wikitext2", gguf_spec(scheme) or "", "ppl",
-                             value, src, stderr=err, size=size, size_unit="GB"))
+        rows.append(
+            make_row(
+                model_id(model),
+                "wikitext2",
+                gguf_spec(scheme) or "",
+                "ppl",
+                value,
+                src,
+                stderr=err,
+                size=size,
+                size_unit="GB",
+            )
+        )
     return rows
 
 
@@ -227,8 +269,11 @@ def _table7(table: StudyTable) -> list[Row]:
         for col, cell in zip(table.header[1:], cells, strict=True):
             spec = stage(method, level(col)) if col != "0%" else "dense"
             src = f"Table 7 {name}, row {label}, col {col}"
-            rows.append(make_row(LLAMA2_7B, dataset, spec, "ppl", cell, src,
-                                 seqlen=seq[1] if seq else "unknown"))
+            rows.append(
+                make_row(
+                    LLAMA2_7B, dataset, spec, "ppl", cell, src, seqlen=seq[1] if seq else "unknown"
+                )
+            )
     return rows
 
 
@@ -252,9 +297,13 @@ def _table10_col(col: str) -> str | None:
     return None if col.startswith("FP16") else stage("gguf", col.split()[0])
 
 
-def _combined_rows(table: StudyTable, pruner: str, quant: Callable[[str], str | None],
-                   cell_rows: Callable[[str], list[tuple[str, str, str]]],
-                   size_unit: str) -> list[Row]:
+def _combined_rows(
+    table: StudyTable,
+    pruner: str,
+    quant: Callable[[str], str | None],
+    cell_rows: Callable[[str], list[tuple[str, str, str]]],
+    size_unit: str,
+) -> list[Row]:
     rows = []
     for label, *cells in table.rows:
         first = stage(pruner, level(label)) if level(label) != "0.0" else "dense"
@@ -288,7 +337,10 @@ def table_rows(table: StudyTable) -> list[Row]:
     if n in (1, 2, 3):
         return _pruning_rows(table, {"calib": "ptb"} if n == 3 else {})
     by_number: dict[int, Callable[[StudyTable], list[Row]]] = {
-        4: _table4, 5: _table5, 6: _table6, 7: _table7,
+        4: _table4,
+        5: _table5,
+        6: _table6,
+        7: _table7,
         8: lambda t: _combined_rows(t, "asvd", _table8_col, _t8_cell, ""),
         9: lambda t: _combined_rows(t, "sparsegpt", _table9_col, _t9_cell, "pct_fp16"),
         10: lambda t: _combined_rows(t, "wanda", _table10_col, _t10_cell, "pct_fp16"),

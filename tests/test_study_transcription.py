@@ -77,9 +77,15 @@ def row_tokens(rows: list[dict[str, str]]) -> Counter[str]:
 
 @pytest.mark.parametrize(
     ("raw", "clean"),
-    [("****5.4610****", "5.4610"), ("<u>5.1352</u>", "5.1352"), ("**5.8619**", "5.8619"),
-     ("*5.4739*", "5.4739"), (" **7.942 / 132.180** ", "7.942 / 132.180"),
-     ("14.82 ¬± 0.11", "14.82 ± 0.11"), ("-", "-")],
+    [
+        ("****5.4610****", "5.4610"),
+        ("<u>5.1352</u>", "5.1352"),
+        ("**5.8619**", "5.8619"),
+        ("*5.4739*", "5.4739"),
+        (" **7.942 / 132.180** ", "7.942 / 132.180"),
+        ("14.82 ¬± 0.11", "14.82 ± 0.11"),
+        ("-", "-"),
+    ],
 )
 def test_clean_cell(raw: str, clean: str) -> None:
     assert clean_cell(raw) == clean
@@ -129,13 +135,19 @@ def _expected_cells(table: StudyTable) -> dict[str, list[str]]:
     name = f"Table {table.number}"
     if table.number == 7:
         name += " SVD-LLM" if "SVD-LLM" in table.header[0] else " ASVD"
-    return {f"{name}, row {label}, col {col}": tokens(cell)
-            for label, *cells in table.rows
-            for col, cell in zip(table.header[1:], cells, strict=True)}
+    return {
+        f"{name}, row {label}, col {col}": tokens(cell)
+        for label, *cells in table.rows
+        for col, cell in zip(table.header[1:], cells, strict=True)
+    }
 
 
-FIXED_WIDTH = {"QLoRA_NF4": "4bits", "QLoRA_FP4": "4bits", "LLM.int8()": "8bits",
-               "SmothQuant w8a8": "8bits"}
+FIXED_WIDTH = {
+    "QLoRA_NF4": "4bits",
+    "QLoRA_FP4": "4bits",
+    "LLM.int8()": "8bits",
+    "SmothQuant w8a8": "8bits",
+}
 
 
 @pytest.mark.parametrize("number", [1, 2, 3, 4, 7, 8, 9, 10])
@@ -145,8 +157,11 @@ def test_grid_tables_cell_by_cell(study_tables: list[StudyTable], number: int) -
     for table in (t for t in study_tables if t.number == number):
         expected |= _expected_cells(table)
     if number == 4:  # a fixed-width method's other columns name no point: all '-'
-        skipped = {s for s in expected if any(
-            f"row {m}, col " in s and not s.endswith(c) for m, c in FIXED_WIDTH.items())}
+        skipped = {
+            s
+            for s in expected
+            if any(f"row {m}, col " in s and not s.endswith(c) for m, c in FIXED_WIDTH.items())
+        }
         assert [expected.pop(s) for s in sorted(skipped)] == [["-"]] * 12
     by_source: dict[str, list[dict[str, str]]] = {}
     for row in rows:
