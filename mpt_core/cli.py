@@ -1,0 +1,42 @@
+"""The ``mpt`` command: run | sweep | fit | recommend | report | baselines.
+
+Each subcommand lives in ``mpt_core/commands/<name>.py`` and exposes
+``register(subparsers)``. Bad input raises an ``MptError``; it is printed as one
+line (no traceback) and the exit code is 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from mpt_core.errors import MptError
+
+COMMANDS = ("run", "sweep")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mpt", description="Measure what compression does to a causal language model."
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"mpt_core.commands.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except MptError as error:
+        print(f"mpt: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mpt: interrupted; every finished point is recorded", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""``mpt sweep``: measure one method over a grid of levels, resumably.
+
+Each point is appended to ``--out`` as soon as it is measured; a second run
+skips the points already there, so an interrupted sweep resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from tqdm import tqdm
+
+from mpt_core.commands.common import add_model_arguments, describe, open_session
+from mpt_core.errors import MptError
+from mpt_core.registry import validate
+from mpt_core.results import append, known_keys, point_key
+from mpt_core.spec import Spec
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("sweep", help="measure a method over many levels, resumably")
+    add_model_arguments(parser)
+    parser.add_argument("--method", required=True, help="e.g. magnitude, rtn")
+    levels = parser.add_argument_group("levels (at least one)")
+    levels.add_argument("--ratios", default=None, help="start:stop:step (inclusive) or a,b,c")
+    levels.add_argument("--nm", default=None, help="N:M patterns, e.g. 2:4,4:8")
+    levels.add_argument("--bits", default=None, help="bit widths, e.g. 8,6,4,3,2")
+    levels.add_argument("--schemes", default=None, help="schemes, e.g. Q4_K_M,Q8_0")
+    parser.add_argument("--options", default="", help="options for every point, e.g. group=64")
+    parser.add_argument("--dense", action="store_true", help="also measure the dense model")
+    parser.add_argument("--out", required=True, help="JSONL file the records are appended to")
+    parser.set_defaults(func=run)
+
+
+def parse_ratios(text: str) -> list[float]:
+    """``0.1:0.8:0.1`` (inclusive) or ``0.1,0.5,0.7``."""
+    try:
+        if ":" in text:
+            start, stop, step = (float(part) for part in text.split(":"))
+            if step <= 0 or stop < start:
+                raise ValueError
+            count = int(round((stop - start) / step)) + 1
+            return [round(start + i * step, 10) for i in range(count)]
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise MptError(
+            f"--ratios {text!r} is not start:stop:step with 0 < step, start <= stop, "
+            "nor a comma list such as 0.1,0.5"
+        ) from None
+
+
+def sweep_specs(args: argparse.Namespace) -> list[Spec]:
+    levels: list[str] = []
+    if args.ratios:
+        levels += [repr(ratio) for ratio in parse_ratios(args.ratios)]
+    for flag in (args.nm, args.bits, args.schemes):
+        if flag:
+            levels += [part.strip() for part in flag.split(",") if part.strip()]
+    if not levels:
+        raise MptError("mpt sweep needs levels: give --ratios, --nm, --bits or --schemes")
+    suffix = f"[{args.options}]" if args.options else ""
+    specs = [Spec.parse(f"{args.method}:{level}{suffix}") for level in levels]
+    for spec in specs:
+        validate(spec)
+    return ([Spec()] if args.dense else []) + specs
+
+
+def run(args: argparse.Namespace) -> int:
+    specs = sweep_specs(args)
+    done = known_keys(args.out)
+    session = open_session(args)
+    windows = session.windows_for(args.dataset, args.windows)
+    todo = [
+        spec
+        for spec in specs
+        if point_key(session.loaded.name, str(spec), args.dataset, args.seqlen, windows, "ppl")
+        not in done
+    ]
+    if len(todo) < len(specs):
+        print(f"resuming: {len(specs) - len(todo)} of {len(specs)} points already in {args.out}")
+    for spec in tqdm(todo, desc=f"sweep {args.method}", unit="point"):
+        record = session.measure(spec, args.dataset, args.windows)
+        append(args.out, record)
+        tqdm.write(describe(record))
+    return 0

