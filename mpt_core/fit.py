@@ -36,7 +36,7 @@ from mpt_core.errors import FitError
 
 N_PARAMS = 5  # c, a, b, k and s0
 N_POWER_PARAMS = 3  # c, a, b
-B_RANGE = (0.2, 8.0)  # a power law steeper than x**8 is the exponential regime in disguise
+B_RANGE = (0.2, 4.0)  # steeper than x**4 on [0, 1] is already the collapse: the exponential's job
 LOG_NOISE_FLOOR = 1e-4  # 0.01%: PPL is reported to ~5 digits; below this, fits are "exact"
 GRID_SIZE = 48
 CONFIDENCE = 0.95
@@ -232,7 +232,9 @@ def unpack(p: np.ndarray, sign: int) -> tuple[np.ndarray, np.ndarray]:
     lo, hi = B_RANGE
     sig = 0.5 * (1.0 + math.tanh(0.5 * w))  # the logistic function, without overflow
     c, a, k = math.exp(u), sign * math.exp(v), sign * math.exp(z)
-    return np.array([c, a, lo + (hi - lo) * sig, k]), np.array([c, a, (hi - lo) * sig * (1 - sig), k])
+    return np.array([c, a, lo + (hi - lo) * sig, k]), np.array(
+        [c, a, (hi - lo) * sig * (1 - sig), k]
+    )
 
 
 def pack(theta: np.ndarray, sign: int) -> np.ndarray:
@@ -339,7 +341,11 @@ def rss_threshold(rss_min: float, n: int) -> float:
 
 
 def profile_interval(
-    curve: Curve, grid: np.ndarray, rss: np.ndarray, params: list[np.ndarray], s0: float,
+    curve: Curve,
+    grid: np.ndarray,
+    rss: np.ndarray,
+    params: list[np.ndarray],
+    s0: float,
     rss_min: float,
 ) -> tuple[float, float]:
     """The connected set of s0 around the estimate with RSS under the threshold."""
@@ -351,11 +357,16 @@ def profile_interval(
         left -= 1
     while right < grid.size and inside[right]:
         right += 1
-    low = grid[0] if left < 0 else crossing(curve, grid[left], grid[left + 1], params[left], limit)
+    # the refined s0 lies between grid points and is inside by definition
+    low = (
+        grid[0]
+        if left < 0
+        else crossing(curve, grid[left], min(grid[left + 1], s0), params[left], limit)
+    )
     high = (
         grid[-1]
         if right >= grid.size
-        else crossing(curve, grid[right - 1], grid[right], params[right], limit)
+        else crossing(curve, max(grid[right - 1], s0), grid[right], params[right], limit)
     )
     return min(float(low), s0), max(float(high), s0)
 
