@@ -1,0 +1,8 @@
+"""Regression points of the combined family: one test per baseline row (see mpt_core.pytest_plugin)."""
+
+MPT_FAMILIES = ("combined",)
+
+
+def test_ppl(mpt_row, mpt_measure):
+    verdict = mpt_measure(mpt_row)
+    assert verdict.passed, verdict.message

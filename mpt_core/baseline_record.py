@@ -1,0 +1,107 @@
+"""CPU-tier baselines produced by the harness itself: ``mpt baselines record``.
+
+Each family has a fixed grid of specs, measured on WikiText-2 and PTB test
+(seqlen 512, a fixed number of windows, calibration on PTB valid). Records go to
+a resumable JSONL first; the CSV is written from them with a header saying the
+command, the date and the library versions.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+from mpt_core.baselines import HEADER, BaselineRow
+from mpt_core.results import Record, now, read
+
+RATIOS = [f"0.{i}" for i in range(1, 9)]
+CPU_GRIDS = {
+    "quant": ["dense", *(f"rtn:{bits}[group=64]" for bits in (8, 6, 4, 3, 2)), "rtn:4", "rtn:8"],
+    "unstructured": ["dense", *(f"magnitude:{ratio}" for ratio in RATIOS)],
+    "semi": ["dense", "magnitude:2:4", "magnitude:4:8"],
+}
+CPU_DATASETS = ("wikitext2", "ptb")
+
+
+def csv_text(records: list[Record], family: str, command: str) -> str:
+    """The baseline CSV of ``records`` with its metadata lines."""
+    first = records[0]
+    versions = ", ".join(f"{name} {version}" for name, version in sorted(first.versions.items()))
+    lines = [
+        f"# command: {command}",
+        f"# date: {now()}",
+        f"# versions: {versions}",
+        f"# windows: {first.windows}",
+        f"# protocol: seqlen {first.seqlen}, {first.windows} windows, device {first.device}, "
+        f"dtype {first.dtype}, calibration PTB valid",
+    ]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(HEADER)
+    for record in records:
+        writer.writerow(_cells(record, family))
+    return "\n".join(lines) + "\n" + buffer.getvalue()
+
+
+def _cells(record: Record, family: str) -> list[str]:
+    size = 100 * record.footprint["relative_size"]
+    return [
+        record.model,
+        record.dataset,
+        record.spec,
+        record.metric,
+        _number(record.value),
+        _number(record.stderr),
+        f"{size:.2f}",
+        "pct_fp16",
+        str(record.seqlen),
+        f"mpt baselines record --family {family}",
+    ]
+
+
+def _number(value: float) -> str:
+    return f"{value:.6g}" if math.isfinite(value) else "nan"
+
+
+def write_csv(
+    records_path: Path, csv_path: Path, family: str, command: str, specs: list[str]
+) -> int:
+    """Write the CSV of the grid's points found in ``records_path``; returns the row count."""
+    records = [record for record in read(records_path) if record.spec in specs]
+    order = {spec: index for index, spec in enumerate(specs)}
+    records.sort(key=lambda record: (CPU_DATASETS.index(record.dataset), order[record.spec]))
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    csv_path.write_text(csv_text(records, family, command), encoding="utf-8")
+    return len(records)
+
+
+def rewrite_values(measured: list[tuple[BaselineRow, Record]]) -> None:
+    """``--mpt-update-baselines``: replace value and stderr of the measured CPU-tier rows."""
+    by_file: dict[str, dict[tuple, Record]] = {}
+    for row, record in measured:
+        by_file.setdefault(row.table, {})[(row.dataset, row.spec, row.metric)] = record
+    for path in _files_of(measured):
+        updates = by_file[path.stem]
+        lines = path.read_text(encoding="utf-8").splitlines()
+        path.write_text(
+            "\n".join(_rewrite_line(line, updates) for line in lines) + "\n", encoding="utf-8"
+        )
+
+
+def _files_of(measured: list[tuple[BaselineRow, Record]]) -> set[Path]:
+    return {Path(row.file) for row, _ in measured if row.file}
+
+
+def _rewrite_line(line: str, updates: dict[tuple, Record]) -> str:
+    if line.startswith("#") or line.startswith("model,"):
+        return line
+    cells = next(csv.reader([line]))
+    record = updates.get((cells[1], cells[2], cells[3]))
+    if record is None:
+        return line
+    cells[4], cells[5] = _number(record.value), _number(record.stderr)
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="").writerow(cells)
+    return buffer.getvalue()

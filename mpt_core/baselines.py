@@ -1,0 +1,236 @@
+"""Baseline tables (CSV) and the verdict a measurement gets against them.
+
+Every baseline file has the header
+``model,dataset,spec,metric,value,stderr,size,size_unit,seqlen,source``;
+lines starting with ``#`` carry metadata (``# windows: 8``, ``# command: ...``).
+Study tables (``baselines/study``) are the GPU tier; harness-produced tables
+(``baselines/cpu/<model>``) are the CPU tier.
+
+Verdicts: before the collapse a measurement must be within a relative tolerance
+of the baseline; in the collapsed regime (the baseline many times the dense
+value) the numbers are chaotic and the assertion is only "still collapsed".
+Beside it, a recovery check compares measured/dense-measured with
+baseline/dense-baseline, so a library update that moves dense and compressed
+alike is told apart from one that breaks compression.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from mpt_core.errors import BaselineError
+from mpt_core.spec import Spec
+
+HEADER = (
+    "model",
+    "dataset",
+    "spec",
+    "metric",
+    "value",
+    "stderr",
+    "size",
+    "size_unit",
+    "seqlen",
+    "source",
+)
+DEFAULT_RTOL = 0.02
+COLLAPSE_FACTOR = 10.0  # a PPL this many times the dense one is the collapsed regime
+
+# Families of every method the study names (implemented or not), so that rows of
+# methods not implemented yet still land in the right test module and skip there.
+METHOD_FAMILIES = {
+    **dict.fromkeys(
+        ("magnitude", "wanda", "sparsegpt", "ria", "admm", "dsnot", "owl", "besa"), "unstructured"
+    ),
+    **dict.fromkeys(
+        ("llm_pruner", "flap", "sleb", "slicegpt", "shortgpt", "depth", "loraprune", "sheared"),
+        "structured",
+    ),
+    **dict.fromkeys(("rtn", "gptq", "awq", "gguf", "nf4", "fp4", "int8", "smoothquant"), "quant"),
+    **dict.fromkeys(("svd", "asvd", "svd_llm", "losparse", "lillama", "modegpt"), "lowrank"),
+}
+
+
+@dataclass(frozen=True)
+class BaselineRow:
+    model: str
+    dataset: str
+    spec: str
+    metric: str
+    raw_value: str
+    stderr: float | None
+    size: float | None
+    size_unit: str
+    seqlen: int | None
+    source: str
+    table: str
+    tier: str  # "study" (GPU tier) or "cpu"
+    windows: int | None = None
+    file: str = ""
+
+    @property
+    def value(self) -> float | None:
+        """The number, nan for a published nan, None for a missing cell ('-')."""
+        return None if self.raw_value == "-" else float(self.raw_value)
+
+    @property
+    def is_numeric(self) -> bool:
+        return self.value is not None and math.isfinite(self.value)
+
+    @property
+    def family(self) -> str:
+        return row_family(self.spec, self.metric)
+
+    @property
+    def test_id(self) -> str:
+        return f"{self.model}-{self.dataset}-{self.spec}"
+
+
+def row_family(spec_text: str, metric: str) -> str:
+    """The test module a row belongs to: downstream, speed, combined or a method family."""
+    if metric == "acc":
+        return "downstream"
+    if metric == "tokens_per_s":
+        return "speed"
+    spec = Spec.parse(spec_text)
+    families = {METHOD_FAMILIES.get(stage.method, "unknown") for stage in spec.stages}
+    if len(families) > 1:
+        return "combined"
+    if spec.is_dense:
+        return "dense"
+    if spec.stages[0].level_kind == "nm":
+        return "semi"
+    return families.pop()
+
+
+def load_file(path: str | Path, tier: str) -> list[BaselineRow]:
+    """Rows of one baseline CSV; a malformed file raises BaselineError naming file:line."""
+    path = Path(path)
+    if not path.is_file():
+        raise BaselineError(f"baseline file {path} does not exist")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    meta = _metadata(lines)
+    body = [line for line in lines if not line.startswith("#")]
+    reader = csv.reader(body)
+    header = tuple(next(reader, ()))
+    if header != HEADER:
+        raise BaselineError(f"{path}: header must be {','.join(HEADER)}; found {','.join(header)}")
+    windows = int(meta["windows"]) if "windows" in meta else None
+    return [_row(path, number, cells, tier, windows) for number, cells in enumerate(reader, 2)]
+
+
+def _metadata(lines: list[str]) -> dict[str, str]:
+    meta = {}
+    for line in lines:
+        if line.startswith("#") and ":" in line:
+            key, _, value = line[1:].partition(":")
+            meta[key.strip()] = value.strip()
+    return meta
+
+
+def _row(path: Path, number: int, cells: list[str], tier: str, windows: int | None) -> BaselineRow:
+    where = f"{path}:{number}"
+    if len(cells) != len(HEADER):
+        raise BaselineError(f"{where}: expected {len(HEADER)} cells, found {len(cells)}")
+    data = dict(zip(HEADER, cells))
+    try:
+        Spec.parse(data["spec"])
+        row = BaselineRow(
+            model=data["model"],
+            dataset=data["dataset"],
+            spec=data["spec"],
+            metric=data["metric"],
+            raw_value=data["value"],
+            stderr=_optional_float(data["stderr"]),
+            size=_optional_float(data["size"]),
+            size_unit=data["size_unit"],
+            seqlen=None if data["seqlen"] in ("", "unknown") else int(data["seqlen"]),
+            source=data["source"],
+            table=path.stem,
+            tier=tier,
+            windows=windows,
+            file=str(path),
+        )
+        row.value  # noqa: B018  (validates the value cell)
+    except ValueError as error:
+        raise BaselineError(f"{where}: {error}") from None
+    return row
+
+
+def _optional_float(text: str) -> float | None:
+    return float(text) if text.strip() else None
+
+
+def load_dir(directory: str | Path, tier: str) -> list[BaselineRow]:
+    rows = []
+    for path in sorted(Path(directory).glob("*.csv")):
+        rows += load_file(path, tier)
+    return rows
+
+
+@dataclass(frozen=True)
+class Verdict:
+    measured: float
+    baseline: float
+    rtol: float
+    regime: str  # "stable" or "collapsed"
+    passed: bool
+    dense_measured: float | None = None
+    dense_baseline: float | None = None
+
+    @property
+    def ratio(self) -> float:
+        return self.measured / self.baseline if self.baseline else math.inf
+
+    @property
+    def recovery_ratio(self) -> float | None:
+        """(measured / dense measured) / (baseline / dense baseline)."""
+        if not (self.dense_measured and self.dense_baseline):
+            return None
+        return (self.measured / self.dense_measured) / (self.baseline / self.dense_baseline)
+
+    @property
+    def message(self) -> str:
+        verdict = "ok" if self.passed else "REGRESSION"
+        if self.regime == "collapsed":
+            rule = f"collapsed regime: must stay > {COLLAPSE_FACTOR:g}x dense"
+        else:
+            rule = f"|ratio-1| <= {self.rtol:g}"
+        text = (
+            f"{verdict}: measured {self.measured:.4f} vs baseline {self.baseline:.4f}, "
+            f"ratio {self.ratio:.4f}, tolerance {rule}"
+        )
+        recovery = self.recovery_ratio
+        if recovery is not None:
+            moved = "dense moved alike" if abs(recovery - 1) <= self.rtol else "compression moved"
+            text += (
+                f"; recovery vs dense {recovery:.4f} (dense measured "
+                f"{self.dense_measured:.4f}, baseline {self.dense_baseline:.4f}: {moved})"
+            )
+        return text
+
+
+def check(
+    measured: float,
+    baseline: float,
+    *,
+    rtol: float = DEFAULT_RTOL,
+    dense_measured: float | None = None,
+    dense_baseline: float | None = None,
+) -> Verdict:
+    """The verdict of a measured PPL against its baseline (see the module docstring)."""
+    reference = dense_baseline or dense_measured
+    collapsed = not math.isfinite(baseline) or (
+        reference is not None and baseline > COLLAPSE_FACTOR * reference
+    )
+    if collapsed:
+        floor = COLLAPSE_FACTOR * (dense_measured or reference or 0.0)
+        passed = not math.isfinite(measured) or measured > floor
+        regime = "collapsed"
+    else:
+        passed = math.isfinite(measured) and abs(measured / baseline - 1) <= rtol
+        regime = "stable"
+    return Verdict(measured, baseline, rtol, regime, passed, dense_measured, dense_baseline)

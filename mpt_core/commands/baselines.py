@@ -1,0 +1,53 @@
+"""``mpt baselines record``: produce the CPU-tier baseline CSVs with the harness itself."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from mpt_core.baseline_record import CPU_DATASETS, CPU_GRIDS, write_csv
+from mpt_core.commands.common import add_model_arguments, describe, open_session
+from mpt_core.results import append, known_keys, point_key
+from mpt_core.spec import Spec
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("baselines", help="record CPU-tier baseline tables")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    record = actions.add_parser("record", help="measure a family's grid and write its CSV")
+    add_model_arguments(record)
+    record.add_argument("--family", required=True, choices=sorted(CPU_GRIDS))
+    record.add_argument(
+        "--out", default=None, help="CSV path (default: baselines/cpu/<model>/<family>.csv)"
+    )
+    record.add_argument(
+        "--records",
+        default=None,
+        help="resumable JSONL of the measurements (default: beside the CSV)",
+    )
+    record.set_defaults(func=run_record, dataset=None)
+
+
+def run_record(args: argparse.Namespace) -> int:
+    out = Path(args.out or f"baselines/cpu/{args.model}/{args.family}.csv")
+    records_path = Path(args.records or out.with_suffix(".records.jsonl"))
+    specs = CPU_GRIDS[args.family]
+    session = open_session(args)
+    done = known_keys(records_path)
+    points = [(dataset, spec) for dataset in CPU_DATASETS for spec in specs]
+    for dataset, spec in tqdm(points, desc=f"baselines {args.family}", unit="point"):
+        windows = session.windows_for(dataset, args.windows)
+        key = point_key(session.loaded.name, spec, dataset, args.seqlen, windows, "ppl")
+        if key in done:
+            continue
+        record = session.measure(Spec.parse(spec), dataset, args.windows)
+        append(records_path, record)
+        tqdm.write(describe(record))
+    command = "mpt " + " ".join(shlex.quote(arg) for arg in sys.argv[1:]) if sys.argv else ""
+    count = write_csv(records_path, out, args.family, command, specs)
+    print(f"wrote {count} rows to {out}")
+    return 0

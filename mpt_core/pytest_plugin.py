@@ -1,0 +1,277 @@
+"""The pytest plugin: baseline rows become parametrized tests, verdicts become asserts.
+
+A benchmark module names the families it holds (``MPT_FAMILIES = ("quant",)``)
+and defines ``test_ppl(mpt_row, mpt_measure)``; this plugin parametrizes
+``mpt_row`` with every baseline row of those families (study tier: marked
+``gpu``; CPU tier: marked ``cpu``), one test per row, id
+``<model>-<dataset>-<spec>``. ``mpt_measure(row)`` skips with one line when the
+method, metric, device, model or data is missing, else measures the point on a
+model loaded once per session and restored before each test, and returns the
+Verdict. At session end the plugin writes the markdown report.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from mpt_core import baselines, registry
+from mpt_core.errors import DataError, ModelError
+from mpt_core.report import Cell, summary_line, tables
+from mpt_core.results import append
+from mpt_core.spec import Spec
+
+MARKERS = {
+    "quant": "quantization points (Tables 4-6)",
+    "unstructured": "unstructured pruning points (Tables 2-3)",
+    "semi": "N:M semi-structured pruning points (Tables 2-3)",
+    "structured": "structured pruning points (Table 1)",
+    "lowrank": "low-rank decomposition points (Table 7)",
+    "combined": "pipelines of two methods (Tables 8-10)",
+    "downstream": "zero-shot / few-shot accuracy points (Table 5)",
+    "speed": "throughput measurements",
+    "gpu": "the study tier: the study's models on a CUDA GPU",
+    "cpu": "the CPU tier: SmolLM2-135M, baselines produced by the harness",
+    "slow": "takes more than a few seconds on the CPU",
+}
+# The hub checkpoints of the study's models, for the GPU tier.
+STUDY_MODELS = {
+    "llama2-7b": "meta-llama/Llama-2-7b-hf",
+    "llama2-13b": "meta-llama/Llama-2-13b-hf",
+    "llama2-70b": "meta-llama/Llama-2-70b-hf",
+}
+STUDY_SEQLEN = {"llama2-7b": 4096}  # PROTOCOLS.md: Table 2's dense 5.12 is seqlen 4096
+DEFAULT_STUDY_SEQLEN = 2048
+DEFAULT_CPU_WINDOWS = 8
+
+
+def pytest_addoption(parser) -> None:
+    group = parser.getgroup("mpt", "mpt regression harness")
+    group.addoption(
+        "--mpt-tier",
+        choices=("cpu", "gpu", "all"),
+        default="all",
+        help="which baseline tier to collect (default: all)",
+    )
+    group.addoption("--mpt-model", default="smollm2-135m", help="the CPU-tier model")
+    group.addoption("--mpt-data-dir", default=None, help="offline data (sets MPT_DATA_DIR)")
+    group.addoption(
+        "--mpt-windows",
+        type=int,
+        default=None,
+        help="evaluation windows (default: the baseline file's)",
+    )
+    group.addoption(
+        "--mpt-rtol",
+        type=float,
+        default=None,
+        help=f"relative tolerance before the collapse (default {baselines.DEFAULT_RTOL})",
+    )
+    group.addoption("--mpt-baselines", default=None, help="baselines folder (default: ./baselines)")
+    group.addoption("--mpt-results", default=None, help="append every record to this JSONL")
+    group.addoption("--mpt-report", default=None, help="write the markdown report here")
+    group.addoption(
+        "--mpt-update-baselines",
+        action="store_true",
+        help="rewrite the CPU-tier CSVs from this run (never the study's)",
+    )
+
+
+def pytest_configure(config) -> None:
+    for name, text in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {text}")
+    if config.getoption("--mpt-data-dir"):
+        os.environ["MPT_DATA_DIR"] = str(Path(config.getoption("--mpt-data-dir")).resolve())
+    config.pluginmanager.register(MptState(config), "mpt-state")
+
+
+def baselines_dir(config) -> Path:
+    option = config.getoption("--mpt-baselines")
+    return Path(option) if option else Path(config.rootpath) / "baselines"
+
+
+def collect_rows(config) -> list[baselines.BaselineRow]:
+    root, tier = baselines_dir(config), config.getoption("--mpt-tier")
+    rows = []
+    if tier in ("gpu", "all") and (root / "study").is_dir():
+        rows += baselines.load_dir(root / "study", "study")
+    cpu_dir = root / "cpu" / config.getoption("--mpt-model")
+    if tier in ("cpu", "all") and cpu_dir.is_dir():
+        rows += baselines.load_dir(cpu_dir, "cpu")
+    return [row for row in rows if row.is_numeric]
+
+
+def pytest_generate_tests(metafunc) -> None:
+    if "mpt_row" not in metafunc.fixturenames:
+        return
+    families = getattr(metafunc.module, "MPT_FAMILIES", ())
+    rows = [row for row in collect_rows(metafunc.config) if row.family in families]
+    metafunc.parametrize("mpt_row", [_param(row) for row in rows], ids=_unique_ids(rows))
+
+
+def _param(row: baselines.BaselineRow):
+    marks = [getattr(pytest.mark, "gpu" if row.tier == "study" else "cpu")]
+    family = "quant" if row.family == "dense" else row.family
+    marks.append(getattr(pytest.mark, family))
+    if family == "semi":
+        marks.append(pytest.mark.unstructured)
+    return pytest.param(row, marks=marks)
+
+
+def _unique_ids(rows: list[baselines.BaselineRow]) -> list[str]:
+    counts = Counter(row.test_id for row in rows)
+    return [
+        row.test_id if counts[row.test_id] == 1 else f"{row.test_id}-{row.table}" for row in rows
+    ]
+
+
+class MptState:
+    """Per-session state: loaded models, measured records, outcomes for the report."""
+
+    def __init__(self, config):
+        self.config = config
+        self.sessions: dict[tuple, object] = {}
+        self.records: dict[tuple, object] = {}
+        self.cells: list[Cell] = []
+        self.measured_rows: list[tuple[baselines.BaselineRow, object]] = []
+        self.outcomes: Counter = Counter()
+        self.skips: Counter = Counter()
+
+    def session_for(self, model: str, seqlen: int):
+        from mpt_core.measure import Session
+
+        key = (model, seqlen)
+        if key not in self.sessions:
+            self.sessions[key] = Session.open(model, seqlen)
+        return self.sessions[key]
+
+    def measure(self, model: str, seqlen: int, spec: str, dataset: str, windows: int | None):
+        key = (model, seqlen, spec, dataset, windows)
+        if key not in self.records:
+            record = self.session_for(model, seqlen).measure(Spec.parse(spec), dataset, windows)
+            if self.config.getoption("--mpt-results"):
+                append(self.config.getoption("--mpt-results"), record)
+            self.records[key] = record
+        return self.records[key]
+
+    @pytest.hookimpl
+    def pytest_runtest_logreport(self, report) -> None:
+        if report.when == "call" or (report.when == "setup" and report.skipped):
+            if report.skipped:
+                reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else "skipped"
+                self.skips[reason.removeprefix("Skipped: ").split(":")[0]] += 1
+            else:
+                self.outcomes[report.outcome] += 1
+
+    @pytest.hookimpl
+    def pytest_sessionfinish(self, session) -> None:
+        if self.config.getoption("--mpt-update-baselines"):
+            _update_cpu_baselines(self.measured_rows)
+        path = self.config.getoption("--mpt-report")
+        if not path or not (self.cells or self.skips):
+            return
+        text = (
+            "## mpt report\n\n"
+            + tables(self.cells)
+            + "\n"
+            + summary_line(self.outcomes["passed"], self.outcomes["failed"], dict(self.skips))
+            + "\n"
+        )
+        Path(path).write_text(text, encoding="utf-8")
+        summary = os.environ.get("GITHUB_STEP_SUMMARY")
+        if summary:
+            with open(summary, "a", encoding="utf-8") as handle:
+                handle.write(text)
+
+
+def _skip_reason(row: baselines.BaselineRow) -> str | None:
+    """Why this row cannot be measured here, or None."""
+    import torch
+
+    for method in Spec.parse(row.spec).methods:
+        if method not in registry.names():
+            return f"method {method} not implemented"
+    if row.metric != "ppl":
+        return f"metric {row.metric} not implemented: downstream and speed rows need issue #8"
+    if row.tier == "study":
+        hub = STUDY_MODELS.get(row.model, row.model)
+        if not torch.cuda.is_available():
+            return (
+                f"GPU tier: needs a CUDA device and the model {hub}; "
+                "run `pytest benchmarks -m gpu` on a GPU runner"
+            )
+    return None
+
+
+def _row_protocol(row: baselines.BaselineRow, config) -> tuple[str, int, int | None]:
+    if row.tier == "study":
+        seqlen = row.seqlen or STUDY_SEQLEN.get(row.model, DEFAULT_STUDY_SEQLEN)
+        return STUDY_MODELS.get(row.model, row.model), seqlen, config.getoption("--mpt-windows")
+    windows = config.getoption("--mpt-windows") or row.windows or DEFAULT_CPU_WINDOWS
+    return row.model, row.seqlen or 512, windows
+
+
+def _dense_baseline(row: baselines.BaselineRow, config) -> float | None:
+    for other in collect_rows(config):
+        if (other.tier, other.table, other.model, other.dataset, other.metric, other.spec) == (
+            row.tier,
+            row.table,
+            row.model,
+            row.dataset,
+            row.metric,
+            "dense",
+        ):
+            return other.value
+    return None
+
+
+@pytest.fixture
+def mpt_measure(request):
+    """Measure a baseline row (restored model, same protocol) and return its Verdict."""
+    state: MptState = request.config.pluginmanager.get_plugin("mpt-state")
+    config = request.config
+
+    def measure(row: baselines.BaselineRow) -> baselines.Verdict:
+        reason = _skip_reason(row)
+        if reason:
+            pytest.skip(reason)
+        model, seqlen, windows = _row_protocol(row, config)
+        try:
+            record = state.measure(model, seqlen, row.spec, row.dataset, windows)
+            dense = state.measure(model, seqlen, "dense", row.dataset, windows)
+        except (DataError, ModelError) as error:
+            pytest.skip(f"missing input: {error}")
+        rtol = config.getoption("--mpt-rtol") or baselines.DEFAULT_RTOL
+        verdict = baselines.check(
+            record.value,
+            row.value,
+            rtol=rtol,
+            dense_measured=dense.value,
+            dense_baseline=_dense_baseline(row, config),
+        )
+        state.cells.append(
+            Cell(
+                row.model,
+                row.dataset,
+                row.spec,
+                row.metric,
+                record.value,
+                row.value,
+                verdict.passed,
+            )
+        )
+        state.measured_rows.append((row, record))
+        return verdict
+
+    return measure
+
+
+def _update_cpu_baselines(measured: list) -> None:
+    from mpt_core.baseline_record import rewrite_values
+
+    rows = [(row, record) for row, record in measured if row.tier == "cpu"]
+    if rows:
+        rewrite_values(rows)

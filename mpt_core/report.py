@@ -1,0 +1,106 @@
+"""Markdown tables in the study's layouts, from measured records.
+
+Single-stage points pivot as the study's Tables 1-4 and 7: one row per method
+(with its options), one column per level (ratio, N:M, bits, scheme). Two-stage
+pipelines pivot as Tables 8-10: one row per level of the first stage, one
+column per second stage. Each cell is the measured value; where a baseline
+exists, its relative delta, and a mark on failures.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+
+from tabulate import tabulate
+
+from mpt_core.baselines import row_family
+from mpt_core.spec import Spec, Stage
+
+
+@dataclass(frozen=True)
+class Cell:
+    model: str
+    dataset: str
+    spec: str
+    metric: str
+    value: float
+    baseline: float | None = None
+    passed: bool | None = None
+
+
+def place(spec_text: str) -> tuple[str, str, str]:
+    """(table name, row label, column label) of a spec in the study's layouts."""
+    spec = Spec.parse(spec_text)
+    if spec.is_dense:
+        return "dense", "dense", "-"
+    if len(spec.stages) == 1:
+        stage = spec.stages[0]
+        return stage.method, _without_level(stage), stage.level_str() or "-"
+    first, *rest = spec.stages
+    table = "+".join([first.method, *(stage.method for stage in rest)])
+    return table, first.level_str(), "+".join(str(stage) for stage in rest)
+
+
+def _without_level(stage: Stage) -> str:
+    return str(Stage(stage.method, options=stage.options))
+
+
+def format_cell(cell: Cell) -> str:
+    if not math.isfinite(cell.value):
+        text = "inf"
+    else:
+        text = f"{cell.value:.4g}" if cell.value >= 1000 else f"{cell.value:.4f}"
+    if cell.baseline is not None and math.isfinite(cell.baseline) and math.isfinite(cell.value):
+        text += f" ({100 * (cell.value / cell.baseline - 1):+.1f}%)"
+    if cell.passed is False:
+        text += " ✗"
+    return text
+
+
+def tables(cells: list[Cell]) -> str:
+    """One markdown table per (model, dataset, metric, family)."""
+    groups: dict[tuple, list[Cell]] = defaultdict(list)
+    for cell in cells:
+        family = row_family(cell.spec, cell.metric)
+        groups[(cell.model, cell.dataset, cell.metric, family)].append(cell)
+    sections = []
+    for (model, dataset, metric, family), group in sorted(groups.items()):
+        sections.append(f"### {model} · {dataset} · {metric} · {family}\n\n{_pivot(group)}\n")
+    return "\n".join(sections)
+
+
+def _pivot(cells: list[Cell]) -> str:
+    rows: dict[str, dict[str, str]] = defaultdict(dict)
+    columns: list[str] = []
+    for cell in cells:
+        _, row, column = place(cell.spec)
+        if column not in columns:
+            columns.append(column)
+        rows[row][column] = format_cell(cell)
+    columns.sort(key=_column_order)
+    body = [[row, *(values.get(column, "") for column in columns)] for row, values in rows.items()]
+    return tabulate(body, headers=["", *columns], tablefmt="github")
+
+
+def _column_order(label: str) -> tuple:
+    """Ratios ascending, then N:M, then bits descending, then schemes by name."""
+    level = label.split("+")[0].split("[")[0]
+    if ":" in level and not level.split(":")[0].isdigit():
+        level = level.split(":", 1)[1]
+    if re.fullmatch(r"\d+:\d+", level):
+        return (1, 0.0, level)
+    try:
+        number = float(level)
+    except ValueError:
+        return (3, 0.0, label)
+    return (0, number, label) if "." in level else (2, -number, label)
+
+
+def summary_line(passed: int, failed: int, skipped: dict[str, int]) -> str:
+    reasons = "; ".join(f"{count} {reason}" for reason, count in sorted(skipped.items()))
+    total_skipped = sum(skipped.values())
+    text = f"**{passed} passed, {failed} failed, {total_skipped} skipped**"
+    return text + (f" ({reasons})" if reasons else "")
