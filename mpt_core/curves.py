@@ -121,7 +121,7 @@ def read_csv(path: Path) -> list[Point]:
     for line, row in enumerate(rows[1:], start=2):
         if len(row) != len(HEADER):
             raise BaselineError(f"{path}:{line}: {len(row)} fields, expected {len(HEADER)}")
-        point = point_from_row(dict(zip(HEADER, row)), f"{path}:{line}")
+        point = point_from_row(dict(zip(HEADER, row, strict=True)), f"{path}:{line}")
         if point is not None:
             points.append(point)
     return points
@@ -257,6 +257,6 @@ def group_curves(points: list[Point], axes: tuple[str, ...] = AXES) -> list[Meas
         if len({p.value for p in origin}) == 1 and all(x != 0.0 for x, _, _ in items):
             items = [(0.0, origin[0].value, str(origin[0].spec)), *items]
         items.sort(key=lambda item: item[0])
-        xs, ys, specs = zip(*items)
+        xs, ys, specs = zip(*items, strict=True)
         curves.append(MeasuredCurve(key, np.array(xs), np.array(ys), tuple(specs)))
     return sorted(curves, key=lambda c: (c.key.model, c.key.dataset, c.key.metric, c.key.label))
