@@ -135,7 +135,7 @@ def _row(path: Path, number: int, cells: list[str], tier: str, windows: int | No
     where = f"{path}:{number}"
     if len(cells) != len(HEADER):
         raise BaselineError(f"{where}: expected {len(HEADER)} cells, found {len(cells)}")
-    data = dict(zip(HEADER, cells))
+    data = dict(zip(HEADER, cells, strict=True))
     try:
         Spec.parse(data["spec"])
         row = BaselineRow(
