@@ -13,7 +13,7 @@ import sys
 
 from mpt_core.errors import MptError
 
-COMMANDS = ("run", "sweep", "baselines", "report")
+COMMANDS = ("run", "sweep", "baselines", "report", "fit")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -260,3 +260,48 @@ def group_curves(points: list[Point], axes: tuple[str, ...] = AXES) -> list[Meas
         xs, ys, specs = zip(*items, strict=True)
         curves.append(MeasuredCurve(key, np.array(xs), np.array(ys), tuple(specs)))
     return sorted(curves, key=lambda c: (c.key.model, c.key.dataset, c.key.metric, c.key.label))
+
+
+def is_baseline_csv(path: str | Path) -> bool:
+    """True when the file is JSONL or a CSV with the baseline schema's header."""
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        return True
+    with path.open(newline="") as handle:
+        header = next(csv.reader(handle), [])
+    return tuple(header) == HEADER
+
+
+def read_xy_curves(
+    path: str | Path, x: str, y: str, by: str | None = None, axis: str = "ratio"
+) -> list[MeasuredCurve]:
+    """Curves from any CSV with an x and a y column, one curve per value of ``by``."""
+    path = Path(path)
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns = reader.fieldnames or []
+        rows = list(reader)
+    if not columns:
+        raise BaselineError(f"{path}: empty file; expected a header with columns {x!r}, {y!r}")
+    for name in (x, y, by):
+        if name is not None and name not in columns:
+            raise BaselineError(f"{path}: no column {name!r}; columns are {', '.join(columns)}")
+    groups: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for line, row in enumerate(rows, start=2):
+        value = parse_value(row[y], f"{path}:{line}")
+        if value is not None:
+            groups[row[by] if by else path.stem].append((number(row[x], f"{path}:{line}"), value))
+    curves = []
+    for name, items in sorted(groups.items()):
+        xs, ys = (np.array(column) for column in zip(*items, strict=True))
+        xs = 1.0 - xs / 16.0 if axis == "bits" else xs
+        key = CurveKey(path.stem, "", y, "", name, "dense", axis)
+        curves.append(MeasuredCurve(key, xs, ys, tuple(str(v) for v in xs)))
+    return curves
+
+
+def number(text: str, where: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise BaselineError(f"{where}: {text!r} is not a number") from None

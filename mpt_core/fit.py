@@ -164,8 +164,8 @@ def prepare_curve(
     xs, ys, collapsed = merge_duplicates(xs, ys, collapsed)
     if xs.size < N_PARAMS:
         raise FitError(
-            f"{xs.size} distinct points but the phase-transition model has {N_PARAMS} "
-            "parameters (c, a, b, k, s0): measure more compression levels"
+            f"too few points ({xs.size} distinct < {N_PARAMS} parameters c, a, b, k, s0): "
+            "measure more compression levels"
         )
     if np.count_nonzero(~collapsed) < N_POWER_PARAMS:
         raise FitError(f"only {np.count_nonzero(~collapsed)} finite points: everything collapsed")

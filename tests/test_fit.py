@@ -25,7 +25,7 @@ def model(x, c=5.0, a=3.0, b=2.0, s0=0.5, k=12.0):
         (
             [0.1, 0.2, 0.3, 0.4],
             [5, 6, 7, 9],
-            "4 distinct points but the phase-transition model has 5",
+            "too few points (4 distinct < 5 parameters",
         ),
         ([0.1, 0.2, math.nan, 0.4, 0.5], [5, 6, 7, 9, 20], "x must be finite"),
         ([0.1, 0.2, 0.2, 0.4, 0.5, 0.6], [5, 6, 7, 9, 20, 40], "x = 0.2 appears twice"),
