@@ -1,0 +1,100 @@
+"""Shared fixtures of the unit tests: offline data, the tiny model, running the real CLI.
+
+``MPT_DATA_DIR`` defaults to ``../shared/data`` next to the repository when that folder
+exists and the variable is unset; it is set in ``os.environ`` so that CLI subprocesses
+inherit it. Tests that need the offline text use ``needs_data``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+if not os.environ.get("MPT_DATA_DIR") and SHARED_DATA.is_dir():
+    os.environ["MPT_DATA_DIR"] = str(SHARED_DATA)
+
+
+def offline_file(relative: str) -> Path | None:
+    """The offline data file ``relative`` under $MPT_DATA_DIR, or None when absent."""
+    root = os.environ.get("MPT_DATA_DIR")
+    if not root:
+        return None
+    path = Path(root) / relative
+    return path if path.is_file() else None
+
+
+HAS_WIKITEXT = offline_file("wikitext-2-raw/wiki.test.raw") is not None
+HAS_PTB = (
+    offline_file("ptb/ptb.test.txt") is not None and offline_file("ptb/ptb.valid.txt") is not None
+)
+
+needs_data = pytest.mark.skipif(
+    not (HAS_WIKITEXT and HAS_PTB),
+    reason="needs MPT_DATA_DIR laid out like shared/data (wikitext-2-raw, ptb)",
+)
+
+
+def cli_env(**overrides: str | None) -> dict[str, str]:
+    """The environment of a CLI subprocess: offline, with ``overrides`` (None unsets)."""
+    env = dict(os.environ)
+    env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    for key, value in overrides.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess:
+    """``python -m mpt_core.cli ARGS`` in a subprocess, text output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "mpt_core.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env or cli_env(),
+        cwd=REPO,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def cli():
+    """The function that runs the real CLI in a subprocess (see ``run_cli``)."""
+    return run_cli
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """tiny-llama on the CPU in fp32, loaded once; tests that change it must restore it."""
+    from mpt_core.models import load_model
+
+    return load_model("tiny-llama", device="cpu")
+
+
+@pytest.fixture
+def fresh_tiny():
+    """A tiny-llama of its own for a test that changes weights or structure."""
+    from mpt_core.models import load_model
+
+    return load_model("tiny-llama", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def wikitext_ids(tiny):
+    """Token ids (1, n) of the first 40,000 characters of the offline WikiText-2 test text."""
+    if not HAS_WIKITEXT:
+        pytest.skip("needs MPT_DATA_DIR with wikitext-2-raw/wiki.test.raw")
+    from mpt_core.data import load_text
+
+    text = load_text("wikitext2", "test").text[:40_000]
+    return tiny.tokenizer(text, return_tensors="pt").input_ids
