@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mpt_core.commands import fit
+from mpt_core.commands import fit, recommend
 from mpt_core.errors import MptError
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "curves"
@@ -18,6 +18,7 @@ def mpt(*argv: str) -> int:
     parser = argparse.ArgumentParser(prog="mpt")
     subparsers = parser.add_subparsers(dest="command", required=True)
     fit.register(subparsers)
+    recommend.register(subparsers)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
@@ -68,3 +69,34 @@ def test_bad_fit_input_gives_one_line_and_exit_2(argv, message, capsys) -> None:
     out = capsys.readouterr().out
     assert out.startswith("mpt: error: ") and out.count("\n") == 1
     assert message in out
+
+
+def test_recommend_prints_the_smallest_cell_within_budget(capsys) -> None:
+    assert mpt("recommend", str(FIXTURES / "grid.csv"), "--max-ppl-increase", "5%") == 0
+    out = capsys.readouterr().out
+    assert "recommended: wanda:0.1+rtn:4  size 22.50% of FP16 (stated)" in out
+    assert "inside the joint safe region: yes" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("grid.csv", "--max-ppl-increase", "five"), "write a percentage (5%) or a fraction"),
+        (("grid.csv", "--max-ppl-increase=-5%"), "must be zero or more"),
+        (("empty.csv", "--max-ppl-increase", "5%"), "empty file"),
+        (("synthetic.csv", "--max-ppl-increase", "5%", "--metric", "acc"), "no points with"),
+        (("one_point.csv", "--max-ppl-increase", "5%"), "no uncompressed ('dense') point"),
+        (("xy.csv", "--max-ppl-increase", "5%"), "header 'method,ratio,ppl' is not"),
+    ],
+)
+def test_bad_recommend_input_gives_one_line_and_exit_2(argv, message, capsys) -> None:
+    assert mpt("recommend", str(FIXTURES / argv[0]), *argv[1:]) == 2
+    out = capsys.readouterr().out
+    assert out.startswith("mpt: error: ") and out.count("\n") == 1
+    assert message in out
+
+
+def test_the_mpt_command_runs_fit_and_recommend() -> None:
+    from mpt_core.cli import COMMANDS
+
+    assert {"fit", "recommend"} <= set(COMMANDS)
