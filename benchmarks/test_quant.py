@@ -1,6 +1,6 @@
 """Regression points of the quant family, one test per baseline row (see pytest_plugin)."""
 
-MPT_FAMILIES = ("quant", "dense")
+MPT_FAMILIES = ("quant",)
 
 
 def test_ppl(mpt_row, mpt_measure):

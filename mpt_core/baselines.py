@@ -54,6 +54,9 @@ METHOD_FAMILIES = {
 }
 
 
+FAMILY_MODULES = ("quant", "unstructured", "semi", "structured", "lowrank", "combined")
+
+
 @dataclass(frozen=True)
 class BaselineRow:
     model: str
@@ -82,7 +85,11 @@ class BaselineRow:
 
     @property
     def family(self) -> str:
-        return row_family(self.spec, self.metric)
+        family = row_family(self.spec, self.metric)
+        if family != "dense":
+            return family
+        # A dense row is the reference point of its own table (a CPU-tier file is one family).
+        return self.table if self.tier == "cpu" and self.table in FAMILY_MODULES else "quant"
 
     @property
     def test_id(self) -> str:

@@ -46,6 +46,9 @@ STUDY_MODELS = {
 STUDY_SEQLEN = {"llama2-7b": 4096}  # PROTOCOLS.md: Table 2's dense 5.12 is seqlen 4096
 DEFAULT_STUDY_SEQLEN = 2048
 DEFAULT_CPU_WINDOWS = 8
+# What --mpt-smoke keeps of the CPU tier: a few points per implemented family, on WikiText-2.
+SMOKE_SPECS = {"dense", "rtn:4[group=64]", "rtn:2[group=64]", "magnitude:0.5", "magnitude:2:4"}
+SMOKE_DATASET = "wikitext2"
 
 
 def pytest_addoption(parser) -> None:
@@ -73,6 +76,11 @@ def pytest_addoption(parser) -> None:
     group.addoption("--mpt-baselines", default=None, help="baselines folder (default: ./baselines)")
     group.addoption("--mpt-results", default=None, help="append every record to this JSONL")
     group.addoption("--mpt-report", default=None, help="write the markdown report here")
+    group.addoption(
+        "--mpt-smoke",
+        action="store_true",
+        help="keep only a few CPU-tier points per family (what CI runs)",
+    )
     group.addoption(
         "--mpt-update-baselines",
         action="store_true",
@@ -112,9 +120,26 @@ def pytest_generate_tests(metafunc) -> None:
     metafunc.parametrize("mpt_row", [_param(row) for row in rows], ids=_unique_ids(rows))
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    if not config.getoption("--mpt-smoke"):
+        return
+    keep, drop = [], []
+    for item in items:
+        row = getattr(item, "callspec", None) and item.callspec.params.get("mpt_row")
+        smoke = (
+            row is None
+            or row.tier != "cpu"
+            or (row.spec in SMOKE_SPECS and row.dataset == SMOKE_DATASET)
+        )
+        (keep if smoke else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 def _param(row: baselines.BaselineRow):
     marks = [getattr(pytest.mark, "gpu" if row.tier == "study" else "cpu")]
-    family = "quant" if row.family == "dense" else row.family
+    family = row.family
     marks.append(getattr(pytest.mark, family))
     if family == "semi":
         marks.append(pytest.mark.unstructured)

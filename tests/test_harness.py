@@ -1,0 +1,266 @@
+"""The regression harness end to end: baselines -> parametrized tests -> verdicts -> report.
+
+A tiny-llama CPU tier is recorded into a temporary baselines folder with the real
+``mpt baselines record`` command, then ``pytest benchmarks`` runs against it in a
+subprocess, exactly as a maintainer would run it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mpt_core import baselines
+from mpt_core.errors import BaselineError
+
+ROOT = Path(__file__).resolve().parent.parent
+SEQLEN, WINDOWS = 64, 4
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "COLUMNS": "400"}
+
+
+def _mpt(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mpt_core.cli", *args],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=ROOT,
+        timeout=600,
+    )
+
+
+def _pytest(*args: str) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "benchmarks",
+        "--mpt-model",
+        "tiny-llama",
+        "--mpt-tier",
+        "cpu",
+        "-p",
+        "no:cacheprovider",
+        *args,
+    ]
+    return subprocess.run(
+        command, capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=600
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_baselines(tmp_path_factory) -> Path:
+    """A baselines folder whose CPU tier is tiny-llama, recorded by the harness itself."""
+    root = tmp_path_factory.mktemp("baselines")
+    for family in ("quant", "semi"):
+        out = root / "cpu" / "tiny-llama" / f"{family}.csv"
+        result = _mpt(
+            "baselines",
+            "record",
+            "--model",
+            "tiny-llama",
+            "--family",
+            family,
+            "--seqlen",
+            str(SEQLEN),
+            "--windows",
+            str(WINDOWS),
+            "--out",
+            str(out),
+        )
+        assert result.returncode == 0, result.stderr
+    return root
+
+
+def _rows(path: Path) -> list[list[str]]:
+    return [
+        row
+        for row in csv.reader(
+            line for line in path.read_text().splitlines() if not line.startswith("#")
+        )
+    ]
+
+
+def test_recorded_csv_has_metadata_and_grid(tiny_baselines):
+    text = (tiny_baselines / "cpu" / "tiny-llama" / "quant.csv").read_text()
+    assert "# command: mpt baselines record --model tiny-llama --family quant" in text
+    assert f"# windows: {WINDOWS}" in text and "torch" in text
+    rows = baselines.load_file(tiny_baselines / "cpu" / "tiny-llama" / "quant.csv", "cpu")
+    assert {row.dataset for row in rows} == {"wikitext2", "ptb"}
+    assert {row.spec for row in rows} >= {"dense", "rtn:4[group=64]", "rtn:2[group=64]"}
+    assert all(row.is_numeric and row.seqlen == SEQLEN for row in rows)
+
+
+def test_cpu_tier_passes_against_its_own_baselines(tiny_baselines, tmp_path):
+    report = tmp_path / "report.md"
+    result = _pytest(
+        "--mpt-baselines",
+        str(tiny_baselines),
+        "-k",
+        "quant",
+        "-p",
+        "no:randomly",
+        "--mpt-report",
+        str(report),
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "16 passed" in result.stdout
+    text = report.read_text()
+    assert "| rtn[group=64] |" in text and "(+0.0%)" in text
+    assert "16 passed, 0 failed" in text
+
+
+def test_sabotaged_baseline_fails_exactly_that_test(tiny_baselines, tmp_path):
+    sabotaged = tmp_path / "baselines"
+    target = sabotaged / "cpu" / "tiny-llama" / "quant.csv"
+    target.parent.mkdir(parents=True)
+    lines = (tiny_baselines / "cpu" / "tiny-llama" / "quant.csv").read_text().splitlines()
+    victim = next(i for i, line in enumerate(lines) if line.startswith("tiny-llama,ptb,rtn:3"))
+    cells = next(csv.reader([lines[victim]]))
+    baseline = float(cells[4]) * 1.5
+    cells[4] = repr(baseline)
+    lines[victim] = ",".join(f'"{c}"' if "," in c else c for c in cells)
+    target.write_text("\n".join(lines) + "\n")
+    result = _pytest("--mpt-baselines", str(sabotaged), "-k", "quant", "-p", "no:randomly")
+    assert result.returncode == 1
+    failed = [line for line in result.stdout.splitlines() if line.startswith("FAILED")]
+    assert len(failed) == 1, result.stdout[-3000:]
+    assert "tiny-llama-ptb-rtn:3[group=64]" in failed[0]
+    message = failed[0]
+    for word in ("measured", "baseline", "ratio", "tolerance"):
+        assert word in message
+    assert f"{baseline:.4f}" in message and "ratio 0.66" in message
+
+
+def test_selection_by_keyword_and_marker(tiny_baselines):
+    args = ("--mpt-baselines", str(tiny_baselines), "--collect-only", "-q", "-p", "no:randomly")
+    not_rtn = _pytest(*args, "-k", "quant and not rtn").stdout
+    assert "rtn" not in not_rtn.split("tests collected")[0] and "dense" in not_rtn
+    semi = _pytest(*args, "-m", "cpu and unstructured").stdout
+    ids = [line for line in semi.splitlines() if "::" in line]
+    assert ids and all("magnitude:" in line or "dense" in line for line in ids)
+    assert {"4:8" in line for line in ids} == {True, False}
+
+
+def test_random_order_gives_the_same_values(tiny_baselines, tmp_path):
+    values = []
+    for order_args in (("-p", "no:randomly"), ("--randomly-seed", "12345")):
+        results = tmp_path / f"results{len(values)}.jsonl"
+        outcome = _pytest(
+            "--mpt-baselines",
+            str(tiny_baselines),
+            "-k",
+            "quant or semi",
+            "--mpt-results",
+            str(results),
+            *order_args,
+        )
+        assert outcome.returncode == 0, outcome.stdout[-2000:]
+        records = [json.loads(line) for line in results.read_text().splitlines()]
+        values.append({(r["spec"], r["dataset"]): r["value"] for r in records})
+    assert values[0] == values[1] and len(values[0]) >= 18
+
+
+def test_gpu_tier_collects_one_test_per_numeric_study_cell():
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "benchmarks",
+            "--collect-only",
+            "-q",
+            "-m",
+            "gpu",
+            "-p",
+            "no:randomly",
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=ROOT,
+        timeout=300,
+    )
+    collected = [line for line in result.stdout.splitlines() if "::" in line]
+    study = baselines.load_dir(ROOT / "baselines" / "study", "study")
+    assert len(collected) == sum(row.is_numeric for row in study)
+    assert (
+        "benchmarks/test_unstructured.py::test_ppl[llama2-7b-wikitext2-wanda:0.5-table2]"
+        in collected
+    )
+
+
+@pytest.mark.parametrize(
+    ("measured", "baseline", "dense", "passed", "regime"),
+    [
+        (10.1, 10.0, 5.0, True, "stable"),
+        (10.3, 10.0, 5.0, False, "stable"),
+        (9.7, 10.0, 5.0, False, "stable"),
+        (float("inf"), 10.0, 5.0, False, "stable"),
+        (900.0, 400.0, 5.0, True, "collapsed"),
+        (float("inf"), 400.0, 5.0, True, "collapsed"),
+        (20.0, 400.0, 5.0, False, "collapsed"),
+    ],
+)
+def test_verdict_regimes(measured, baseline, dense, passed, regime):
+    verdict = baselines.check(measured, baseline, dense_measured=dense, dense_baseline=dense)
+    assert (verdict.passed, verdict.regime) == (passed, regime)
+
+
+def test_verdict_tells_library_shift_from_broken_compression():
+    shifted = baselines.check(10.6, 10.0, dense_measured=5.3, dense_baseline=5.0)
+    assert not shifted.passed and "dense moved alike" in shifted.message
+    broken = baselines.check(10.6, 10.0, dense_measured=5.0, dense_baseline=5.0)
+    assert not broken.passed and "compression moved" in broken.message
+    assert "measured 10.6000 vs baseline 10.0000, ratio 1.0600" in broken.message
+
+
+def test_rtol_is_applied():
+    assert not baselines.check(10.3, 10.0).passed
+    assert baselines.check(10.3, 10.0, rtol=0.05).passed
+
+
+HEADER = ",".join(baselines.HEADER)
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        ("model,spec\nx,dense\n", "header must be"),
+        (f"{HEADER}\nm,wikitext2,dense,ppl,5.0\n", ":2: expected 10 cells"),
+        (f"{HEADER}\nm,wikitext2,dense,ppl,five,,,,512,s\n", ":2:"),
+        (f"{HEADER}\nm,wikitext2,wanda:1.5,ppl,5.0,,,,512,s\n", "ratio 1.5"),
+        (f"{HEADER}\nm,wikitext2,dense,ppl,5.0,,,,long,s\n", ":2:"),
+    ],
+)
+def test_malformed_baseline_file_is_one_clear_error(tmp_path, content, fragment):
+    path = tmp_path / "bad.csv"
+    path.write_text(content)
+    with pytest.raises(BaselineError, match=fragment.replace("(", r"\(")) as error:
+        baselines.load_file(path, "cpu")
+    assert str(path) in str(error.value)
+
+
+def test_row_families_route_rows_to_modules():
+    assert baselines.row_family("wanda:0.5", "ppl") == "unstructured"
+    assert baselines.row_family("wanda:2:4", "ppl") == "semi"
+    assert baselines.row_family("sparsegpt:0.5+gptq:4", "ppl") == "combined"
+    assert baselines.row_family("gguf:Q4_K_M", "acc") == "downstream"
+    assert baselines.row_family("asvd:0.1", "ppl") == "lowrank"
+    assert baselines.row_family("slicegpt:0.3[recover=finetune]", "ppl") == "structured"
+
+
+def test_registered_families_agree_with_the_study_map():
+    from mpt_core import registry
+
+    for name in registry.names():
+        assert baselines.METHOD_FAMILIES[name] == registry.get(name).family
