@@ -1,9 +1,10 @@
 """CPU-tier baselines produced by the harness itself: ``mpt baselines record``.
 
-Each family has a fixed grid of specs, measured on WikiText-2 and PTB test
-(seqlen 512, a fixed number of windows, calibration on PTB valid). Records go to
-a resumable JSONL first; the CSV is written from them with a header saying the
-command, the date and the library versions.
+Each family has a fixed grid of specs (``baselines/cpu/grids/<family>.txt``),
+measured on WikiText-2 and PTB test (seqlen 512, a fixed number of windows,
+calibration on PTB valid). Records go to a resumable JSONL first; the CSV is
+written from them with a header saying the command, the date and the library
+versions.
 """
 
 from __future__ import annotations
@@ -14,15 +15,28 @@ import math
 from pathlib import Path
 
 from mpt_core.baselines import HEADER, BaselineRow
+from mpt_core.errors import BaselineError, SpecError
 from mpt_core.results import Record, now, read
+from mpt_core.spec import Spec
 
-RATIOS = [f"0.{i}" for i in range(1, 9)]
-CPU_GRIDS = {
-    "quant": ["dense", *(f"rtn:{bits}[group=64]" for bits in (8, 6, 4, 3, 2)), "rtn:4", "rtn:8"],
-    "unstructured": ["dense", *(f"magnitude:{ratio}" for ratio in RATIOS)],
-    "semi": ["dense", "magnitude:2:4", "magnitude:4:8"],
-}
 CPU_DATASETS = ("wikitext2", "ptb")
+GRIDS_DIR = Path("baselines/cpu/grids")
+
+
+def read_grid(path: Path) -> list[str]:
+    """The specs of a grid file (one a line, ``#`` comments), each checked to parse."""
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in path.parent.glob("*.txt"))) or "none"
+        raise BaselineError(f"grid file {path} not found; grids in {path.parent}: {known}")
+    specs = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        text = line.split("#")[0].strip()
+        if text:
+            try:
+                specs.append(str(Spec.parse(text)))
+            except SpecError as error:
+                raise BaselineError(f"{path}:{number}: {error}") from None
+    return specs
 
 
 def csv_text(records: list[Record], family: str, command: str) -> str:
@@ -71,7 +85,9 @@ def write_csv(
     """Write the CSV of the grid's points found in ``records_path``; returns the row count."""
     records = [record for record in read(records_path) if record.spec in specs]
     order = {spec: index for index, spec in enumerate(specs)}
-    records.sort(key=lambda record: (CPU_DATASETS.index(record.dataset), order[record.spec]))
+    records.sort(
+        key=lambda record: (record.dataset != "wikitext2", record.dataset, order[record.spec])
+    )
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     csv_path.write_text(csv_text(records, family, command), encoding="utf-8")
     return len(records)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from mpt_core.baseline_record import CPU_DATASETS, CPU_GRIDS, write_csv
+from mpt_core.baseline_record import CPU_DATASETS, GRIDS_DIR, read_grid, write_csv
 from mpt_core.commands.common import add_model_arguments, describe, open_session
 from mpt_core.results import append, known_keys, point_key
 from mpt_core.spec import Spec
@@ -20,7 +20,13 @@ def register(subparsers) -> None:
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     record = actions.add_parser("record", help="measure a family's grid and write its CSV")
     add_model_arguments(record)
-    record.add_argument("--family", required=True, choices=sorted(CPU_GRIDS))
+    record.add_argument("--family", required=True, help="a grid: quant, unstructured, semi, ...")
+    record.add_argument(
+        "--grid", default=None, help="grid file (default: baselines/cpu/grids/<family>.txt)"
+    )
+    record.add_argument(
+        "--datasets", default=",".join(CPU_DATASETS), help="comma list (default: wikitext2,ptb)"
+    )
     record.add_argument(
         "--out", default=None, help="CSV path (default: baselines/cpu/<model>/<family>.csv)"
     )
@@ -35,10 +41,11 @@ def register(subparsers) -> None:
 def run_record(args: argparse.Namespace) -> int:
     out = Path(args.out or f"baselines/cpu/{args.model}/{args.family}.csv")
     records_path = Path(args.records or out.with_suffix(".records.jsonl"))
-    specs = CPU_GRIDS[args.family]
+    specs = read_grid(Path(args.grid) if args.grid else GRIDS_DIR / f"{args.family}.txt")
+    datasets = [name.strip() for name in args.datasets.split(",") if name.strip()]
     session = open_session(args)
     done = known_keys(records_path)
-    points = [(dataset, spec) for dataset in CPU_DATASETS for spec in specs]
+    points = [(dataset, spec) for dataset in datasets for spec in specs]
     for dataset, spec in tqdm(points, desc=f"baselines {args.family}", unit="point"):
         windows = session.windows_for(dataset, args.windows)
         key = point_key(session.loaded.name, spec, dataset, args.seqlen, windows, "ppl")
