@@ -89,7 +89,8 @@ class BaselineRow:
         if family != "dense":
             return family
         # A dense row is the reference point of its own table (a CPU-tier file is one family).
-        return self.table if self.tier == "cpu" and self.table in FAMILY_MODULES else "quant"
+        table_family = self.table.split("-")[0]  # CPU-tier files: <family>[-<methods>].csv
+        return table_family if self.tier == "cpu" and table_family in FAMILY_MODULES else "quant"
 
     @property
     def test_id(self) -> str:
