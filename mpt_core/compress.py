@@ -35,6 +35,7 @@ def _import_methods() -> None:
 
 _import_methods()
 
+PRUNING_FAMILIES = ("unstructured", "semi")
 CALIBRATION_SPLITS = {"ptb": "validation", "wikitext2": "train", "c4": "train"}
 
 
@@ -87,16 +88,22 @@ def compress(model, spec: Spec, calibration: Calibration | None) -> Footprint:
     for stage in spec.stages:
         method = registry.get(stage.method)
         stage_storage = method.apply(model, stage, method.settings(stage), calibration)
+        if registry.family_of(stage) in PRUNING_FAMILIES:
+            stage_storage = {
+                k: dataclasses.replace(v, sparse=True) for k, v in stage_storage.items()
+            }
         storage = _merge(storage, stage_storage)
     return measure(model, storage, reference)
 
 
 def _merge(before: dict[str, TensorStorage], after: dict[str, TensorStorage]) -> dict:
-    """A later stage's storage wins, but a tensor pruned N:M earlier keeps its index cost."""
+    """A later stage's storage wins, but a tensor pruned earlier keeps its sparse layout."""
     merged = dict(before)
     for name, storage in after.items():
         previous = before.get(name)
-        if previous is not None and storage.nm is None:
-            storage = dataclasses.replace(storage, nm=previous.nm)
+        if previous is not None:
+            storage = dataclasses.replace(
+                storage, nm=storage.nm or previous.nm, sparse=storage.sparse or previous.sparse
+            )
         merged[name] = storage
     return merged

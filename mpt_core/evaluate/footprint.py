@@ -6,10 +6,12 @@ Storage layout (documented in the README and tested):
 - quantized values: ``bits`` per stored value, plus per group an fp16 scale
   (16 bits) and, for asymmetric schemes, an fp16 zero point (16 bits);
 - sparsity: the zeros of a tensor are counted from the tensor itself, never
-  taken from the spec. An unstructured sparse tensor is stored as the cheaper
-  of dense and (non-zero values + a 1-bit-per-element bitmask); an N:M tensor as
-  its kept values plus ceil(log2(M)) index bits per kept value (the 2:4 sparse
-  tensor-core layout).
+  taken from the spec. A tensor a pruning method made sparse is stored as the
+  cheaper of dense and (non-zero values + a 1-bit-per-element bitmask); an N:M
+  tensor as its kept values plus ceil(log2(M)) index bits per kept value (the
+  2:4 sparse tensor-core layout). Zeros that only rounding produced (a 2-bit
+  grid maps many small weights to 0) do not make a quantized tensor sparse:
+  its integers are stored densely, as every quantized format does.
 
 The reference is the model in fp16: ``fp16_bytes``; ``relative_size`` is
 ``bytes / fp16_bytes``.
@@ -36,6 +38,7 @@ class TensorStorage:
     zero_bits: int = 0  # per group
     nm: tuple[int, int] | None = None  # (n pruned, m) for N:M sparse storage
     extra_bits: int = 0  # anything else the method stores for the tensor (outliers, ...)
+    sparse: bool = False  # a pruning stage removed weights: store non-zeros + bitmask
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,7 @@ def tensor_cost(name: str, tensor: torch.Tensor, storage: TensorStorage | None) 
         index_bits = nnz * math.ceil(math.log2(storage.nm[1]))
         return TensorCost(name, numel, nnz, nnz * storage.value_bits + index_bits + scales, "nm")
     bitmask = nnz * storage.value_bits + numel
-    if bitmask < dense:
+    if storage.sparse and bitmask < dense:
         return TensorCost(name, numel, nnz, bitmask + scales, "bitmask")
     return TensorCost(name, numel, nnz, dense + scales, "dense")
 
