@@ -1,0 +1,82 @@
+"""The factorized linear layer every low-rank method stores, and how it replaces a Linear.
+
+A rank-k layer ``y = U (Vᵀ x) + b`` keeps two matrices, ``u`` (out × k) and ``vt``
+(k × in): k·(m + n) parameters instead of m·n, so the footprint counts what is
+really stored. The split of Σ between the factors follows the authors' code
+(SVD-LLM and ASVD both store U·√Σ and √Σ·Vᵀ).
+
+The rank budget is the study's: ``R`` is the fraction of a layer's parameters
+removed, so k·(m + n) = (1 − R)·m·n, rounded down to a whole rank. At ``R = 0``
+the dense matrix itself fits the budget and is kept.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mpt_core.errors import SpecError
+from mpt_core.evaluate.footprint import TensorStorage
+
+
+class LowRankLinear(nn.Module):
+    """``y = u(vt(x))``: a Linear stored as two thin factors."""
+
+    def __init__(self, u: torch.Tensor, vt: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.in_features, self.out_features, self.rank = vt.shape[1], u.shape[0], u.shape[1]
+        self.vt = nn.Linear(self.in_features, self.rank, bias=False)
+        self.u = nn.Linear(self.rank, self.out_features, bias=bias is not None)
+        with torch.no_grad():
+            self.vt.weight.copy_(vt)
+            self.u.weight.copy_(u)
+            if bias is not None:
+                self.u.bias.copy_(bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.u(self.vt(x))
+
+
+def rank_for_ratio(out_features: int, in_features: int, ratio: float) -> int | None:
+    """The rank k with k·(m + n) <= (1 − R)·m·n; None when the dense matrix fits (R = 0)."""
+    if ratio <= 0:
+        return None
+    rank = int((1 - ratio) * out_features * in_features // (out_features + in_features))
+    if rank < 1:
+        raise SpecError(
+            f"ratio {ratio} leaves no rank for a {out_features}x{in_features} layer; "
+            "use a smaller ratio"
+        )
+    return rank
+
+
+def split_sigma(
+    U: torch.Tensor, S: torch.Tensor, Vt: torch.Tensor, rank: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rank-k factors (U_k·√Σ_k, √Σ_k·Vᵀ_k) of an SVD ``U diag(S) Vt``."""
+    root = S[:rank].sqrt()
+    return U[:, :rank] * root, root[:, None] * Vt[:rank]
+
+
+def replace_linear(
+    block: nn.Module, name: str, u: torch.Tensor, vt: torch.Tensor, prefix: str
+) -> dict[str, TensorStorage]:
+    """Put a LowRankLinear with factors ``u``, ``vt`` where ``block.<name>`` was.
+
+    Returns the storage of the two new weights under their full parameter names
+    (``prefix`` is the block's, e.g. ``model.layers.3``).
+    """
+    parent_name, _, child = name.rpartition(".")
+    parent = block.get_submodule(parent_name) if parent_name else block
+    linear = getattr(parent, child)
+    dtype = linear.weight.dtype
+    factorized = LowRankLinear(u.to(dtype), vt.to(dtype), linear.bias)
+    setattr(parent, child, factorized.to(linear.weight.device))
+    return {f"{prefix}.{name}.{part}.weight": TensorStorage() for part in ("u", "vt")}
+
+
+def check_ratio(ratio: float, method: str, highest: float = 0.95) -> None:
+    if not 0 <= ratio <= highest:
+        raise SpecError(
+            f"{method} takes a ratio in [0, {highest}] (parameters removed); got {ratio}"
+        )

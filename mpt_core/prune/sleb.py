@@ -1,0 +1,97 @@
+"""SLEB: streamlining LLMs through redundancy verification and elimination of transformer
+blocks (Song et al., ICML 2024, arXiv:2402.09025).
+
+Blocks go one at a time: in each round every remaining candidate block is switched
+off in turn, the calibration loss (summed token NLL of the model without it) is
+measured, and the block whose absence costs least is removed for good before the
+next round re-scores the rest. As the authors' ``sleb.py``: the first and last
+``early``/``latter`` remaining blocks are never candidates (barriers of 1 by default);
+on a model too shallow to keep both barriers and still offer a candidate (the 2-block
+tiny model) the barriers are dropped. ``R`` is the fraction of blocks removed,
+rounded to whole blocks.
+
+A round costs one pass to record every remaining block's input and, per candidate,
+the blocks after it: the blocks before a candidate see the same input whichever
+later block is off.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from mpt_core.evaluate.footprint import TensorStorage
+from mpt_core.layerwise import (
+    LayerInputs,
+    capture_layer0_inputs,
+    decoder_layers,
+    run_block,
+)
+from mpt_core.prune.blocks import blocks_to_remove, remove_blocks
+from mpt_core.registry import Option, register
+
+
+def _barrier(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError("must be 0 or more")
+    return number
+
+
+@torch.no_grad()
+def inputs_of_alive_blocks(model, alive: list[int], windows: torch.Tensor) -> list[LayerInputs]:
+    """What each remaining block receives when the removed blocks are skipped."""
+    blocks = decoder_layers(model)
+    inputs = capture_layer0_inputs(model, windows)
+    entering = []
+    for index in alive:
+        entering.append(inputs)
+        inputs = LayerInputs(run_block(blocks[index], inputs), inputs.kwargs)
+    return entering
+
+
+@torch.no_grad()
+def loss_from(model, blocks: list, inputs: LayerInputs, windows: torch.Tensor) -> float:
+    """Summed next-token NLL of ``windows`` when ``inputs`` run through ``blocks`` and the head."""
+    for block in blocks:
+        inputs = LayerInputs(run_block(block, inputs), inputs.kwargs)
+    total = 0.0
+    for hidden, ids in zip(inputs.hidden, windows):
+        logits = model.lm_head(model.model.norm(hidden[None]))[0, :-1].float()
+        total += F.cross_entropy(logits, ids[1:].to(logits.device), reduction="sum").item()
+    return total
+
+
+def least_harmful(model, alive: list[int], windows: torch.Tensor, early: int, latter: int) -> int:
+    """Position in ``alive`` of the block whose removal raises the calibration loss least."""
+    blocks = decoder_layers(model)
+    if len(alive) - early - latter < 1:
+        early = latter = 0
+    entering = inputs_of_alive_blocks(model, alive, windows)
+    losses = {
+        j: loss_from(model, [blocks[i] for i in alive[j + 1 :]], entering[j], windows)
+        for j in range(early, len(alive) - latter)
+    }
+    return min(losses, key=losses.get)
+
+
+@register(
+    "sleb",
+    family="structured",
+    levels={"ratio"},
+    needs_calibration=True,
+    options={
+        "early": Option(_barrier, 1, "leading blocks never removed"),
+        "latter": Option(_barrier, 1, "trailing blocks never removed"),
+    },
+)
+def sleb(model, stage, settings, calibration) -> dict[str, TensorStorage]:
+    count = blocks_to_remove(model, stage.ratio)
+    windows = calibration.windows(settings)
+    alive = list(range(len(decoder_layers(model))))
+    removed = []
+    for _ in range(count):
+        position = least_harmful(model, alive, windows, settings["early"], settings["latter"])
+        removed.append(alive.pop(position))
+    remove_blocks(model, removed)
+    return {}
