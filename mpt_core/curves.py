@@ -60,6 +60,7 @@ class Point:
     value: float  # nan or inf: measured and collapsed
     size: float | None = None  # fraction of the FP16 model, where the source states it
     source: str = ""
+    size_gb: float | None = None  # absolute size, where the source gives one (Tables 5-6)
 
     @property
     def setting(self) -> tuple[str, str, str, str]:
@@ -145,6 +146,7 @@ def point_from_row(row: dict[str, str], where: str) -> Point | None:
         value=value,
         size=parse_size(row["size"], row["size_unit"], where),
         source=row["source"],
+        size_gb=float(row["size"]) if row["size_unit"] == "GB" and row["size"].strip() else None,
     )
 
 

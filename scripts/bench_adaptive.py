@@ -54,13 +54,13 @@ def adaptive_run(measure: Callable, lo: float, hi: float, budget: int) -> tuple[
     return width(np.array([p[0] for p in points]), np.array([p[1] for p in points]))
 
 
-def synthetic(rng: np.random.Generator) -> tuple[str, Callable, float, float]:
+def synthetic(rng: np.random.Generator, noise: float) -> tuple[str, Callable, float, float]:
     s0 = rng.uniform(0.35, 0.7)
     c, a, b, k = rng.uniform(4, 12), rng.uniform(1, 6), rng.uniform(1, 3), rng.uniform(8, 20)
 
     def measure(x: float) -> float:
         clean = (c + a * min(x, s0) ** b) * np.exp(k * max(x - s0, 0.0))
-        return float(clean * np.exp(rng.normal(0.0, 0.02)))
+        return float(clean * np.exp(rng.normal(0.0, noise)))
 
     return f"synthetic s0={s0:.3f}", measure, 0.0, 0.85
 
@@ -95,10 +95,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--draws", type=int, default=8, help="synthetic curves")
     parser.add_argument("--budget", type=int, default=10, help="evaluations per sweep")
+    parser.add_argument("--noise", type=float, default=0.02, help="synthetic log-noise sd")
+    parser.add_argument("--no-study", action="store_true", help="synthetic curves only")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    rows = [compare(synthetic(rng), args.budget) for _ in range(args.draws)]
-    rows += [compare(study_curve(rng, t, m), args.budget) for t, m in STUDY_CURVES]
+    rows = [compare(synthetic(rng, args.noise), args.budget) for _ in range(args.draws)]
+    if not args.no_study:
+        rows += [compare(study_curve(rng, t, m), args.budget) for t, m in STUDY_CURVES]
     headers = [
         "curve",
         "n",
@@ -108,9 +111,9 @@ def main() -> None:
         "width adaptive",
         "ratio",
     ]
-    print(tabulate(rows, headers, tablefmt="github", floatfmt=".2f"))
+    print(tabulate(rows, headers, tablefmt="github", floatfmt=".4f"))
     synth = [r[-1] for r in rows if r[0].startswith("synthetic")]
-    study = [r[-1] for r in rows if r[0].startswith("study")]
+    study = [r[-1] for r in rows if r[0].startswith("study")] or [float("nan")]
     print(
         f"\nmedian width ratio (uniform / adaptive): synthetic {statistics.median(synth):.2f}, "
         f"study {statistics.median(study):.2f}, all {statistics.median(synth + study):.2f}"

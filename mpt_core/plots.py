@@ -1,0 +1,230 @@
+"""Figures in the study's layout (matplotlib, Agg backend; every figure as PNG and SVG).
+
+- ``ptp_<table>``: per method family, measured points, the fitted curve and a
+  star at the PTP (the study's Figs. 2-3 and B1), from single-stage ratio curves.
+- ``quantization_size``: PPL against size in GB per model family at each
+  quantization level (Fig. 4, from Tables 5-6).
+- ``combined_<table>``: the pruning x quantization surface and its contour with
+  the Pareto front (red) and the phase-transition line (orange) (Fig. 5).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import numpy as np  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
+
+from mpt_core.combine import Grid, build_grid, pareto_front, select_setting  # noqa: E402
+from mpt_core.curves import (  # noqa: E402
+    MeasuredCurve,
+    Point,
+    group_curves,
+    read_points,
+    scheme_bits,
+)
+from mpt_core.errors import FitError  # noqa: E402
+from mpt_core.fit import fit_phase_transition  # noqa: E402
+
+FORMATS = ("png", "svg")
+MIN_GRID_CELLS = 12
+
+
+def write_figures(csv_paths: list[str | Path], out_dir: str | Path) -> list[Path]:
+    """Every figure the files support; returns the paths written."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    quant_points: list[Point] = []
+    for path in map(Path, csv_paths):
+        points = [p for p in read_points(path) if p.metric == "ppl"]
+        quant_points += [p for p in points if p.size_gb is not None]
+        curves = family_curves(points)
+        if curves:
+            written += save(plot_family(curves, path.stem), out / f"ptp_{path.stem}")
+        grid = combined_grid(points)
+        if grid is not None:
+            written += save(plot_combined(grid, path.stem), out / f"combined_{path.stem}")
+    if quant_points:
+        written += save(plot_quantization(quant_points), out / "quantization_size")
+    return written
+
+
+def save(fig: plt.Figure, stem: Path) -> list[Path]:
+    paths = [stem.with_suffix(f".{fmt}") for fmt in FORMATS]
+    for path in paths:
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return paths
+
+
+def family_curves(points: list[Point]) -> list[MeasuredCurve]:
+    """Single-stage ratio curves with enough points to fit."""
+    curves = group_curves(points, axes=("ratio",))
+    return [c for c in curves if c.key.others == "dense" and c.x.size >= 5]
+
+
+def plot_family(curves: list[MeasuredCurve], title: str) -> plt.Figure:
+    datasets = sorted({c.key.dataset for c in curves})
+    fig, axes = plt.subplots(1, len(datasets), figsize=(7 * len(datasets), 5), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets, strict=True):
+        for color, curve in zip(
+            colors(), [c for c in curves if c.key.dataset == dataset], strict=False
+        ):
+            draw_curve(ax, curve, color)
+        ax.set(yscale="log", xlabel="compression ratio", ylabel=f"{dataset} PPL (log)")
+        ax.set_title(f"{title}: {dataset}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return fig
+
+
+def colors():
+    return iter(plt.cm.tab10(np.linspace(0, 1, 10)).tolist() * 3)
+
+
+def draw_curve(ax: plt.Axes, curve: MeasuredCurve, color) -> None:
+    """Points, the fitted curve, and a star at s0 (hollow when the fit selects no transition)."""
+    finite = np.isfinite(curve.y)
+    label = (
+        f"{curve.key.label} ({curve.key.seqlen})"
+        if curve.key.seqlen != "unknown"
+        else curve.key.label
+    )
+    ax.plot(curve.x[finite], curve.y[finite], "o", color=color, ms=4)
+    try:
+        fit = fit_phase_transition(curve.x, curve.y)
+    except FitError:
+        return
+    xs = np.linspace(curve.x.min(), curve.x.max(), 200)
+    ax.plot(xs, fit.predict(xs), "-", color=color, lw=1.2, label=f"{label}: s0={fit.s0:.2f}")
+    ax.plot(
+        [fit.s0],
+        fit.predict(fit.s0),
+        "*",
+        ms=14,
+        mec="black",
+        color=color if fit.has_transition else "none",
+    )
+
+
+def family_of(model: str) -> str:
+    """'qwen2.5-7b' -> 'qwen2.5', 'gemma3-12b-it' -> 'gemma3', 'llama2-70b' -> 'llama2'."""
+    return re.split(r"-\d", model, maxsplit=1)[0]
+
+
+def plot_quantization(points: list[Point]) -> plt.Figure:
+    by_family: dict[str, dict[str, list[Point]]] = defaultdict(lambda: defaultdict(list))
+    for p in points:
+        if len(p.spec.stages) <= 1:
+            by_family[family_of(p.model)][p.model].append(p)
+    families = sorted(by_family)
+    cols = min(3, len(families))
+    rows = -(-len(families) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 4 * rows), squeeze=False)
+    for ax in axes.flat[len(families) :]:
+        ax.set_visible(False)
+    for ax, family in zip(axes.flat, families, strict=False):
+        for model, items in sorted(by_family[family].items()):
+            items.sort(key=lambda p: p.size_gb)
+            ax.plot([p.size_gb for p in items], [p.value for p in items], "o-", ms=3, label=model)
+            two_bit = [p for p in items if p.spec.stages and nominal_bits(p) == 2]
+            ax.plot([p.size_gb for p in two_bit], [p.value for p in two_bit], "rx", ms=8)
+        ax.set(xscale="log", xlabel="size (GB, log)", ylabel="WikiText-2 PPL", title=family)
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.suptitle("Quantized models: PPL vs size (red x: 2-bit schemes)")
+    fig.tight_layout()
+    return fig
+
+
+def nominal_bits(point: Point) -> int | None:
+    stage = point.spec.stages[-1]
+    return stage.bits if stage.bits is not None else scheme_bits(stage.scheme or "")
+
+
+def combined_grid(points: list[Point]) -> Grid | None:
+    """The 2-D grid of a file, when it has one (both stages in enough cells)."""
+    two_stage = [p for p in points if len(p.spec.stages) == 2]
+    if len(two_stage) < MIN_GRID_CELLS:
+        return None
+    try:
+        return build_grid(select_setting(points, None, "wikitext2"))
+    except FitError:
+        return None
+
+
+def grid_matrix(grid: Grid) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
+    """Ratios, quantization levels ordered by bits, and log10 PPL on that lattice."""
+    ratios = np.array(sorted({c.ratio for c in grid.cells}))
+    levels = sorted({c.quant for c in grid.cells}, key=lambda q: level_bits(grid, q))
+    z = np.full((len(levels), ratios.size), np.nan)
+    for cell in grid.cells:
+        z[levels.index(cell.quant), int(np.searchsorted(ratios, cell.ratio))] = np.log10(cell.value)
+    bits = np.array([level_bits(grid, q) for q in levels])
+    return ratios, levels, bits, z
+
+
+def level_bits(grid: Grid, quant: str) -> float:
+    cell = next(c for c in grid.cells if c.quant == quant)
+    return 16.0 * (1.0 - cell.x_bits)
+
+
+def plot_combined(grid: Grid, title: str) -> plt.Figure:
+    ratios, levels, bits, z = grid_matrix(grid)
+    fig = plt.figure(figsize=(16, 6))
+    fig.subplots_adjust(wspace=0.35)
+    ax3 = fig.add_subplot(1, 2, 1, projection="3d")
+    rr, bb = np.meshgrid(ratios, np.arange(len(levels)))
+    ax3.plot_surface(rr, bb, z, cmap="viridis", edgecolor="k", lw=0.2)
+    ax3.set(xlabel="pruning ratio", zlabel="log10 PPL", yticks=range(len(levels)))
+    ax3.set_yticklabels(levels, fontsize=6)
+    ax3.set_title(f"a) {title}: PPL surface")
+    ax2 = fig.add_subplot(1, 2, 2)
+    filled = ax2.contourf(ratios, bits, z, levels=20, cmap="viridis")
+    fig.colorbar(filled, ax=ax2, label="log10 PPL")
+    draw_lines(ax2, grid)
+    ax2.set(xlabel="pruning ratio", ylabel="bits per weight (from stated sizes)")
+    ax2.set_yticks(bits, [f"{b:.1f} {q}" for b, q in zip(bits, levels, strict=True)], fontsize=6)
+    ax2.set_title("b) contour, Pareto front (red), phase-transition line (orange)")
+    ax2.legend(fontsize=7, loc="upper center")
+    return fig
+
+
+def draw_lines(ax: plt.Axes, grid: Grid) -> None:
+    front = pareto_front(grid.cells)
+    # the front runs in size order, which zigzags across this lattice: points, not a line
+    ax.plot(
+        [c.ratio for c in front],
+        [16 * (1 - c.x_bits) for c in front],
+        "ro",
+        ms=6,
+        mfc="none",
+        label="Pareto front (lowest PPL at its size)",
+    )
+    ptl = sorted(
+        (fit.s0, level_bits(grid, quant))
+        for (_, quant), fit in grid.along_ratio.items()
+        if fit is not None and fit.has_transition
+    )
+    ptl_bits = sorted(
+        (ratio, fit.s0_bits)
+        for (_, ratio), fit in grid.along_bits.items()
+        if fit is not None and fit.has_transition and fit.s0_bits > 1
+    )
+    if ptl:
+        ax.plot(
+            *zip(*sorted(ptl, key=lambda p: p[1]), strict=True),
+            "o-",
+            color="orange",
+            label="PTL along pruning",
+        )
+    if ptl_bits:
+        ax.plot(*zip(*ptl_bits, strict=True), "s--", color="orange", ms=3, label="PTL along bits")
