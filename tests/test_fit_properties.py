@@ -58,11 +58,14 @@ def test_scaling_y_and_shuffling_points_change_nothing(curve: dict, scale: float
     base = fit_phase_transition(x, y)
     order = rng.permutation(x.size)
     moved = fit_phase_transition(x[order], scale * y[order])
-    # the data are the same up to rounding; a profile that is flat near its
-    # minimum may let that rounding move s0, but only by a sliver of the interval
-    slack = 0.1 * (base.s0_high - base.s0_low) + 1e-9
-    assert abs(moved.s0 - base.s0) <= slack
-    assert abs(moved.s0_low - base.s0_low) <= slack and abs(moved.s0_high - base.s0_high) <= slack
+    # the data are the same up to rounding. The interval comes from the profile
+    # on a fixed grid and must agree closely; the point estimate polishes a
+    # minimum that is flat to the optimizer's tolerance, so rounding may slide
+    # it along that flat bottom, but only by a fraction of the interval
+    width = base.s0_high - base.s0_low
+    assert abs(moved.s0_low - base.s0_low) <= 0.02 * width + 1e-9
+    assert abs(moved.s0_high - base.s0_high) <= 0.02 * width + 1e-9
+    assert abs(moved.s0 - base.s0) <= 0.25 * width + 1e-9
     assert np.allclose(moved.predict(x), scale * base.predict(x), rtol=0.02)
     assert moved.has_transition == base.has_transition
 
