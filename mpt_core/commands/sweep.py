@@ -7,13 +7,14 @@ skips the points already there, so an interrupted sweep resumes where it stopped
 from __future__ import annotations
 
 import argparse
+import math
 
 from tqdm import tqdm
 
 from mpt_core.commands.common import add_model_arguments, describe, open_session
 from mpt_core.errors import MptError
 from mpt_core.registry import validate
-from mpt_core.results import append, known_keys, point_key
+from mpt_core.results import append, known_keys, point_key, read
 from mpt_core.spec import Spec
 
 
@@ -28,6 +29,13 @@ def register(subparsers) -> None:
     levels.add_argument("--schemes", default=None, help="schemes, e.g. Q4_K_M,Q8_0")
     parser.add_argument("--options", default="", help="options for every point, e.g. group=64")
     parser.add_argument("--dense", action="store_true", help="also measure the dense model")
+    parser.add_argument(
+        "--adaptive",
+        action="store_true",
+        help="choose each next ratio where it narrows the PTP interval most "
+        "(within the --ratios start:stop range)",
+    )
+    parser.add_argument("--budget", type=int, default=10, help="points of an --adaptive sweep")
     parser.add_argument("--out", required=True, help="JSONL file the records are appended to")
     parser.set_defaults(func=run)
 
@@ -66,6 +74,8 @@ def sweep_specs(args: argparse.Namespace) -> list[Spec]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.adaptive:
+        return run_adaptive(args)
     specs = sweep_specs(args)
     done = known_keys(args.out)
     session = open_session(args)
@@ -83,3 +93,58 @@ def run(args: argparse.Namespace) -> int:
         append(args.out, record)
         tqdm.write(describe(record))
     return 0
+
+
+def run_adaptive(args: argparse.Namespace) -> int:
+    """Measure ``--budget`` ratios, each proposed by ``adaptive.propose_next`` from the
+    points measured so far (those already in ``--out`` count: the sweep resumes)."""
+    from mpt_core.adaptive import propose_next
+
+    lo, hi = _adaptive_range(args.ratios or "", args.budget)
+    suffix = f"[{args.options}]" if args.options else ""
+    validate(Spec.parse(f"{args.method}:{lo!r}{suffix}"))
+    session = open_session(args)
+    points = _measured_ratios(args, session, suffix)
+    for _ in tqdm(range(max(0, args.budget - len(points))), desc="adaptive sweep", unit="point"):
+        level = round(propose_next(points, lo, hi), 4)
+        record = session.measure(
+            Spec.parse(f"{args.method}:{level!r}{suffix}"), args.dataset, args.windows
+        )
+        append(args.out, record)
+        points.append((level, record.value))
+        tqdm.write(describe(record))
+    return 0
+
+
+def _adaptive_range(text: str, budget: int) -> tuple[float, float]:
+    try:
+        lo, hi = (float(part) for part in text.split(":")[:2])
+    except ValueError:
+        lo = hi = math.nan
+    if not (0 <= lo < hi < 1) or budget < 1:
+        raise MptError(
+            f"--adaptive needs --ratios lo:hi with 0 <= lo < hi < 1 (got {text!r}) "
+            f"and a positive --budget (got {budget})"
+        )
+    return lo, hi
+
+
+def _measured_ratios(args, session, suffix: str) -> list[tuple[float, float]]:
+    """(ratio, value) of this method, with these options, already in ``--out``."""
+    options = Spec.parse(f"{args.method}:0.5{suffix}").stages[0].options
+    points = []
+    for record in read(args.out):
+        stages = Spec.parse(record.spec).stages
+        same_point_kind = (record.model, record.dataset) == (session.loaded.name, args.dataset)
+        single = len(stages) == 1 and stages[0].ratio is not None
+        if (
+            same_point_kind
+            and single
+            and (stages[0].method, stages[0].options)
+            == (
+                args.method,
+                options,
+            )
+        ):
+            points.append((stages[0].ratio, record.value))
+    return points
