@@ -7,7 +7,8 @@ reconstruction error ε_r = Σ_j (W_rj − Ŵ_rj)·E[x_j]. Growing: the pruned w
 the largest W_rj·E[x_j] / Var(x_j) of the sign of ε_r. Pruning: among kept weights
 whose W_rj·E[x_j] has the opposite sign, the one of lowest Wanda score. A row stops
 when |ε_r| falls to the update threshold, when a swap would flip the sign of ε_r, when
-its candidates run out, or after the maximum number of cycles. No weight is updated: sparsity is unchanged.
+its candidates run out, or after the maximum number of cycles. DSnoT itself updates no
+weight and keeps the sparsity of every row (and of every N:M group).
 
 Mapping to the authors' code (zyxxmu/DSnoT, ``lib/prune.py::prune_DSnoT`` and
 ``lib/layerwrapper.py``): ``sum_metric_row`` (per-sample token sums of x, averaged
