@@ -1,0 +1,171 @@
+"""Bad input through the real CLI: exit code 2, one line ``mpt: error: ...``, no traceback.
+
+Every case runs ``python -m mpt_core.cli`` in a subprocess. The subprocesses of the
+selected cases are started together (as many at a time as there are CPUs) when the
+first case needs its result, so the module costs about one process start per CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from conftest import cli_env, needs_data, run_cli
+from mpt_core.results import Record
+
+TINY = ["--model", "tiny-llama", "--dataset", "ptb", "--seqlen", "64", "--windows", "1"]
+
+
+def run_spec(spec: str) -> Callable[[Path], list[str]]:
+    return lambda _tmp: ["run", *TINY, "--spec", spec]
+
+
+def sweep_out(name: str) -> Callable[[Path], list[str]]:
+    return lambda tmp: [
+        "sweep",
+        *TINY,
+        "--method",
+        "magnitude",
+        "--ratios",
+        "0.5",
+        "--out",
+        str(tmp / name),
+    ]
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    args: Callable[[Path], list[str]]
+    names: Callable[[Path], list[str]]  # fragments the error line must contain
+    env: Callable[[Path], dict] = field(default=lambda _tmp: {})
+    loads_model: bool = False
+
+
+CASES = [
+    # the spec grammar
+    Case("trailing-colon", run_spec("wanda:"), lambda _: ["'wanda:'"]),
+    Case("unclosed-bracket", run_spec("x:0.5["), lambda _: ["x:0.5["]),
+    Case("uppercase-method", run_spec("Wanda:0.5"), lambda _: ["'Wanda'"]),
+    # the registry
+    Case("unknown-method", run_spec("magnitud:0.5"), lambda _: ["did you mean 'magnitude'"]),
+    Case("ratio-one", run_spec("magnitude:1.0"), lambda _: ["1.0", "ratio < 1"]),
+    Case("n-not-below-m", run_spec("magnitude:4:2"), lambda _: ["4:2", "N < M"]),
+    Case("bits-1", run_spec("rtn:1"), lambda _: ["bits 1", "2-8"]),
+    Case("bits-9", run_spec("rtn:9"), lambda _: ["bits 9", "2-8"]),
+    Case("unknown-option", run_spec("rtn:4[bogus=1]"), lambda _: ["'bogus'", "group"]),
+    Case(
+        "group-not-dividing",
+        run_spec("rtn:4[group=100]"),
+        lambda _: ["group=100", "64"],
+        loads_model=True,
+    ),
+    # the protocol
+    Case(
+        "seqlen-too-short",
+        lambda _: ["run", "--model", "tiny-llama", "--spec", "dense", "--seqlen", "1"],
+        lambda _: ["--seqlen 1"],
+    ),
+    Case(
+        "seqlen-longer-than-the-data",
+        lambda _: (
+            ["run", "--model", "tiny-llama", "--dataset", "ptb", "--spec", "dense"]
+            + ["--seqlen", "500000"]
+        ),
+        lambda _: ["500000"],
+        loads_model=True,
+    ),
+    # models and devices
+    Case(
+        "unknown-model",
+        lambda _: ["run", "--model", "no-such-model-xyz", "--spec", "dense"],
+        lambda _: ["no-such-model-xyz"],
+        env=lambda _: {"HF_HUB_OFFLINE": "1"},
+        loads_model=True,
+    ),
+    Case(
+        "directory-not-a-model",
+        lambda tmp: ["run", *TINY[2:], "--model", str(tmp / "not-a-model"), "--spec", "dense"],
+        lambda tmp: [str(tmp / "not-a-model")],
+        loads_model=True,
+    ),
+    Case(
+        "device-not-present",
+        lambda _: ["run", *TINY, "--spec", "dense", "--device", "cuda:7"],
+        lambda _: ["cuda:7"],
+        loads_model=True,
+    ),
+    # data and results files
+    Case(
+        "data-missing-offline",
+        lambda _: ["run", "--model", "tiny-llama", "--spec", "dense", "--seqlen", "64"],
+        lambda tmp: ["MPT_DATA_DIR", str(tmp / "empty"), "wiki.test.raw"],
+        env=lambda tmp: {"MPT_DATA_DIR": str(tmp / "empty")},
+        loads_model=True,
+    ),
+    Case("results-bad-middle-line", sweep_out("bad.jsonl"), lambda tmp: [f"{tmp / 'bad.jsonl'}:2"]),
+    Case("results-not-text", sweep_out("binary.jsonl"), lambda tmp: [str(tmp / "binary.jsonl")]),
+]
+# one thread per subprocess: the cases run side by side on few CPUs
+QUIET = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+CASE_IDS = [case.id for case in CASES]
+BY_ID = {case.id: case for case in CASES}
+
+
+def make_inputs(tmp: Path) -> None:
+    (tmp / "empty").mkdir()
+    (tmp / "not-a-model").mkdir()
+    (tmp / "not-a-model" / "config.json").write_text("{}")
+    fields = dict.fromkeys(Record.__dataclass_fields__, "")
+    fields |= {"model": "tiny-llama", "spec": "magnitude:0.1", "seqlen": 64, "windows": 1}
+    fields |= {"metric": "ppl", "value": 1.0, "stderr": 0.0, "footprint": {}, "seconds": {}}
+    record = Record(**fields).to_json()
+    (tmp / "bad.jsonl").write_text(record + "\nthis is not json\n" + record + "\n")
+    (tmp / "binary.jsonl").write_bytes(b"\x81\xfe\x00PK\x03\x04\xff\n\x00\x9c\n")
+
+
+@pytest.fixture(scope="module")
+def outcomes(request, tmp_path_factory) -> dict[str, tuple[Path, Future]]:
+    """Start the selected cases' subprocesses, slowest first, a CPU's worth at a time."""
+    tmp = tmp_path_factory.mktemp("bad-inputs")
+    make_inputs(tmp)
+    wanted = {
+        item.callspec.params["case_id"]
+        for item in request.session.items
+        if item.module is request.module and hasattr(item, "callspec")
+    }
+    cases = sorted((BY_ID[i] for i in wanted), key=lambda case: not case.loads_model)
+    pool = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)))
+    futures = {
+        case.id: pool.submit(run_cli, *case.args(tmp), env=cli_env(**QUIET, **case.env(tmp)))
+        for case in cases
+    }
+    yield {case_id: (tmp, future) for case_id, future in futures.items()}
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+@needs_data
+@pytest.mark.parametrize("case_id", CASE_IDS)
+def test_bad_input_is_one_clean_error(outcomes, case_id):
+    tmp, future = outcomes[case_id]
+    result = future.result()
+    case = BY_ID[case_id]
+    stderr_lines = [line for line in result.stderr.splitlines() if line.strip()]
+    last = result.stderr.strip().splitlines()[-1:] or [""]
+    assert "Traceback" not in result.stderr, f"traceback ending in: {last[0]}"
+    assert result.returncode == 2, (result.returncode, last[0])
+    assert len(stderr_lines) == 1, result.stderr
+    line = stderr_lines[0]
+    assert line.startswith("mpt: error: "), line
+    for fragment in case.names(tmp):
+        assert fragment in line, f"{fragment!r} not in {line!r}"
+    assert result.stdout.strip() == "", result.stdout
+
+
+def test_at_least_twelve_bad_inputs_are_covered():
+    assert len(set(CASE_IDS)) == len(CASES) >= 12
