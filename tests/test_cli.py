@@ -18,11 +18,9 @@ pytestmark = needs_data
 
 
 @pytest.fixture(scope="module")
-def json_run(tmp_path_factory):
+def json_run(tmp_path_factory, cli):
     out = tmp_path_factory.mktemp("cli") / "run.jsonl"
-    from conftest import run_cli
-
-    return run_cli("run", *ARGS, "--spec", SPEC_AS_TYPED, "--json", "--out", str(out)), out
+    return cli("run", *ARGS, "--spec", SPEC_AS_TYPED, "--json", "--out", str(out)), out
 
 
 def test_json_prints_exactly_one_json_line(json_run):
