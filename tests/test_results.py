@@ -145,7 +145,9 @@ def test_malformed_complete_last_line_is_an_error_not_a_torn_write(tmp_path):
 
 def test_blank_lines_are_ignored(tmp_path):
     path = tmp_path / "r.jsonl"
-    path.write_text("\n" + make_record("a:0.1").to_json() + "\n\n" + make_record("a:0.2").to_json())
+    path.write_text(
+        "\n" + make_record("a:0.1").to_json() + "\n\n" + make_record("a:0.2").to_json() + "\n"
+    )
     assert specs_of(path) == ["a:0.1", "a:0.2"]
 
 
