@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import difflib
 import functools
 import logging
 import tempfile
@@ -90,8 +91,17 @@ SCHEMES = {
 }
 BITS_SCHEMES = {2: "Q2_K", 3: "Q3_K_M", 4: "Q4_K_M", 5: "Q5_K_M", 6: "Q6_K", 8: "Q8_0"}
 # llama.cpp stops with "this quantization requires an imatrix!" for these.
-NEEDS_IMATRIX = {"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "IQ3_XS"}
-NEEDS_IMATRIX |= {"Q2_K_S"}
+NEEDS_IMATRIX = {
+    "IQ1_S",
+    "IQ1_M",
+    "IQ2_XXS",
+    "IQ2_XS",
+    "IQ2_S",
+    "IQ2_M",
+    "IQ3_XXS",
+    "IQ3_XS",
+    "Q2_K_S",
+}
 
 
 @register(
@@ -103,12 +113,9 @@ NEEDS_IMATRIX |= {"Q2_K_S"}
         "imatrix": Option(flag, None, "importance matrix (default: where llama.cpp needs one)"),
     },
 )
-@torch.no_grad()
 def gguf_quant(model, stage, settings, calibration) -> dict[str, TensorStorage]:
     scheme = scheme_of(stage)
-    use_imatrix = (
-        settings["imatrix"] if settings["imatrix"] is not None else scheme in NEEDS_IMATRIX
-    )
+    use_imatrix = scheme in NEEDS_IMATRIX if settings["imatrix"] is None else settings["imatrix"]
     if not use_imatrix and scheme in NEEDS_IMATRIX:
         raise SpecError(
             f"llama.cpp quantizes {scheme} only with an importance matrix: drop imatrix=false"
@@ -136,8 +143,12 @@ def scheme_of(stage) -> str:
             )
         return BITS_SCHEMES[stage.bits]
     if stage.scheme not in SCHEMES:
+        close = difflib.get_close_matches(stage.scheme.upper(), SCHEMES, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
         known = ", ".join(SCHEMES)
-        raise SpecError(f"gguf:{stage.scheme}: llama.cpp knows no such scheme; it knows {known}")
+        raise SpecError(
+            f"gguf:{stage.scheme}: llama.cpp knows no such scheme{hint}; it knows {known}"
+        )
     return stage.scheme
 
 
@@ -167,6 +178,7 @@ def _forward_llama_log(_level: int, text: bytes, _user_data) -> None:
     LOG.debug("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
 
 
+@torch.no_grad()
 def importance_matrix(model: nn.Module, windows: torch.Tensor) -> dict[str, np.ndarray]:
     """Mean squared input activation per column of every decoder linear, by GGUF name."""
     names = gguf_names(model)
@@ -226,6 +238,7 @@ def _imatrix_entries(llama_cpp, imatrix: dict[str, np.ndarray]):
     return entries
 
 
+@torch.no_grad()
 def load_quantized(model: nn.Module, path: Path) -> dict[str, TensorStorage]:
     """Copy the dequantized tensors of ``path`` into ``model``; the storage of each."""
     parameters = dict(model.named_parameters())
