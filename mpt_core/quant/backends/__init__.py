@@ -1,0 +1,77 @@
+"""Library backends: the real quantization libraries doing a method's work.
+
+A method selects one with ``backend=NAME`` (``gptq:4[group=64,backend=gptqmodel]``,
+``nf4[backend=bitsandbytes]``); ``mpt`` is the in-tree reference. Each backend is
+a module here with ``apply(method, model, stage, settings, calibration)``; a
+library that is not installed raises a one-line SpecError naming where it runs.
+
+- ``bitsandbytes`` (nf4, fp4, int8): installs next to mpt; CPU-capable since 0.45.
+- ``gptqmodel`` (gptq), ``llmcompressor`` (gptq, awq, smoothquant): their pins
+  conflict with mpt's transformers, so each runs from a virtual environment of its
+  own (``.venv-gptqmodel``, ``.venv-llmcompressor``; tox envs of the same names).
+- ``auto-gptq``: cannot be imported under transformers 5 (it imports
+  ``no_init_weights`` from ``transformers.modeling_utils``); gptqmodel replaces it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Callable
+
+from mpt_core.errors import SpecError
+
+IN_TREE = "mpt"
+
+BACKENDS = {
+    "gptq": ("gptqmodel", "llmcompressor", "auto-gptq"),
+    "awq": ("llmcompressor",),
+    "smoothquant": ("llmcompressor",),
+    "int8": ("bitsandbytes",),
+    "nf4": ("bitsandbytes",),
+    "fp4": ("bitsandbytes",),
+}
+
+DEAD = {
+    "auto-gptq": (
+        "backend auto-gptq cannot work: auto-gptq 0.7.1 fails to import under transformers 5 "
+        "(cannot import name 'no_init_weights' from 'transformers.modeling_utils'); "
+        "use backend=gptqmodel, its maintained successor"
+    ),
+}
+
+
+def parser(method: str) -> Callable[[str], str]:
+    """Option parser for ``backend=``: the in-tree reference or a library ``method`` knows."""
+    allowed = (IN_TREE, *BACKENDS[method])
+
+    def parse(value: str) -> str:
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return value
+
+    return parse
+
+
+def run(method: str, model, stage, settings: dict, calibration) -> dict:
+    """Apply ``method`` through the library ``settings['backend']``."""
+    name = settings["backend"]
+    if name in DEAD:
+        raise SpecError(DEAD[name])
+    module = importlib.import_module(f"mpt_core.quant.backends.{name}")
+    return module.apply(method, model, stage, settings, calibration)
+
+
+def require(package: str, backend: str, own_venv: bool) -> None:
+    """Raise a one-line SpecError unless ``package`` can be imported here."""
+    if importlib.util.find_spec(package) is not None:
+        return
+    if own_venv:
+        where = (
+            f"its pins conflict with mpt's, so it runs from its own venv: "
+            f"tox -e {backend} (or python -m venv .venv-{backend} && "
+            f".venv-{backend}/bin/pip install -e . {backend})"
+        )
+    else:
+        where = f"install it with: pip install {package}"
+    raise SpecError(f"backend {backend} not installed: {where}")
