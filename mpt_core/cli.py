@@ -13,7 +13,7 @@ import sys
 
 from mpt_core.errors import MptError
 
-COMMANDS = ("run", "sweep", "baselines", "report", "fit", "recommend")
+COMMANDS = ("run", "sweep", "baselines", "report", "history", "compare", "fit", "recommend")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 
 from mpt_core import baselines, registry
+from mpt_core.curve_check import CurveVerdict, check_curve
+from mpt_core.curve_rows import BaselineCurve, baseline_curves
 from mpt_core.errors import DataError, ModelError
 from mpt_core.report import Cell, summary_line, tables
 from mpt_core.results import append
@@ -36,6 +38,7 @@ MARKERS = {
     "gpu": "the study tier: the study's models on a CUDA GPU",
     "cpu": "the CPU tier: SmolLM2-135M, baselines produced by the harness",
     "slow": "takes more than a few seconds on the CPU",
+    "curve": "a whole curve fitted: has the phase-transition point moved?",
 }
 # The hub checkpoints of the study's models, for the GPU tier.
 STUDY_MODELS = {
@@ -49,6 +52,7 @@ DEFAULT_CPU_WINDOWS = 8
 # What --mpt-smoke keeps of the CPU tier: a few points per implemented family, on WikiText-2.
 SMOKE_SPECS = {"dense", "rtn:4[group=64]", "rtn:2[group=64]", "magnitude:0.5", "magnitude:2:4"}
 SMOKE_DATASET = "wikitext2"
+DEFAULT_PTP_TOL = 0.05
 
 
 def pytest_addoption(parser) -> None:
@@ -76,6 +80,13 @@ def pytest_addoption(parser) -> None:
     group.addoption("--mpt-baselines", default=None, help="baselines folder (default: ./baselines)")
     group.addoption("--mpt-results", default=None, help="append every record to this JSONL")
     group.addoption("--mpt-report", default=None, help="write the markdown report here")
+    group.addoption(
+        "--mpt-ptp-tol",
+        type=float,
+        default=DEFAULT_PTP_TOL,
+        help=f"largest PTP shift a curve test accepts (default {DEFAULT_PTP_TOL})",
+    )
+    group.addoption("--mpt-history", default=None, help="write this run's records into DIR")
     group.addoption(
         "--mpt-smoke",
         action="store_true",
@@ -113,11 +124,26 @@ def collect_rows(config) -> list[baselines.BaselineRow]:
 
 
 def pytest_generate_tests(metafunc) -> None:
-    if "mpt_row" not in metafunc.fixturenames:
-        return
-    families = getattr(metafunc.module, "MPT_FAMILIES", ())
-    rows = [row for row in collect_rows(metafunc.config) if row.family in families]
-    metafunc.parametrize("mpt_row", [_param(row) for row in rows], ids=_unique_ids(rows))
+    if "mpt_row" in metafunc.fixturenames:
+        families = getattr(metafunc.module, "MPT_FAMILIES", ())
+        rows = [row for row in collect_rows(metafunc.config) if row.family in families]
+        metafunc.parametrize("mpt_row", [_param(row) for row in rows], ids=_unique_ids(rows))
+    if "mpt_curve" in metafunc.fixturenames:
+        found = baseline_curves(collect_rows(metafunc.config))
+        params = [pytest.param(curve, marks=_curve_marks(curve)) for curve in found]
+        metafunc.parametrize("mpt_curve", params, ids=_unique_curve_ids(found))
+
+
+def _curve_marks(curve: BaselineCurve) -> list:
+    tier = pytest.mark.gpu if curve.rows[0].tier == "study" else pytest.mark.cpu
+    return [pytest.mark.curve, tier, getattr(pytest.mark, curve.rows[-1].family)]
+
+
+def _unique_curve_ids(found: list[BaselineCurve]) -> list[str]:
+    counts = Counter(curve.test_id for curve in found)
+    return [
+        c.test_id if counts[c.test_id] == 1 else f"{c.test_id}-{c.rows[0].table}" for c in found
+    ]
 
 
 def pytest_collection_modifyitems(config, items) -> None:
@@ -195,6 +221,10 @@ class MptState:
     def pytest_sessionfinish(self, session) -> None:
         if self.config.getoption("--mpt-update-baselines"):
             _update_cpu_baselines(self.measured_rows)
+        if self.config.getoption("--mpt-history") and self.records:
+            from mpt_core.history import write_run
+
+            write_run(self.config.getoption("--mpt-history"), list(self.records.values()))
         path = self.config.getoption("--mpt-report")
         if not path or not (self.cells or self.skips):
             return
@@ -253,6 +283,19 @@ def _dense_baseline(row: baselines.BaselineRow, config) -> float | None:
     return None
 
 
+def _measure_row(state: MptState, config, row: baselines.BaselineRow, spec: str | None = None):
+    """The record of ``row`` (or of ``spec`` under row's protocol); skips with one line
+    when the method, metric, device, model or data is missing."""
+    reason = _skip_reason(row)
+    if reason:
+        pytest.skip(reason)
+    model, seqlen, windows = _row_protocol(row, config)
+    try:
+        return state.measure(model, seqlen, spec or row.spec, row.dataset, windows)
+    except (DataError, ModelError) as error:
+        pytest.skip(f"missing input: {error}")
+
+
 @pytest.fixture
 def mpt_measure(request):
     """Measure a baseline row (restored model, same protocol) and return its Verdict."""
@@ -260,15 +303,8 @@ def mpt_measure(request):
     config = request.config
 
     def measure(row: baselines.BaselineRow) -> baselines.Verdict:
-        reason = _skip_reason(row)
-        if reason:
-            pytest.skip(reason)
-        model, seqlen, windows = _row_protocol(row, config)
-        try:
-            record = state.measure(model, seqlen, row.spec, row.dataset, windows)
-            dense = state.measure(model, seqlen, "dense", row.dataset, windows)
-        except (DataError, ModelError) as error:
-            pytest.skip(f"missing input: {error}")
+        record = _measure_row(state, config, row)
+        dense = _measure_row(state, config, row, "dense")
         rtol = config.getoption("--mpt-rtol") or baselines.DEFAULT_RTOL
         verdict = baselines.check(
             record.value,
@@ -300,3 +336,21 @@ def _update_cpu_baselines(measured: list) -> None:
     rows = [(row, record) for row, record in measured if row.tier == "cpu"]
     if rows:
         rewrite_values(rows)
+
+
+@pytest.fixture
+def mpt_measure_curve(request):
+    """Measure every point of a baseline curve and return the CurveVerdict of its PTP."""
+    state: MptState = request.config.pluginmanager.get_plugin("mpt-state")
+    config = request.config
+
+    def measure(curve: BaselineCurve) -> CurveVerdict:
+        measured = [_measure_row(state, config, row).value for row in curve.rows]
+        return check_curve(
+            curve.label,
+            (curve.x, [row.value for row in curve.rows]),
+            (curve.x, measured),
+            ptp_tol=config.getoption("--mpt-ptp-tol"),
+        )
+
+    return measure

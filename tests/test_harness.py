@@ -14,9 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mpt_core import baselines
+from mpt_core.curve_check import check_curve
 from mpt_core.errors import BaselineError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -264,3 +266,67 @@ def test_registered_families_agree_with_the_study_map():
 
     for name in registry.names():
         assert baselines.METHOD_FAMILIES[name] == registry.get(name).family
+
+
+def _curve(s0: float, k: float, x: np.ndarray) -> np.ndarray:
+    return np.where(x <= s0, 10 + 8 * x**2, (10 + 8 * s0**2) * np.exp(k * (x - s0)))
+
+
+def test_moved_knee_fails_the_curve_test_while_every_point_passes():
+    x = np.round(np.arange(0, 0.81, 0.1), 2)
+    baseline = np.array([10, 10.1, 10.3, 10.7, 11.5, 13.0, 20.0, 150.0, 2000.0])
+    measured = baseline * np.array([1, 1, 1, 1, 1.019, 1.019, 1.019, 1, 1])
+    measured[-2:] = [101.0, 102.0]  # still collapsed (> 10x dense), differently chaotic
+    points = [
+        baselines.check(m, b, dense_measured=measured[0], dense_baseline=baseline[0])
+        for m, b in zip(measured, baseline, strict=True)
+    ]
+    assert all(point.passed for point in points)
+    verdict = check_curve("magnitude", (x, baseline), (x, measured), ptp_tol=0.05)
+    assert abs(verdict.shift) > 0.09 and not verdict.passed
+    assert f"measured s0 {verdict.measured.s0:.3f}" in verdict.message
+    assert f"baseline s0 {verdict.baseline.s0:.3f}" in verdict.message
+    unchanged = check_curve("magnitude", (x, baseline), (x, baseline.copy()), ptp_tol=0.05)
+    assert unchanged.passed and unchanged.shift == 0
+
+
+def test_knee_moved_with_disjoint_intervals_fails_without_a_shift_tolerance():
+    x = np.round(np.arange(0, 0.81, 0.05), 2)
+    verdict = check_curve("m", (x, _curve(0.6, 30, x)), (x, _curve(0.5, 30, x)))
+    assert not verdict.overlap and not verdict.passed and "overlap no" in verdict.message
+
+
+def test_history_of_three_real_runs_and_compare(tiny_baselines, tmp_path):
+    history = tmp_path / "history"
+    for _ in range(3):
+        outcome = _pytest(
+            "--mpt-baselines",
+            str(tiny_baselines),
+            "-k",
+            "quant",
+            "-p",
+            "no:randomly",
+            "--mpt-history",
+            str(history),
+        )
+        assert outcome.returncode == 0, outcome.stdout[-2000:]
+    runs = sorted(history.glob("run-*.jsonl"))
+    assert len(runs) == 3
+    shown = _mpt("history", str(history), "--plot", str(tmp_path / "figures"))
+    assert shown.returncode == 0, shown.stderr
+    assert "run 1 |" in shown.stdout and "run 3 |" in shown.stdout
+    assert "tiny-llama wikitext2 rtn:4[group=64]" in shown.stdout
+    assert "0 step changes" in shown.stdout
+    assert (tmp_path / "figures" / "history-ppl.png").stat().st_size > 1000
+    edited = tmp_path / "run-later.jsonl"
+    records = [json.loads(line) for line in runs[2].read_text().splitlines()]
+    for record in records:
+        record["versions"]["transformers"] = "9.99.0"
+        if record["spec"] == "rtn:3[group=64]" and record["dataset"] == "ptb":
+            record["value"] *= 1.25
+    edited.write_text("".join(json.dumps(record) + "\n" for record in records))
+    compared = _mpt("compare", str(runs[0]), str(edited))
+    assert compared.returncode == 0, compared.stderr
+    assert "transformers 5." in compared.stdout and "→ 9.99.0" in compared.stdout
+    assert "1 points moved" in compared.stdout
+    assert "tiny-llama ptb rtn:3[group=64]" in compared.stdout
