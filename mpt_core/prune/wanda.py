@@ -1,0 +1,66 @@
+"""Wanda: pruning by weights and activations (Sun, Liu, Bair & Kolter, "A Simple and
+Effective Pruning Approach for Large Language Models", ICLR 2024, arXiv:2306.11695).
+
+The score of weight W_ij is |W_ij| · ‖X_j‖₂, the magnitude times the norm of its input
+feature over the calibration tokens; weights are compared within each output row (the
+paper's "per output" comparison group) and the lowest are removed. No weight update.
+
+Mapping to the authors' code (locuslab/wanda, ``lib/prune.py::prune_wanda`` and
+``lib/layerwrapper.py::WrappedGPT``): ``scaler_row`` is their running mean of ‖X_j‖²
+over samples, the score is ``|W| * sqrt(scaler_row)``, unstructured pruning removes the
+first ``int(columns * ratio)`` of a stable per-row sort, N:M the ``n`` lowest in every
+``m`` consecutive columns (``mpt_core.prune.mask``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mpt_core.evaluate.footprint import TensorStorage
+from mpt_core.layerwise import compress_layerwise
+from mpt_core.prune.mask import select_mask
+from mpt_core.registry import register
+
+
+class WandaStats:
+    """‖X_j‖₂² per input column j, averaged over calibration samples as WrappedGPT does."""
+
+    def __init__(self, linear: nn.Linear):
+        self.scaler_row = torch.zeros(linear.weight.shape[1], device=linear.weight.device)
+        self.nsamples = 0
+
+    def add_batch(self, inp: torch.Tensor, out: torch.Tensor) -> None:
+        batch = inp.shape[0] if inp.dim() == 3 else 1
+        X = inp.reshape(-1, inp.shape[-1]).t().float()  # (columns, tokens)
+        # a running mean, so that the statistic does not depend on the batch split
+        self.scaler_row *= self.nsamples / (self.nsamples + batch)
+        self.nsamples += batch
+        self.scaler_row += torch.norm(X, p=2, dim=1) ** 2 / self.nsamples
+
+
+def wanda_score(W: torch.Tensor, scaler_row: torch.Tensor) -> torch.Tensor:
+    """|W_ij| · ‖X_j‖₂ (the paper's Eq. 1)."""
+    return W.abs().float() * torch.sqrt(scaler_row.reshape(1, -1))
+
+
+def storage_of(stage) -> TensorStorage:
+    return TensorStorage(nm=(stage.n, stage.m) if stage.level_kind == "nm" else None)
+
+
+@torch.no_grad()
+def prune_linear(linear: nn.Linear, stats: WandaStats, stage, settings: dict) -> TensorStorage:
+    """Zero the lowest-scored weights of each output row (or of each N:M group)."""
+    W = linear.weight.data
+    W[select_mask(wanda_score(W, stats.scaler_row), stage, scope="row")] = 0
+    return storage_of(stage)
+
+
+@register("wanda", family="unstructured", levels={"ratio", "nm"}, needs_calibration=True)
+def wanda(model, stage, settings, calibration) -> dict[str, TensorStorage]:
+    return compress_layerwise(
+        model,
+        calibration.windows(settings),
+        lambda _name, linear: WandaStats(linear),
+        lambda _name, linear, stats: prune_linear(linear, stats, stage, settings),
+    )
