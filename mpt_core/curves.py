@@ -94,11 +94,6 @@ class MeasuredCurve:
     y: np.ndarray = field(default_factory=lambda: np.empty(0))
     specs: tuple[str, ...] = ()
 
-    @property
-    def x_kind_values(self) -> np.ndarray:
-        """x in the unit the study prints: ratio, or bits per weight."""
-        return 16.0 * (1.0 - self.x) if self.key.axis == "bits" else self.x
-
 
 def read_points(path: str | Path) -> list[Point]:
     """Points from a baseline CSV (by its header) or a results JSONL (``*.jsonl``)."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mpt_core.combine import build_grid, is_safe, pareto_front, recommend, select_setting
+from mpt_core.combine import build_grid, pareto_front, recommend, safe_region, select_setting
 from mpt_core.curves import read_points
 from mpt_core.errors import FitError
 
@@ -49,7 +49,7 @@ def test_the_quantization_knee_lies_between_2_and_4_bits(grid) -> None:
 
 
 def test_safe_cells_lie_below_both_knees(grid) -> None:
-    safe = {c.spec for c in grid.cells if is_safe(grid, c)}
+    safe = {c.spec for c in safe_region(grid)}
     assert "wanda:0.5+rtn:4" in safe
     assert "wanda:0.7+rtn:4" not in safe  # past the pruning knee
     assert "wanda:0.2+rtn:2" not in safe  # past the quantization knee
