@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mpt_core.compress import compress
+from mpt_core.errors import SpecError
 from mpt_core.evaluate.footprint import dense_numel
 from mpt_core.layerwise import block_linear_names, decoder_layers, linear_layers
-from mpt_core.lowrank.factorized import LowRankLinear, rank_for_ratio
+from mpt_core.lowrank.asvd import (
+    activation_scales,
+    asvd_factors,
+    asvd_rank,
+    search_ratios,
+    sensitivity,
+)
+from mpt_core.lowrank.factorized import LowRankLinear, rank_for_ratio, replace_linear
 from mpt_core.lowrank.svd import truncated_svd
 from mpt_core.lowrank.svd_llm import Gram, whitened_svd, whitening_factor
 from mpt_core.models import Snapshot, state_dict_hash
@@ -180,3 +189,84 @@ def test_low_rank_linear_keeps_the_bias():
     factorized = LowRankLinear(u.float(), vt.float(), linear.bias)
     x = torch.randn(3, 10)
     torch.testing.assert_close(factorized(x), linear(x), rtol=1e-5, atol=1e-5)
+
+
+# ASVD
+
+
+def test_asvd_without_scaling_is_plain_svd():
+    W = torch.randn(24, 40, dtype=torch.float64)
+    u, vt = asvd_factors(W, torch.rand(40) + 0.5, alpha=0.0, rank=7)
+    pu, pvt = truncated_svd(W, 7)
+    torch.testing.assert_close(u @ vt, pu @ pvt, rtol=0, atol=1e-5)
+
+
+def test_asvd_factors_are_the_truncated_svd_of_the_scaled_matrix():
+    W = torch.randn(24, 40, dtype=torch.float64)
+    scale = torch.rand(40) * 10
+    u, vt = asvd_factors(W, scale, alpha=0.5, rank=7)
+    s = scale.double() ** 0.5 + 1e-6
+    best_u, best_vt = truncated_svd(W * s, 7)
+    torch.testing.assert_close(u @ vt * s, best_u @ best_vt, rtol=0, atol=1e-10)
+
+
+def test_asvd_scaling_protects_outlier_channels():
+    """With a few input channels carrying large activations (LLM outliers), scaling by
+    mean |X|^0.5 before the SVD reproduces the layer's outputs better than plain SVD."""
+    generator = torch.Generator().manual_seed(6)
+    W = torch.randn(48, 64, generator=generator, dtype=torch.float64)
+    X = torch.randn(500, 64, generator=generator, dtype=torch.float64)
+    X[:, :4] *= 30
+    u, vt = asvd_factors(W, X.abs().mean(0), alpha=0.5, rank=12)
+    pu, pvt = truncated_svd(W, 12)
+    assert torch.linalg.norm(X @ (W - u @ vt).T) < 0.7 * torch.linalg.norm(X @ (W - pu @ pvt).T)
+
+
+def test_asvd_search_takes_the_least_harmful_pairs_within_the_budget():
+    numel = {"a": 100, "b": 100, "c": 200}
+    pairs = [  # (layer, kept ratio, calibration loss with only that pair applied)
+        ("a", 0.4, 9.0), ("a", 0.6, 5.0), ("a", 0.8, 2.0),
+        ("b", 0.4, 3.0), ("b", 0.6, 1.5), ("b", 0.8, 1.0),
+        ("c", 0.4, 8.0), ("c", 0.6, 4.0), ("c", 0.8, 1.2),
+    ]  # fmt: skip
+    ratios = search_ratios(pairs, numel, target=0.6)
+    kept = sum(numel[layer] * ratio for layer, ratio in ratios.items()) / 400
+    assert kept <= 0.6
+    # pairs with loss <= 3.0 are below the cut: a 0.8, b 0.4, c 0.8 -> 0.70 > 0.6;
+    # with 4.0 also: c 0.6 -> 0.60
+    assert ratios == {"a": 0.8, "b": 0.4, "c": 0.6}
+    with pytest.raises(SpecError):
+        search_ratios(pairs, numel, target=0.3)
+
+
+def test_asvd_sensitivity_is_the_models_loss_with_one_layer_factorized(fresh_tiny):
+    model = fresh_tiny.model
+    windows = FixedCalibration(nsamples=4).windows(None)
+    scales = activation_scales(model, windows)
+    pairs = sensitivity(model, windows, scales, alpha=0.5)
+    assert len(pairs) == 2 * 7 * 6
+    (index, name), ratio, loss = pairs[9]
+    block = decoder_layers(model)[index]
+    original = block.get_submodule(name)
+    u, vt = asvd_factors(original.weight, scales[index, name], 0.5, asvd_rank(original, ratio))
+    replace_linear(block, name, u, vt, "")
+    with torch.no_grad():
+        logits = model(windows, use_cache=False).logits[:, :-1]
+    nll = F.cross_entropy(logits.flatten(0, 1), windows[:, 1:].flatten(), reduction="sum")
+    assert loss == pytest.approx(nll.item(), rel=1e-5)
+
+
+def test_asvd_meets_the_budget_and_restores(fresh_tiny):
+    model = fresh_tiny.model
+    linears = sum(model.get_parameter(name).numel() for name in block_linear_names(model))
+    total = dense_numel(model)
+    snapshot, original_hash = Snapshot(model), state_dict_hash(model)
+    compress(model, Spec.parse("asvd:0.3[nsamples=4]"), FixedCalibration())
+    factorized = [m for m in model.modules() if isinstance(m, LowRankLinear)]
+    assert factorized
+    assert total - dense_numel(model) >= 0.3 * linears - sum(
+        m.in_features + m.out_features for m in factorized
+    )
+    assert torch.isfinite(logits_of(model)).all()
+    snapshot.restore(model)
+    assert state_dict_hash(model) == original_hash

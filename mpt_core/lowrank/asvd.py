@@ -1,0 +1,175 @@
+"""ASVD: activation-aware singular value decomposition (Yuan et al., 2023, arXiv:2312.05821).
+
+Input channels with large activations matter more to a layer's output than their
+weights show, so ASVD scales the columns of W by s = (mean |X|)^α before the SVD and
+folds 1/s back into Vᵀ afterwards: W ≈ U_k Σ_k (V_kᵀ diag(1/s)). The ranks are not
+uniform: the per-layer sensitivity search measures the calibration perplexity of the
+model with one layer at a time factorized to each kept-parameter ratio in
+{0.4, …, 0.9}, sorts all (layer, ratio) pairs from most to least harmful, and binary
+searches the cut such that every layer takes the smallest ratio among its pairs below
+the cut and the kept parameters meet the budget.
+
+As the authors' code (``act_aware_utils.calib_input_distribution`` with
+``scaling_method=abs_mean``, ``alpha=0.5``; ``sensitivity.calib_sensitivity_ppl``;
+``binary_search.binary_search_truncation_rank``; ``SVDLinear.from_linear``, rank =
+⌊⌊p·m·n⌋ / (m + n)⌋, Σ split as √Σ on both factors): scales and sensitivities come
+from the dense model. Differences: the exact SVD instead of their randomized
+``torch.svd_lowrank`` (which approximates it); the search covers the decoder blocks'
+linears only (theirs also the LM head); their search ends on the cut it last probed,
+which can miss the budget by one pair, ours takes the last cut that meets it.
+``R`` is the fraction of block-linear parameters removed; the candidates keep at least
+40% of every layer, so R ≤ 0.6.
+
+The sensitivity costs one partial forward pass per (layer, ratio): 6·7·L passes over
+the calibration windows (1,260 for a 30-block model), so ``nsamples`` defaults to 8.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mpt_core.errors import SpecError
+from mpt_core.evaluate.footprint import TensorStorage
+from mpt_core.layerwise import (
+    LayerInputs,
+    capture_layer0_inputs,
+    collect_stats,
+    decoder_layers,
+    linear_layers,
+    run_block,
+)
+from mpt_core.lowrank.factorized import check_ratio, replace_linear, split_sigma
+from mpt_core.prune.sleb import inputs_of_alive_blocks, loss_from
+from mpt_core.registry import Option, positive_int, register
+
+PARAM_RATIO_CANDIDATES = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def _alpha(value: str) -> float:
+    number = float(value)
+    if not 0 <= number <= 2:
+        raise ValueError("must be in [0, 2]")
+    return number
+
+
+class AbsMean:
+    """Σ over calibration windows of mean_t |x_t|, per input channel (ASVD's ``abs_mean``)."""
+
+    def __init__(self, in_features: int):
+        self.scale = torch.zeros(in_features)
+
+    def add_batch(self, inp: torch.Tensor, out: torch.Tensor) -> None:
+        self.scale += inp.abs().float().mean(dim=-2).reshape(-1, inp.shape[-1]).sum(0).cpu()
+
+
+@torch.no_grad()
+def activation_scales(model, windows: torch.Tensor) -> dict[tuple[int, str], torch.Tensor]:
+    """mean |X| of every block linear's input, through the dense model."""
+    scales = {}
+    inputs = capture_layer0_inputs(model, windows)
+    for index, block in enumerate(decoder_layers(model)):
+        stats = collect_stats(block, inputs, lambda _name, linear: AbsMean(linear.in_features))
+        scales |= {(index, name): stat.scale for name, stat in stats.items()}
+        inputs = LayerInputs(run_block(block, inputs), inputs.kwargs)
+    return scales
+
+
+def asvd_rank(linear: nn.Linear, param_ratio: float) -> int:
+    return int(linear.weight.numel() * param_ratio) // (linear.in_features + linear.out_features)
+
+
+def asvd_factors(
+    W: torch.Tensor, scale: torch.Tensor, alpha: float, rank: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U_k√Σ_k, √Σ_k V_kᵀ diag(1/s)) of W·diag(s), s = scale^α + 1e-6, in float64."""
+    s = scale.double().to(W.device) ** alpha + 1e-6
+    U, S, Vt = torch.linalg.svd(W.double() * s, full_matrices=False)
+    u, vt = split_sigma(U, S, Vt, rank)
+    return u, vt / s
+
+
+@torch.no_grad()
+def sensitivity(model, windows, scales, alpha) -> list[tuple[tuple[int, str], float, float]]:
+    """(layer, kept ratio, calibration loss with that layer alone factorized) for all pairs."""
+    blocks = decoder_layers(model)
+    entering = inputs_of_alive_blocks(model, list(range(len(blocks))), windows)
+    pairs = []
+    for index, block in enumerate(blocks):
+        tail = list(blocks[index:])
+        for name, linear in linear_layers(block).items():
+            parent_name, _, child = name.rpartition(".")
+            parent = block.get_submodule(parent_name) if parent_name else block
+            for ratio in PARAM_RATIO_CANDIDATES:
+                rank = asvd_rank(linear, ratio)
+                u, vt = asvd_factors(linear.weight, scales[index, name], alpha, rank)
+                replace_linear(block, name, u, vt, f"model.layers.{index}")
+                loss = loss_from(model, tail, entering[index], windows)
+                pairs.append(((index, name), ratio, loss))
+                setattr(parent, child, linear)
+    return pairs
+
+
+def search_ratios(
+    pairs: list[tuple[tuple[int, str], float, float]], numel: dict, target: float
+) -> dict[tuple[int, str], float]:
+    """Kept ratio per layer: the cut in the pairs (most harmful first) whose tail, each
+    layer at its smallest ratio there, keeps the most parameters within ``target``."""
+    ordered = sorted(pairs, key=lambda pair: -pair[2])
+    total = sum(numel.values())
+
+    def ratios_from(cut: int) -> dict:
+        ratios = dict.fromkeys(numel, 1.0)
+        for layer, ratio, _ in ordered[cut:]:
+            ratios[layer] = min(ratios[layer], ratio)
+        return ratios
+
+    def kept(cut: int) -> float:
+        return sum(numel[layer] * ratio for layer, ratio in ratios_from(cut).items()) / total
+
+    if kept(0) > target:
+        raise SpecError(f"asvd keeps at least {kept(0):.2f} of the parameters; use R <= 0.6")
+    low, high = 0, len(ordered)  # kept(low) <= target; kept() grows with the cut
+    while low < high:
+        mid = (low + high + 1) // 2
+        if kept(mid) <= target:
+            low = mid
+        else:
+            high = mid - 1
+    return ratios_from(low)
+
+
+@register(
+    "asvd",
+    family="lowrank",
+    levels={"ratio"},
+    needs_calibration=True,
+    options={
+        "alpha": Option(_alpha, 0.5, "exponent of the activation scaling"),
+        "nsamples": Option(positive_int, 8, "calibration windows (sensitivity search)"),
+    },
+)
+@torch.no_grad()
+def asvd(model, stage, settings, calibration) -> dict[str, TensorStorage]:
+    check_ratio(stage.ratio, "asvd", highest=0.6)
+    if stage.ratio == 0:
+        return {}
+    windows = calibration.windows(settings)
+    alpha = settings["alpha"]
+    scales = activation_scales(model, windows)
+    numel = {
+        (index, name): linear.weight.numel()
+        for index, block in enumerate(decoder_layers(model))
+        for name, linear in linear_layers(block).items()
+    }
+    pairs = sensitivity(model, windows, scales, alpha)
+    ratios = search_ratios(pairs, numel, 1 - stage.ratio)
+    storage: dict[str, TensorStorage] = {}
+    for (index, name), ratio in ratios.items():
+        if ratio == 1.0:
+            continue
+        block = decoder_layers(model)[index]
+        linear = block.get_submodule(name)
+        u, vt = asvd_factors(linear.weight, scales[index, name], alpha, asvd_rank(linear, ratio))
+        storage |= replace_linear(block, name, u, vt, f"model.layers.{index}")
+    return storage
