@@ -71,7 +71,7 @@ def admm_prune(
     """The pruned weight (same shape as ``weight``): ADMM on ‖X(W − Ŵ)‖², mask on |W + U|."""
     norm = XX.diag().sqrt() + 1e-8
     XX = XX / norm / norm[:, None]  # D⁻¹ XᵀX D⁻¹: unit-norm input columns
-    W = weight.float() * norm
+    W = (weight.float() * norm).contiguous()  # a restored weight may be a strided view
     XX = XX + percdamp * XX.diag().mean() * torch.eye(len(XX))
     XY = W @ XX
     XXinv = torch.linalg.inv(XX + rho * torch.eye(len(XX)))
