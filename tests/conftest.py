@@ -42,9 +42,11 @@ needs_data = pytest.mark.skipif(
 
 
 def cli_env(**overrides: str | None) -> dict[str, str]:
-    """The environment of a CLI subprocess: offline, with ``overrides`` (None unsets)."""
+    """The environment of a CLI subprocess: offline, one torch thread (the tiny model gains
+    nothing from more, and on a shared machine spinning threads cost far more), with
+    ``overrides`` (None unsets)."""
     env = dict(os.environ)
-    env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
     for key, value in overrides.items():
         if value is None:
             env.pop(key, None)
@@ -71,6 +73,18 @@ def run_cli(
 def cli():
     """The function that runs the real CLI in a subprocess (see ``run_cli``)."""
     return run_cli
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test with one torch thread: the tiny model gains nothing from more, and on a
+    busy shared machine idle-spinning worker threads make it many times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,8 @@ from mpt_core.evaluate.footprint import TensorStorage, dense_numel, measure, ten
 from mpt_core.layerwise import block_linear_names
 from mpt_core.spec import Spec
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def compressed_costs(footprint, model):
     names = set(block_linear_names(model))

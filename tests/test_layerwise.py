@@ -17,6 +17,8 @@ from mpt_core.layerwise import (
 )
 from mpt_core.models import state_dict_hash
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 NSAMPLES, SEQLEN = 11, 32  # 11 = a full batch of CALIBRATION_BATCH (8) and a ragged one
 
 

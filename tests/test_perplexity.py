@@ -12,6 +12,8 @@ from torch import nn
 from mpt_core.evaluate.perplexity import eval_windows, perplexity, summarize, window_losses
 from mpt_core.models import Snapshot
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SEQLEN = 128
 
 
