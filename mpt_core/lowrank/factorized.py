@@ -25,8 +25,9 @@ class LowRankLinear(nn.Module):
     def __init__(self, u: torch.Tensor, vt: torch.Tensor, bias: torch.Tensor | None):
         super().__init__()
         self.in_features, self.out_features, self.rank = vt.shape[1], u.shape[0], u.shape[1]
-        self.vt = nn.Linear(self.in_features, self.rank, bias=False)
-        self.u = nn.Linear(self.rank, self.out_features, bias=bias is not None)
+        like = {"dtype": u.dtype, "device": u.device}
+        self.vt = nn.Linear(self.in_features, self.rank, bias=False, **like)
+        self.u = nn.Linear(self.rank, self.out_features, bias=bias is not None, **like)
         with torch.no_grad():
             self.vt.weight.copy_(vt)
             self.u.weight.copy_(u)
@@ -69,9 +70,9 @@ def replace_linear(
     parent_name, _, child = name.rpartition(".")
     parent = block.get_submodule(parent_name) if parent_name else block
     linear = getattr(parent, child)
-    dtype = linear.weight.dtype
-    factorized = LowRankLinear(u.to(dtype), vt.to(dtype), linear.bias)
-    setattr(parent, child, factorized.to(linear.weight.device))
+    weight = linear.weight
+    like = {"dtype": weight.dtype, "device": weight.device}
+    setattr(parent, child, LowRankLinear(u.to(**like), vt.to(**like), linear.bias))
     return {f"{prefix}.{name}.{part}.weight": TensorStorage() for part in ("u", "vt")}
 
 

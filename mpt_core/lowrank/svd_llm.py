@@ -57,6 +57,7 @@ def whitened_svd(
     W: torch.Tensor, S: torch.Tensor, rank: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Factors (U_k√Σ_k, √Σ_k V_kᵀ S⁻¹) of W and the singular values of W·S, in float64."""
+    S = S.to(W.device)
     U, sigma, Vt = torch.linalg.svd(W.double() @ S, full_matrices=False)
     u, vt_whitened = split_sigma(U, sigma, Vt, rank)
     # vt = vt_whitened · S⁻¹, solved against the triangular S instead of inverting it
