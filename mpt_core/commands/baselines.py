@@ -39,10 +39,13 @@ def register(subparsers) -> None:
 
 
 def run_record(args: argparse.Namespace) -> int:
+    """Measure the grid's missing points; the CSV is rewritten after every point, so an
+    interrupted recording leaves a valid baseline file of what it measured."""
     out = Path(args.out or f"baselines/cpu/{args.model}/{args.family}.csv")
     records_path = Path(args.records or out.with_suffix(".records.jsonl"))
     specs = read_grid(Path(args.grid) if args.grid else GRIDS_DIR / f"{args.family}.txt")
     datasets = [name.strip() for name in args.datasets.split(",") if name.strip()]
+    command = "mpt " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
     session = open_session(args)
     done = known_keys(records_path)
     points = [(dataset, spec) for dataset in datasets for spec in specs]
@@ -53,8 +56,8 @@ def run_record(args: argparse.Namespace) -> int:
             continue
         record = session.measure(Spec.parse(spec), dataset, args.windows)
         append(records_path, record)
+        write_csv(records_path, out, args.family, command, specs)
         tqdm.write(describe(record))
-    command = "mpt " + " ".join(shlex.quote(arg) for arg in sys.argv[1:]) if sys.argv else ""
     count = write_csv(records_path, out, args.family, command, specs)
     print(f"wrote {count} rows to {out}")
     return 0
