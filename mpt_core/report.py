@@ -35,7 +35,7 @@ def place(spec_text: str) -> tuple[str, str, str]:
     """(table name, row label, column label) of a spec in the study's layouts."""
     spec = Spec.parse(spec_text)
     if spec.is_dense:
-        return "dense", "dense", "-"
+        return "dense", "dense", "dense"
     if len(spec.stages) == 1:
         stage = spec.stages[0]
         return stage.method, _without_level(stage), stage.level_str() or "-"
@@ -61,14 +61,21 @@ def format_cell(cell: Cell) -> str:
 
 
 def tables(cells: list[Cell]) -> str:
-    """One markdown table per (model, dataset, metric, family)."""
+    """One markdown table per (model, dataset, metric, family); the dense point joins each
+    table of its setting as the first column, as the study's FP16 columns do."""
     groups: dict[tuple, list[Cell]] = defaultdict(list)
+    dense: dict[tuple, list[Cell]] = defaultdict(list)
     for cell in cells:
+        setting = (cell.model, cell.dataset, cell.metric)
         family = row_family(cell.spec, cell.metric)
-        groups[(cell.model, cell.dataset, cell.metric, family)].append(cell)
+        (dense[setting] if family == "dense" else groups[(*setting, family)]).append(cell)
+    for setting in dense:
+        if not any(key[:3] == setting for key in groups):
+            groups[(*setting, "dense")] = []
     sections = []
     for (model, dataset, metric, family), group in sorted(groups.items()):
-        sections.append(f"### {model} · {dataset} · {metric} · {family}\n\n{_pivot(group)}\n")
+        table = _pivot(dense.get((model, dataset, metric), []) + group)
+        sections.append(f"### {model} · {dataset} · {metric} · {family}\n\n{table}\n")
     return "\n".join(sections)
 
 
@@ -82,11 +89,13 @@ def _pivot(cells: list[Cell]) -> str:
         rows[row][column] = format_cell(cell)
     columns.sort(key=_column_order)
     body = [[row, *(values.get(column, "") for column in columns)] for row, values in rows.items()]
-    return tabulate(body, headers=["", *columns], tablefmt="github")
+    return tabulate(body, headers=["", *columns], tablefmt="github", disable_numparse=True)
 
 
 def _column_order(label: str) -> tuple:
-    """Ratios ascending, then N:M, then bits descending, then schemes by name."""
+    """Dense first, then ratios ascending, N:M, bits descending, schemes by name."""
+    if label == "dense":
+        return (-1, 0.0, label)
     level = label.split("+")[0].split("[")[0]
     if ":" in level and not level.split(":")[0].isdigit():
         level = level.split(":", 1)[1]
