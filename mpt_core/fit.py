@@ -276,7 +276,9 @@ def fit_at(curve: Curve, s0: float, start: np.ndarray) -> tuple[float, np.ndarra
         theta, dtheta = unpack(p, curve.sign)
         return residuals(theta, curve, s0)[1] * dtheta
 
-    p, *_ = optimize.leastsq(res, start, Dfun=jac, maxfev=400)
+    # full_output: an unconverged start is normal here (the other start or the
+    # neighbouring s0 covers it), so it must not warn; its RSS simply loses
+    p, *_ = optimize.leastsq(res, start, Dfun=jac, maxfev=400, full_output=True)
     p = np.clip(p, -50.0, 50.0)
     return float(np.sum(res(p) ** 2)), p
 
