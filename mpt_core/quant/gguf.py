@@ -246,7 +246,8 @@ def load_quantized(model: nn.Module, path: Path) -> dict[str, TensorStorage]:
     storage = {}
     for tensor in gguf.GGUFReader(path).tensors:
         name = by_gguf_name[tensor.name]
-        values = torch.from_numpy(gguf.quants.dequantize(tensor.data, tensor.tensor_type))
+        # torch.tensor copies: F16/F32 tensors come back as read-only views of the mapped file
+        values = torch.tensor(gguf.quants.dequantize(tensor.data, tensor.tensor_type))
         heads = rotary_heads(model.config, name)
         if heads:
             values = unpermute(values, heads)
