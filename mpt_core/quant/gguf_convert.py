@@ -175,8 +175,8 @@ def _add_vocab(writer: gguf.GGUFWriter, tokenizer, vocab_size: int) -> None:
             else gguf.TokenType.NORMAL
         )
     writer.add_tokenizer_model("gpt2")
-    # ByteLevel with the GPT-2 split regex is llama.cpp's "gpt2" pre-tokenizer.
-    writer.add_tokenizer_pre("gpt2" if pre.get("use_regex", True) else "default")
+    # ByteLevel with the GPT-2 split regex is llama.cpp's "gpt-2" pre-tokenizer.
+    writer.add_tokenizer_pre("gpt-2" if pre.get("use_regex", True) else "default")
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in model["merges"]])
