@@ -228,7 +228,7 @@ def tensor_with_nnz(numel: int, nnz: int) -> torch.Tensor:
 )
 def test_bitmask_or_dense_whichever_is_cheaper(value_bits, nnz, layout):
     tensor = tensor_with_nnz(1024, nnz)
-    cost = tensor_cost("w", tensor, TensorStorage(value_bits=value_bits))
+    cost = tensor_cost("w", tensor, TensorStorage(value_bits=value_bits, sparse=True))
     assert (cost.layout, cost.nnz, cost.numel) == (layout, nnz, 1024)
     dense, bitmask = 1024 * value_bits, nnz * value_bits + 1024
     assert cost.bits == min(dense, bitmask)
@@ -236,10 +236,28 @@ def test_bitmask_or_dense_whichever_is_cheaper(value_bits, nnz, layout):
 
 def test_bitmask_cost_adds_group_scales():
     tensor = tensor_with_nnz(1024, 256)
-    storage = TensorStorage(value_bits=4, group_size=64, scale_bits=16, zero_bits=16)
+    storage = TensorStorage(value_bits=4, group_size=64, scale_bits=16, zero_bits=16, sparse=True)
     cost = tensor_cost("w", tensor, storage)
     assert cost.layout == "bitmask"
     assert cost.bits == 256 * 4 + 1024 + (1024 // 64) * 32
+
+
+def test_zeros_of_a_tensor_no_pruning_stage_touched_are_stored_densely():
+    """Rounding zeros do not make a quantized tensor sparse: its integers are stored dense."""
+    tensor = tensor_with_nnz(1024, 256)
+    storage = TensorStorage(value_bits=4, group_size=64, scale_bits=16, zero_bits=16)
+    cost = tensor_cost("w", tensor, storage)
+    assert (cost.layout, cost.nnz) == ("dense", 256)
+    assert cost.bits == 1024 * 4 + (1024 // 64) * 32
+
+
+def test_two_bit_rtn_stays_dense_despite_its_rounding_zeros(fresh_tiny):
+    model = fresh_tiny.model
+    footprint = compress(model, Spec.parse("rtn:2[group=32]"), None)
+    assert footprint.sparsity > 0.25  # many small weights round to the zero point
+    for cost in compressed_costs(footprint, model):
+        assert cost.layout == "dense"
+        assert cost.bits == cost.numel * 2 + cost.numel // 32 * 32
 
 
 def test_untouched_tensor_is_fp16_whatever_its_zeros():
