@@ -61,7 +61,7 @@ def test_footprint_counts_stored_outlier_columns(fresh_tiny):
     for block in model.model.layers:
         for linear in block.modules():
             if isinstance(linear, Int8Linear):
-                stored = (linear.outlier_weight != linear.weight).any(dim=0).sum().item()
+                stored = (linear.outliers.weight != linear.weight).any(dim=0).sum().item()
                 outlier_bits += stored * (16 * linear.out_features + 32)
                 expected += 8 * linear.weight.numel() + 32 * linear.out_features
     assert outlier_bits > 0

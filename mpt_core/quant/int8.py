@@ -59,14 +59,28 @@ def outlier_columns(x: torch.Tensor, threshold: float) -> torch.Tensor:
     return torch.nonzero((flat.abs() >= threshold).any(dim=0)).flatten()
 
 
+class OutlierColumns(nn.Module):
+    """The 16-bit side of the decomposition: the threshold, and the weights that multiply
+    the 16-bit activations (16-bit where stored, int8 dequantized elsewhere). The buffer is
+    not persistent: its cost is counted in the footprint, not as a parameter."""
+
+    def __init__(self, weight: torch.Tensor, threshold: float):
+        super().__init__()
+        self.threshold = threshold
+        self.register_buffer("weight", weight, persistent=False)
+
+    def forward(self, x: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        return x[..., cols] @ self.weight[:, cols].t()
+
+    def extra_repr(self) -> str:
+        return f"threshold={self.threshold}"
+
+
 class Int8Linear(nn.Linear):
     """LLM.int8() forward: int8 vector-wise product plus the 16-bit outlier product.
 
-    ``weight`` holds the int8 weights dequantized; ``outlier_weight`` the 16-bit
-    columns kept for the calibration outlier dimensions (non-persistent: its cost is
-    counted in the footprint, not as a parameter)."""
-
-    threshold: float
+    ``weight`` holds the int8 weights dequantized; the child ``outliers`` the 16-bit
+    side, so the module tree shows the change and ``Snapshot`` rebuilds it on restore."""
 
     @classmethod
     def wrap(
@@ -77,12 +91,10 @@ class Int8Linear(nn.Linear):
         quantize_rows: Callable[[torch.Tensor], torch.Tensor],
     ) -> Int8Linear:
         new = cls(linear.in_features, linear.out_features, bias=False, device="meta")
-        new.threshold = threshold
-        # the weights multiplying 16-bit activations: 16-bit where stored, int8 elsewhere
         int8_weight = quantize_rows(linear.weight.detach().float()).to(linear.weight.dtype)
         outlier_weight = int8_weight.clone()
         outlier_weight[:, stored_columns] = linear.weight.detach()[:, stored_columns]
-        new.register_buffer("outlier_weight", outlier_weight, persistent=False)
+        new.outliers = OutlierColumns(outlier_weight, threshold)
         new.weight = linear.weight
         new.bias = linear.bias
         with torch.no_grad():
@@ -90,16 +102,13 @@ class Int8Linear(nn.Linear):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        cols = outlier_columns(x, self.threshold)
+        cols = outlier_columns(x, self.outliers.threshold)
         inliers = x.clone()
         inliers[..., cols] = 0
         out = nn.functional.linear(vectorwise_int8(inliers), self.weight, self.bias)
         if cols.numel():
-            out = out + x[..., cols] @ self.outlier_weight[:, cols].t()
+            out = out + self.outliers(x, cols)
         return out
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, threshold={self.threshold}"
 
 
 def int8_storage(linear: nn.Linear, stored_columns: int) -> TensorStorage:

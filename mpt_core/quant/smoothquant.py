@@ -48,27 +48,37 @@ def absmax_fake_quant(x: torch.Tensor, bits: int) -> torch.Tensor:
     return torch.round(x / scales) * scales
 
 
+class PerTokenQuant(nn.Module):
+    """Per-token dynamic absmax fake quantization of a linear's input."""
+
+    def __init__(self, bits: int):
+        super().__init__()
+        self.bits = bits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return absmax_fake_quant(x, self.bits)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}"
+
+
 class W8A8Linear(nn.Linear):
     """A linear whose input is fake-quantized per token on every call (its weight is
-    quantized once, when it is made)."""
-
-    bits: int
+    quantized once, when it is made). The activation quantizer is a child module, so
+    the module tree shows the change and ``Snapshot`` rebuilds it on restore."""
 
     @classmethod
     def wrap(cls, linear: nn.Linear, bits: int) -> W8A8Linear:
         new = cls(linear.in_features, linear.out_features, bias=False, device="meta")
         new.weight = linear.weight
         new.bias = linear.bias
-        new.bits = bits
+        new.act_quant = PerTokenQuant(bits)
         with torch.no_grad():
             new.weight.copy_(absmax_fake_quant(new.weight.float(), bits).to(new.weight.dtype))
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(absmax_fake_quant(x, self.bits), self.weight, self.bias)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, bits={self.bits}"
+        return nn.functional.linear(self.act_quant(x), self.weight, self.bias)
 
 
 def replace_linear(block: nn.Module, name: str, new: nn.Module) -> None:
