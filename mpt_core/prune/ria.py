@@ -79,12 +79,14 @@ def channel_permutation(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """The column order RIA prunes N:M in: reallocation, then a linear sum assignment for
     each position within the groups (the channels at that position swap between groups)."""
     index = reallocation(score, m)
-    group_starts = torch.arange(score.shape[1] // m) * m
+    group_starts = torch.arange(score.shape[1] // m, device=score.device) * m
     for position in range(m):
         kept = lsa_scores(score[:, index], position, n, m)
-        _, source = linear_sum_assignment(kept.numpy(), maximize=True)
+        # scipy's Hungarian solver runs on the host; the matrix is only groups x groups
+        _, source = linear_sum_assignment(kept.cpu().numpy(), maximize=True)
+        source = torch.as_tensor(source, device=score.device)
         permuted = index.clone()
-        permuted[group_starts + position] = index[torch.as_tensor(source) * m + position]
+        permuted[group_starts + position] = index[source * m + position]
         index = permuted
     return index
 
@@ -106,9 +108,9 @@ def ria_mask(score: torch.Tensor, stage, settings: dict) -> tuple[torch.Tensor, 
 def prune_linear(linear: nn.Linear, stats: WandaStats, stage, settings: dict) -> TensorStorage:
     W = linear.weight.data
     mask, permutation_bits = ria_mask(
-        ria_score(W, stats.scaler_row, settings["alpha"]).cpu(), stage, settings
+        ria_score(W, stats.scaler_row, settings["alpha"]), stage, settings
     )
-    W[mask.to(W.device)] = 0
+    W[mask] = 0
     nm = (stage.n, stage.m) if stage.level_kind == "nm" else None
     return TensorStorage(nm=nm, extra_bits=permutation_bits)
 
