@@ -63,12 +63,34 @@ def load_model(
     name: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None
 ) -> LoadedModel:
     """Load ``name`` (alias, local dir, .gguf file or hub id) in eval mode on ``device``."""
-    device = torch.device(device) if device is not None else default_device()
+    device = _device(device)
     dtype = dtype or default_dtype(device)
     model, tokenizer = _load(name, dtype)
-    model.to(device).eval()
+    try:
+        model.to(device).eval()
+    except (RuntimeError, AssertionError) as error:
+        raise ModelError(
+            f"device {device} is not usable here: {str(error).splitlines()[0]}"
+        ) from None
     model.config.use_cache = False
     return LoadedModel(name, model, tokenizer, state_dict_hash(model))
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return default_device()
+    try:
+        chosen = torch.device(device)
+    except RuntimeError:
+        raise ModelError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
+    if chosen.type == "cuda" and (
+        not torch.cuda.is_available() or (chosen.index or 0) >= torch.cuda.device_count()
+    ):
+        raise ModelError(
+            f"device {device!r} is not present: this machine has "
+            f"{torch.cuda.device_count()} CUDA device(s); use --device cpu"
+        )
+    return chosen
 
 
 def _load(name: str, dtype: torch.dtype):
@@ -80,10 +102,20 @@ def _load(name: str, dtype: torch.dtype):
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelError(f"GGUF file {path} does not exist")
-        return _from_pretrained(str(path.parent), dtype, gguf_file=path.name)
+        return _from_local(str(path.parent), dtype, gguf_file=path.name)
     if path.is_dir():
-        return _from_pretrained(str(path), dtype)
+        return _from_local(str(path), dtype)
     return _from_hub(name, dtype)
+
+
+def _from_local(source: str, dtype: torch.dtype, **kwargs):
+    try:
+        return _from_pretrained(source, dtype, **kwargs)
+    except (OSError, ValueError, KeyError) as error:
+        raise ModelError(
+            f"{source} is not a loadable causal LM ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else 'no detail'})"
+        ) from None
 
 
 def _from_pretrained(source: str, dtype: torch.dtype, **kwargs):

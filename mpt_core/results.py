@@ -88,26 +88,30 @@ def _cut_torn_tail(path: Path) -> None:
 
 
 def read(path: str | Path) -> list[Record]:
-    """All complete records of a JSONL file; a torn last line is skipped, others are errors."""
+    """All complete records of a JSONL file.
+
+    A last line without its newline is the torn write of an interrupted run and
+    is skipped (``append`` cuts it off); any other bad line is an error.
+    """
     path = Path(path)
     if not path.exists():
         return []
-    lines = path.read_text(encoding="utf-8").split("\n")
+    lines = path.read_bytes().split(b"\n")
     records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        is_last = number == len(lines)
-        try:
-            records.append(Record.from_dict(json.loads(line)))
-        except (json.JSONDecodeError, TypeError) as error:
-            if is_last:
-                continue  # the torn write of an interrupted run
-            raise ResultsError(
-                f"{path}:{number} is not a valid mpt record ({error}); "
-                "fix or delete that line, or write to a new --out file"
-            ) from None
+    for number, line in enumerate(lines[:-1], start=1):
+        if line.strip():
+            records.append(_parse_line(path, number, line))
     return records
+
+
+def _parse_line(path: Path, number: int, line: bytes) -> Record:
+    try:
+        return Record.from_dict(json.loads(line.decode("utf-8")))
+    except (UnicodeDecodeError, json.JSONDecodeError, TypeError, AttributeError) as error:
+        raise ResultsError(
+            f"{path}:{number} is not a valid mpt record ({type(error).__name__}); "
+            "fix or delete that line, or write to a new --out file"
+        ) from None
 
 
 def known_keys(path: str | Path) -> set[tuple]:

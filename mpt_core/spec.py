@@ -27,7 +27,7 @@ _METHOD = re.compile(r"[a-z][a-z0-9_]*\Z")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
 _OPTION_KEY = re.compile(r"[a-z][a-z0-9_]*\Z")
 _OPTION_VALUE = re.compile(r"[A-Za-z0-9_.\-]+\Z")
-_RATIO = re.compile(r"\d*\.\d+(e-?\d+)?\Z|\d+\.\d*\Z")
+_RATIO = re.compile(r"(\d*\.\d+|\d+\.\d*)(e[-+]?\d+)?\Z|\d+e-\d+\Z")
 _INT = re.compile(r"\d+\Z")
 
 OptionValue = str | bool
@@ -129,7 +129,9 @@ class Spec:
 def parse_stage(text: str) -> Stage:
     """Parse one stage such as ``rtn:4[group=64,sym]``."""
     body, options = _split_options(text)
-    method, _, level = body.partition(":")
+    method, colon, level = body.partition(":")
+    if colon and not level:
+        raise SpecError(f"missing level after ':' in {text!r}: write e.g. 'wanda:0.5' or 'rtn:4'")
     if method == "dense":
         raise SpecError(f"'dense' cannot be a pipeline stage (in {text!r}): use it alone")
     if not _METHOD.match(method):

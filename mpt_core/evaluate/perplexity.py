@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from mpt_core.errors import DataError
+
 
 @dataclass(frozen=True)
 class Perplexity:
@@ -36,7 +38,9 @@ def eval_windows(ids: torch.Tensor, seqlen: int, windows: int | None = None) -> 
     """The token stream cut into non-overlapping windows, shape (n, seqlen)."""
     available = ids.shape[1] // seqlen
     if available == 0:
-        raise ValueError(f"{ids.shape[1]} tokens is fewer than one window of {seqlen}")
+        raise DataError(
+            f"the text has {ids.shape[1]} tokens, fewer than one window of --seqlen {seqlen}"
+        )
     count = available if windows is None else min(windows, available)
     return ids[0, : count * seqlen].view(count, seqlen)
 
