@@ -131,7 +131,7 @@ def test_weights_read_back_equal_the_gguf_dequantization_byte_for_byte(quantized
     types = set()
     for tensor in gguf.GGUFReader(path).tensors:
         types.add(tensor.tensor_type.name)
-        expected = torch.from_numpy(gguf.quants.dequantize(tensor.data, tensor.tensor_type))
+        expected = torch.tensor(gguf.quants.dequantize(tensor.data, tensor.tensor_type))
         name = by_gguf_name[tensor.name]
         if name.endswith(("q_proj.weight", "k_proj.weight")):
             heads = 4 if "q_proj" in name else 2
