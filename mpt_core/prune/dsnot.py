@@ -109,19 +109,22 @@ def _swap(pruned, grow: torch.Tensor, prune: torch.Tensor, update: torch.Tensor)
     pruned.scatter_(1, grow, grown)
 
 
-def _pointers(rows: int, columns: int) -> torch.Tensor:
-    return torch.tensor([[0, columns - 1]]).repeat(rows, 1)
+def _pointers(lengths: torch.Tensor) -> torch.Tensor:
+    """Front and back pointers of per-row lists of the given lengths."""
+    return torch.stack([torch.zeros_like(lengths), (lengths - 1).clamp(min=0)], dim=1)
 
 
 def pruning_order(dsnot_metric: torch.Tensor, score: torch.Tensor, pruned: torch.Tensor):
-    """Kept weights with W·E[x] < 0 first (lowest Wanda score first), those with W·E[x] > 0
-    last (lowest score last), everything else between: the reference's reordering."""
-    group = torch.ones_like(score, dtype=torch.long)
+    """The reference's list of pruning candidates per row, and its length: kept weights
+    with W·E[x] < 0 (lowest Wanda score first), then those with W·E[x] > 0 (lowest score
+    last); the rest of the row after them, never reached."""
+    group = torch.full_like(score, 2, dtype=torch.long)
     group[(dsnot_metric < 0) & ~pruned] = 0
-    group[(dsnot_metric > 0) & ~pruned] = 2
-    key = torch.where(group == 0, score, torch.where(group == 2, -score, 0))
+    group[(dsnot_metric > 0) & ~pruned] = 1
+    key = torch.where(group == 0, score, torch.where(group == 1, -score, 0))
     by_score = torch.argsort(key, dim=1, stable=True)
-    return by_score.gather(1, torch.argsort(group.gather(1, by_score), dim=1, stable=True))
+    order = by_score.gather(1, torch.argsort(group.gather(1, by_score), dim=1, stable=True))
+    return order, (group < 2).sum(dim=1)
 
 
 def growing_order(dsnot_metric: torch.Tensor, var: torch.Tensor, pruned: torch.Tensor):
@@ -137,8 +140,9 @@ def dsnot_unstructured(W, W_hat, pruned, mean, var, score, max_cycle, threshold,
     error = ((W - W_hat) * mean).sum(dim=1, keepdim=True)  # ε_r
     sign0 = torch.sign(error)
     grow_order = growing_order(grow_metric, var, pruned)
-    prune_order = pruning_order(prune_metric_all, score, pruned)
-    grow_ptr, prune_ptr = _pointers(*W.shape), _pointers(*W.shape)
+    prune_order, candidates = pruning_order(prune_metric_all, score, pruned)
+    # past its own sign the walk goes on into the other: the reference's, as it runs
+    grow_ptr, prune_ptr = _pointers(torch.full_like(candidates, W.shape[1])), _pointers(candidates)
     update = torch.ones_like(error, dtype=torch.bool)
     for _ in range(max_cycle):
         if not update.any():
@@ -162,7 +166,7 @@ def dsnot_nm(W, W_hat, pruned, mean, var, score, m, max_cycle, threshold):
     error = ((W - W_hat) * mean).sum(dim=1, keepdim=True)
     sign0 = torch.sign(error)
     grow_order = growing_order(grow_metric, var, pruned)
-    grow_ptr = _pointers(*W.shape)
+    grow_ptr = _pointers(torch.full((W.shape[0],), W.shape[1]))
     score = score.masked_fill(pruned, torch.inf)
     update = torch.ones_like(error, dtype=torch.bool)
     for _ in range(max_cycle):
