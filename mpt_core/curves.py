@@ -106,9 +106,9 @@ def read_points(path: str | Path) -> list[Point]:
 
 
 def read_csv(path: Path) -> list[Point]:
-    """A baseline CSV with exactly the schema of baselines/study (see its README)."""
-    with path.open(newline="") as handle:
-        rows = list(csv.reader(handle))
+    """A baseline CSV with exactly the schema of baselines/study (see its README);
+    ``#`` lines (a CPU-tier file's command, date and versions) are metadata."""
+    rows = list(csv.reader(_data_lines(path)))
     if not rows:
         raise BaselineError(f"{path}: empty file; expected the header {','.join(HEADER)}")
     if tuple(rows[0]) != HEADER:
@@ -264,9 +264,14 @@ def is_baseline_csv(path: str | Path) -> bool:
     path = Path(path)
     if path.suffix == ".jsonl":
         return True
-    with path.open(newline="") as handle:
-        header = next(csv.reader(handle), [])
+    header = next(csv.reader(_data_lines(path)), [])
     return tuple(header) == HEADER
+
+
+def _data_lines(path: Path) -> list[str]:
+    """The lines of a CSV file without its ``#`` metadata lines."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [line for line in lines if not line.startswith("#")]
 
 
 def read_xy_curves(

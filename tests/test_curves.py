@@ -70,3 +70,18 @@ def test_a_wrong_header_is_named(tmp_path) -> None:
     path.write_text("model,spec,value\nm,dense,1\n")
     with pytest.raises(BaselineError, match="header 'model,spec,value' is not"):
         read_points(path)
+
+
+def test_cpu_tier_csv_metadata_lines_are_skipped(tmp_path):
+    from mpt_core.curves import is_baseline_csv, read_points
+
+    path = tmp_path / "quant.csv"
+    rows = "".join(
+        f"m,wikitext2,{spec},ppl,{value},,,,512,s\n"
+        for spec, value in [("dense", 10), ("rtn:8", 10.1), ("rtn:4", 11), ("rtn:3", 14)]
+    )
+    path.write_text(
+        "# command: mpt baselines record\n# windows: 8\n" + ",".join(HEADER) + "\n" + rows
+    )
+    assert is_baseline_csv(path)
+    assert [point.value for point in read_points(path)] == [10, 10.1, 11, 14]
