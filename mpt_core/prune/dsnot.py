@@ -97,8 +97,8 @@ def _take(order: torch.Tensor, pointers: torch.Tensor, end: torch.Tensor) -> tor
 
 def _candidates_left(pruned: torch.Tensor, grow: torch.Tensor, prune: torch.Tensor):
     """Whether a row's pointers still stand on a pruned weight to grow and a kept one to
-    prune. The reference walks on into the other part of its lists, which changes the
-    sparsity; it only reaches them in rows narrower than about twice ``max_cycle``."""
+    prune. Past that the reference walks off its lists (an index error) or onto weights
+    it already swapped (the sparsity changes); mpt stops the row there."""
     return pruned.gather(1, grow) & ~pruned.gather(1, prune)
 
 
@@ -117,7 +117,7 @@ def _pointers(lengths: torch.Tensor) -> torch.Tensor:
 def pruning_order(dsnot_metric: torch.Tensor, score: torch.Tensor, pruned: torch.Tensor):
     """The reference's list of pruning candidates per row, and its length: kept weights
     with W·E[x] < 0 (lowest Wanda score first), then those with W·E[x] > 0 (lowest score
-    last); the rest of the row after them, never reached."""
+    last); the rest of the row after them, outside the list."""
     group = torch.full_like(score, 2, dtype=torch.long)
     group[(dsnot_metric < 0) & ~pruned] = 0
     group[(dsnot_metric > 0) & ~pruned] = 1
