@@ -75,11 +75,12 @@ def test_prefill_throughput(benchmark, pruned):
     benchmark.group = f"prefill {name} {windows.shape[0]}x{windows.shape[1]}"
     logits = benchmark.pedantic(prefill, args=(model, windows), rounds=3, warmup_rounds=1)
     tokens = windows.numel()
+    if benchmark.stats is not None:  # None under --benchmark-disable: one untimed run
+        benchmark.extra_info["tokens_per_s"] = tokens / benchmark.stats.stats.mean
     benchmark.extra_info.update(
         model=name,
         spec=spec,
         tokens=tokens,
-        tokens_per_s=tokens / benchmark.stats.stats.mean,
         parameters=dense_numel(model),
         blocks=model.config.num_hidden_layers,
         width=getattr(model.config, "sliced_hidden_size", model.config.hidden_size),
