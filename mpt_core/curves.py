@@ -28,21 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
+from mpt_core.baselines import HEADER
 from mpt_core.errors import BaselineError, ResultsError, SpecError
 from mpt_core.spec import Spec, Stage
 
-HEADER = (
-    "model",
-    "dataset",
-    "spec",
-    "metric",
-    "value",
-    "stderr",
-    "size",
-    "size_unit",
-    "seqlen",
-    "source",
-)
 AXES = ("ratio", "bits")
 SIZE_UNITS = {"pct_fp16": 0.01, "fraction_fp16": 1.0}  # to a fraction of the FP16 model
 _SCHEME_BITS = re.compile(r"(\d+)")

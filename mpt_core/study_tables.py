@@ -17,18 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-CSV_FIELDS = (
-    "model",
-    "dataset",
-    "spec",
-    "metric",
-    "value",
-    "stderr",
-    "size",
-    "size_unit",
-    "seqlen",
-    "source",
-)
+from mpt_core.baselines import HEADER as CSV_FIELDS
+
 LLAMA2_7B = "llama2-7b"
 _CAPTION = re.compile(r"^(?:\*\*|#+\s*)Table (\d+):")
 _SEPARATOR = re.compile(r"^\|[\s:|-]+\|$")
