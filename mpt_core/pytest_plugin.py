@@ -151,16 +151,23 @@ def pytest_collection_modifyitems(config, items) -> None:
         return
     keep, drop = [], []
     for item in items:
-        row = getattr(item, "callspec", None) and item.callspec.params.get("mpt_row")
-        smoke = (
-            row is None
-            or row.tier != "cpu"
-            or (row.spec in SMOKE_SPECS and row.dataset == SMOKE_DATASET)
-        )
-        (keep if smoke else drop).append(item)
+        (keep if _in_smoke(item) else drop).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+
+
+def _in_smoke(item) -> bool:
+    """Everything but the CPU tier's curves and its points outside SMOKE_SPECS."""
+    params = item.callspec.params if hasattr(item, "callspec") else {}
+    row, curve = params.get("mpt_row"), params.get("mpt_curve")
+    if curve is not None:
+        return curve.rows[0].tier != "cpu"
+    return (
+        row is None
+        or row.tier != "cpu"
+        or (row.spec in SMOKE_SPECS and row.dataset == SMOKE_DATASET)
+    )
 
 
 def _param(row: baselines.BaselineRow):
