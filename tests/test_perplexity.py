@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from mpt_core.errors import DataError
 from mpt_core.evaluate.perplexity import eval_windows, perplexity, summarize, window_losses
 from mpt_core.models import Snapshot
 
@@ -70,7 +71,7 @@ def test_eval_windows_cut_the_stream_without_overlap():
     assert windows.shape == (10, 4)
     assert torch.equal(windows.flatten(), torch.arange(40))
     assert eval_windows(ids, 4, windows=3).shape == (3, 4)
-    with pytest.raises(ValueError, match="fewer than one window"):
+    with pytest.raises(DataError, match="fewer than one window"):
         eval_windows(ids, 44)
 
 
