@@ -108,7 +108,7 @@ def test_cpu_tier_passes_against_its_own_baselines(tiny_baselines, tmp_path):
         "--mpt-baselines",
         str(tiny_baselines),
         "-k",
-        "quant",
+        "test_ppl and quant",
         "-p",
         "no:randomly",
         "--mpt-report",
@@ -132,7 +132,9 @@ def test_sabotaged_baseline_fails_exactly_that_test(tiny_baselines, tmp_path):
     cells[4] = repr(baseline)
     lines[victim] = ",".join(f'"{c}"' if "," in c else c for c in cells)
     target.write_text("\n".join(lines) + "\n")
-    result = _pytest("--mpt-baselines", str(sabotaged), "-k", "quant", "-p", "no:randomly")
+    result = _pytest(
+        "--mpt-baselines", str(sabotaged), "-k", "test_ppl and quant", "-p", "no:randomly"
+    )
     assert result.returncode == 1
     failed = [line for line in result.stdout.splitlines() if line.startswith("FAILED")]
     assert len(failed) == 1, result.stdout[-3000:]
