@@ -147,7 +147,7 @@ def test_sabotaged_baseline_fails_exactly_that_test(tiny_baselines, tmp_path):
 
 def test_selection_by_keyword_and_marker(tiny_baselines):
     args = ("--mpt-baselines", str(tiny_baselines), "--collect-only", "-q", "-p", "no:randomly")
-    not_rtn = _pytest(*args, "-k", "quant and not rtn").stdout
+    not_rtn = _pytest(*args, "-k", "test_ppl and quant and not rtn").stdout
     assert "rtn" not in not_rtn.split("tests collected")[0] and "dense" in not_rtn
     semi = _pytest(*args, "-m", "cpu and unstructured").stdout
     ids = [line for line in semi.splitlines() if "::" in line]
@@ -163,7 +163,7 @@ def test_random_order_gives_the_same_values(tiny_baselines, tmp_path):
             "--mpt-baselines",
             str(tiny_baselines),
             "-k",
-            "quant or semi",
+            "test_ppl and (quant or semi)",
             "--mpt-results",
             str(results),
             *order_args,
@@ -305,7 +305,7 @@ def test_history_of_three_real_runs_and_compare(tiny_baselines, tmp_path):
             "--mpt-baselines",
             str(tiny_baselines),
             "-k",
-            "quant",
+            "test_ppl and quant",
             "-p",
             "no:randomly",
             "--mpt-history",
