@@ -19,6 +19,7 @@ import pytest
 
 from mpt_core import baselines
 from mpt_core.curve_check import check_curve
+from mpt_core.curve_rows import baseline_curves
 from mpt_core.errors import BaselineError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -195,8 +196,11 @@ def test_gpu_tier_collects_one_test_per_numeric_study_cell():
         timeout=300,
     )
     collected = [line for line in result.stdout.splitlines() if "::" in line]
+    points = [line for line in collected if "::test_ptp[" not in line]
+    curves = [line for line in collected if "::test_ptp[" in line]
     study = baselines.load_dir(ROOT / "baselines" / "study", "study")
-    assert len(collected) == sum(row.is_numeric for row in study)
+    assert len(points) == sum(row.is_numeric for row in study)
+    assert len(curves) == len(baseline_curves([row for row in study if row.is_numeric])) > 0
     assert (
         "benchmarks/test_unstructured.py::test_ppl[llama2-7b-wikitext2-wanda:0.5-table2]"
         in collected
