@@ -48,16 +48,30 @@ class Session:
 
     def measure(self, spec: Spec, dataset: str, windows: int | None = None) -> Record:
         """Compress a fresh copy of the model by ``spec`` and measure its perplexity."""
+        return self.measure_datasets(spec, [dataset], windows)[0]
+
+    def measure_datasets(
+        self, spec: Spec, datasets: list[str], windows: int | None = None
+    ) -> list[Record]:
+        """Compress once by ``spec`` and measure perplexity on each dataset: calibrated
+        methods cost minutes on a CPU, so a grid never compresses twice for one point."""
         validate(spec)
-        ids, fingerprint = self.eval_stream(dataset)
+        streams = [self.eval_stream(dataset) for dataset in datasets]
         try:
             started = time.perf_counter()
             footprint = compress(self.loaded.model, spec, self.calibration)
-            compressed = time.perf_counter()
-            result = perplexity(self.loaded.model, ids, self.seqlen, windows)
-            finished = time.perf_counter()
+            compress_seconds = time.perf_counter() - started
+            records = []
+            for dataset, (ids, fingerprint) in zip(datasets, streams, strict=True):
+                started = time.perf_counter()
+                result = perplexity(self.loaded.model, ids, self.seqlen, windows)
+                seconds = {"compress": compress_seconds, "evaluate": time.perf_counter() - started}
+                records.append(self._record(spec, dataset, fingerprint, result, footprint, seconds))
         finally:
             self.snapshot.restore(self.loaded.model)
+        return records
+
+    def _record(self, spec, dataset, fingerprint, result, footprint, seconds) -> Record:
         return Record(
             model=self.loaded.name,
             weights_hash=self.loaded.weights_hash,
@@ -69,7 +83,7 @@ class Session:
             value=result.ppl,
             stderr=result.stderr,
             footprint=footprint.summary(),
-            seconds={"compress": compressed - started, "evaluate": finished - compressed},
+            seconds=seconds,
             device=str(self.loaded.device),
             dtype=str(self.loaded.dtype).removeprefix("torch."),
             fingerprint=fingerprint,

@@ -48,16 +48,21 @@ def run_record(args: argparse.Namespace) -> int:
     command = "mpt " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
     session = open_session(args)
     done = known_keys(records_path)
-    points = [(dataset, spec) for dataset in datasets for spec in specs]
-    for dataset, spec in tqdm(points, desc=f"baselines {args.family}", unit="point"):
-        windows = session.windows_for(dataset, args.windows)
-        key = point_key(session.loaded.name, spec, dataset, args.seqlen, windows, "ppl")
-        if key in done:
+    for spec in tqdm(specs, desc=f"baselines {args.family}", unit="point"):
+        missing = [
+            dataset for dataset in datasets if _key(session, spec, dataset, args) not in done
+        ]
+        if not missing:
             continue
-        record = session.measure(Spec.parse(spec), dataset, args.windows)
-        append(records_path, record)
+        for record in session.measure_datasets(Spec.parse(spec), missing, args.windows):
+            append(records_path, record)
+            tqdm.write(describe(record))
         write_csv(records_path, out, args.family, command, specs)
-        tqdm.write(describe(record))
     count = write_csv(records_path, out, args.family, command, specs)
     print(f"wrote {count} rows to {out}")
     return 0
+
+
+def _key(session, spec: str, dataset: str, args: argparse.Namespace) -> tuple:
+    windows = session.windows_for(dataset, args.windows)
+    return point_key(session.loaded.name, spec, dataset, args.seqlen, windows, "ppl")
