@@ -92,16 +92,17 @@ def compress(model, spec: Spec, calibration: Calibration | None) -> Footprint:
             stage_storage = {
                 k: dataclasses.replace(v, sparse=True) for k, v in stage_storage.items()
             }
-        storage = _merge(storage, stage_storage)
+        storage = merge_storage(storage, stage_storage)
     return measure(model, storage, reference)
 
 
-def _merge(before: dict[str, TensorStorage], after: dict[str, TensorStorage]) -> dict:
-    """A later stage's storage wins, but a tensor pruned earlier keeps its sparse layout."""
+def merge_storage(before: dict[str, TensorStorage], after: dict[str, TensorStorage]) -> dict:
+    """A later stage's storage wins, but a tensor pruned earlier keeps its sparse layout
+    unless the later stage's format stores every element."""
     merged = dict(before)
     for name, storage in after.items():
         previous = before.get(name)
-        if previous is not None:
+        if previous is not None and not storage.stores_zeros:
             storage = dataclasses.replace(
                 storage, nm=storage.nm or previous.nm, sparse=storage.sparse or previous.sparse
             )

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from mpt_core.compress import compress
+from mpt_core.compress import compress, merge_storage
 from mpt_core.evaluate.footprint import TensorStorage, dense_numel, measure, tensor_cost
 from mpt_core.layerwise import block_linear_names
 from mpt_core.spec import Spec
@@ -272,3 +272,13 @@ def test_magnitude_layout_follows_the_cheaper_storage(fresh_tiny, ratio, layout)
     for cost in compressed_costs(footprint, model):
         assert cost.layout == layout
         assert cost.bits == min(cost.numel * 16, cost.nnz * 16 + cost.numel)
+
+
+def test_a_later_stage_keeps_the_sparse_layout_unless_its_format_stores_zeros():
+    pruned = {"w": TensorStorage(sparse=True), "v": TensorStorage(nm=(2, 4))}
+    quantized = {name: TensorStorage(value_bits=4) for name in pruned}
+    file_format = {name: TensorStorage(value_bits=4, stores_zeros=True) for name in pruned}
+    kept = merge_storage(pruned, quantized)
+    assert kept["w"].sparse and kept["v"].nm == (2, 4)
+    dense = merge_storage(pruned, file_format)
+    assert not dense["w"].sparse and dense["v"].nm is None

@@ -204,3 +204,19 @@ def test_importance_matrix_reaches_llama_cpp(quantized_tiny, fresh_tiny):
     snapshot.restore(fresh_tiny.model)
     compress(fresh_tiny.model, Spec.parse("gguf:Q4_K_M[imatrix,nsamples=4]"), calibration)
     assert not torch.equal(logits_of(fresh_tiny.model), logits_of(quantized_tiny[0].model))
+
+
+@needs_llama_cpp
+def test_pruned_then_gguf_footprint_is_the_file_size_zeros_stored_densely(fresh_tiny, tmp_path):
+    model = fresh_tiny.model
+    pruned_then_quantized = compress(
+        model, Spec.parse("magnitude:0.5+gguf:Q4_K_M"), Calibration(fresh_tiny.tokenizer, 32)
+    )
+    assert pruned_then_quantized.sparsity > 0.3  # the embedding, quantized too, is not pruned
+    assert {cost.layout for cost in pruned_then_quantized.tensors} == {"dense"}
+    f16 = write_gguf(model, fresh_tiny.tokenizer, tmp_path / "f16.gguf", F16)
+    path = gguf_method.quantize_file(
+        gguf_method.import_llama_cpp(), f16, tmp_path / "again.gguf", "Q4_K_M", None
+    )
+    tensors = gguf.GGUFReader(path).tensors
+    assert pruned_then_quantized.bytes == sum(int(t.n_bytes) for t in tensors)

@@ -11,7 +11,10 @@ Storage layout (documented in the README and tested):
   tensor as its kept values plus ceil(log2(M)) index bits per kept value (the
   2:4 sparse tensor-core layout). Zeros that only rounding produced (a 2-bit
   grid maps many small weights to 0) do not make a quantized tensor sparse:
-  its integers are stored densely, as every quantized format does.
+  its integers are stored densely, as every quantized format does. In a
+  pipeline, a later quantization stage keeps an earlier stage's sparse layout
+  (quantized non-zeros + bitmask, or N:M index) unless its format stores every
+  element (GGUF: llama.cpp writes pruned zeros densely).
 
 The reference is the model in fp16: ``fp16_bytes``; ``relative_size`` is
 ``bytes / fp16_bytes``.
@@ -39,6 +42,9 @@ class TensorStorage:
     nm: tuple[int, int] | None = None  # (n pruned, m) for N:M sparse storage
     extra_bits: int = 0  # anything else the method stores for the tensor (outliers, ...)
     sparse: bool = False  # a pruning stage removed weights: store non-zeros + bitmask
+    # A file format that stores every element (GGUF): zeros an earlier pruning stage left
+    # are stored like any other value, so that stage's sparse layout does not carry over.
+    stores_zeros: bool = False
 
 
 @dataclass(frozen=True)

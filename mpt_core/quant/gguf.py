@@ -261,10 +261,13 @@ def ggml_storage(ggml_type: gguf.GGMLQuantizationType) -> TensorStorage:
     """A ggml type's exact bits: whole bits per value, the rest of each block as its scales."""
     block, block_bytes = gguf.GGML_QUANT_SIZES[ggml_type]
     if block == 1:
-        return TensorStorage(value_bits=8 * block_bytes)
+        return TensorStorage(value_bits=8 * block_bytes, stores_zeros=True)
     value_bits = 8 * block_bytes // block
     return TensorStorage(
-        value_bits=value_bits, group_size=block, scale_bits=8 * block_bytes - value_bits * block
+        value_bits=value_bits,
+        group_size=block,
+        scale_bits=8 * block_bytes - value_bits * block,
+        stores_zeros=True,
     )
 
 
