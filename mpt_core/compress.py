@@ -84,8 +84,16 @@ def compress(model, spec: Spec, calibration: Calibration | None) -> Footprint:
     """Apply ``spec`` to ``model`` in place and return what the result costs to store."""
     registry.validate(spec)
     reference = dense_numel(model)
-    storage: dict[str, TensorStorage] = {}
-    for stage in spec.stages:
+    return measure(model, apply_stages(model, spec.stages, calibration), reference)
+
+
+def apply_stages(
+    model, stages, calibration: Calibration | None, storage: dict | None = None
+) -> dict[str, TensorStorage]:
+    """Apply ``stages`` in order; ``storage`` is what earlier stages left (a pipeline resumed
+    after its first stage). Returns every compressed tensor's storage."""
+    storage = dict(storage or {})
+    for stage in stages:
         method = registry.get(stage.method)
         stage_storage = method.apply(model, stage, method.settings(stage), calibration)
         if registry.family_of(stage) in PRUNING_FAMILIES:
@@ -93,7 +101,7 @@ def compress(model, spec: Spec, calibration: Calibration | None) -> Footprint:
                 k: dataclasses.replace(v, sparse=True) for k, v in stage_storage.items()
             }
         storage = merge_storage(storage, stage_storage)
-    return measure(model, storage, reference)
+    return storage
 
 
 def merge_storage(before: dict[str, TensorStorage], after: dict[str, TensorStorage]) -> dict:

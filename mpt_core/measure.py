@@ -8,11 +8,15 @@ The CLI's run and sweep and the pytest plugin all measure through it.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 
-from mpt_core.compress import Calibration, compress, resolved_settings
+from mpt_core.compress import Calibration, apply_stages, compress, resolved_settings
 from mpt_core.data import load_text, tokenize
+from mpt_core.evaluate.footprint import Footprint, dense_numel, measure
 from mpt_core.evaluate.perplexity import eval_windows, perplexity
 from mpt_core.models import LoadedModel, Snapshot, load_model
 from mpt_core.registry import validate
@@ -20,15 +24,31 @@ from mpt_core.results import Record, git_sha, library_versions, now
 from mpt_core.spec import Spec
 
 
+@dataclass
+class FirstStage:
+    """The model right after a pipeline's first stage, and what that stage stored."""
+
+    stage: str
+    snapshot: Snapshot
+    storage: dict
+
+
 class Session:
-    """A model loaded once, restored to its original weights before every point."""
+    """A model loaded once, restored to its original weights before every point.
+
+    Pipelines reuse the model after their first stage when the previous pipeline
+    began with the same stage: a grid such as ``wanda:0.3+gguf:{Q2_K..Q8_0}`` prunes
+    once. Methods are deterministic for fixed settings, so this changes no number.
+    """
 
     def __init__(self, loaded: LoadedModel, seqlen: int):
         self.loaded = loaded
         self.seqlen = seqlen
         self.snapshot = Snapshot(loaded.model)
+        self.dense_numel = dense_numel(loaded.model)
         self.calibration = Calibration(loaded.tokenizer, seqlen)
         self._eval: dict[str, tuple[torch.Tensor, dict]] = {}
+        self._first_stage: FirstStage | None = None
 
     @classmethod
     def open(
@@ -59,7 +79,7 @@ class Session:
         streams = [self.eval_stream(dataset) for dataset in datasets]
         try:
             started = time.perf_counter()
-            footprint = compress(self.loaded.model, spec, self.calibration)
+            footprint = self._compress(spec)
             compress_seconds = time.perf_counter() - started
             records = []
             for dataset, (ids, fingerprint) in zip(datasets, streams, strict=True):
@@ -70,6 +90,25 @@ class Session:
         finally:
             self.snapshot.restore(self.loaded.model)
         return records
+
+    def _compress(self, spec: Spec) -> Footprint:
+        if len(spec.stages) < 2:
+            return compress(self.loaded.model, spec, self.calibration)
+        first, rest = spec.stages[0], spec.stages[1:]
+        storage = self._after_first_stage(first)
+        storage = apply_stages(self.loaded.model, rest, self.calibration, storage)
+        return measure(self.loaded.model, storage, self.dense_numel)
+
+    def _after_first_stage(self, first) -> dict:
+        """Bring the (dense) model to its state after ``first``, computed once per stage."""
+        cached = self._first_stage
+        if cached is not None and cached.stage == str(first):
+            cached.snapshot.restore(self.loaded.model)
+            return cached.storage
+        self._first_stage = None  # its snapshot holds a whole model: free it first
+        storage = apply_stages(self.loaded.model, (first,), self.calibration)
+        self._first_stage = FirstStage(str(first), Snapshot(self.loaded.model), storage)
+        return storage
 
     def _record(self, spec, dataset, fingerprint, result, footprint, seconds) -> Record:
         return Record(
@@ -97,3 +136,61 @@ class Session:
         """How many windows a measurement of ``dataset`` will use (for resume keys)."""
         ids, _ = self.eval_stream(dataset)
         return eval_windows(ids, self.seqlen, windows).shape[0]
+
+    @contextmanager
+    def compressed(self, spec: Spec) -> Iterator[tuple[Footprint, float]]:
+        """The model compressed by ``spec`` inside the block, with its footprint and the
+        seconds compression took; restored to the original weights after it."""
+        validate(spec)
+        try:
+            started = time.perf_counter()
+            footprint = compress(self.loaded.model, spec, self.calibration)
+            yield footprint, time.perf_counter() - started
+        finally:
+            self.snapshot.restore(self.loaded.model)
+
+    def measure_tasks(self, spec: Spec, tasks: list[str], limit: int | None = None) -> list[Record]:
+        """Compress once by ``spec`` and score each zero-/few-shot task through lm-eval
+        (``mpt_core.evaluate.zeroshot``): one record per task and metric, its ``windows``
+        the questions scored and its ``seqlen`` the calibration seqlen."""
+        from mpt_core.evaluate import zeroshot
+        from mpt_core.evaluate.tasks import fingerprint
+
+        zeroshot.require_lm_eval()
+        zeroshot.check_tasks(tasks)
+        sources = {task: fingerprint(task) for task in tasks}
+        with self.compressed(spec) as (footprint, compress_seconds):
+            started = time.perf_counter()
+            scores = zeroshot.evaluate(self.loaded.model, self.loaded.tokenizer, tasks, limit)
+            seconds = {"compress": compress_seconds, "evaluate": time.perf_counter() - started}
+        return [
+            self._score_record(
+                spec, score, sources[score.task] | {"limit": limit}, footprint, seconds
+            )
+            for score in scores
+        ]
+
+    def _score_record(self, spec, score, fingerprint, footprint, seconds) -> Record:
+        from mpt_core.evaluate.zeroshot import lm_eval_version
+
+        return Record(
+            model=self.loaded.name,
+            weights_hash=self.loaded.weights_hash,
+            spec=str(spec),
+            dataset=score.task,
+            seqlen=self.seqlen,
+            windows=score.samples,
+            metric=score.metric,
+            value=score.value,
+            stderr=score.stderr,
+            footprint=footprint.summary(),
+            seconds=seconds,
+            device=str(self.loaded.device),
+            dtype=str(self.loaded.dtype).removeprefix("torch."),
+            fingerprint=fingerprint
+            | {"num_fewshot": score.num_fewshot, "max_length": score.max_length},
+            settings=resolved_settings(spec),
+            versions=library_versions() | {"lm-eval": lm_eval_version()},
+            git_sha=git_sha(),
+            created=now(),
+        )
