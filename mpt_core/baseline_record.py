@@ -39,6 +39,15 @@ def read_grid(path: Path) -> list[str]:
     return specs
 
 
+def grid_datasets(path: Path) -> list[str]:
+    """The datasets a grid is measured on: its ``# datasets: a,b`` line, else WikiText-2 and
+    PTB. The study's combined tables are WikiText-2 only, and so are their CPU-tier grids."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("# datasets:"):
+            return [name.strip() for name in line.removeprefix("# datasets:").split(",")]
+    return list(CPU_DATASETS)
+
+
 def csv_text(records: list[Record], family: str, command: str) -> str:
     """The baseline CSV of ``records`` with its metadata lines."""
     first = records[0]

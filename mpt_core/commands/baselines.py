@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from mpt_core.baseline_record import CPU_DATASETS, GRIDS_DIR, read_grid, write_csv
+from mpt_core.baseline_record import GRIDS_DIR, grid_datasets, read_grid, write_csv
 from mpt_core.commands.common import add_model_arguments, describe, open_session
 from mpt_core.results import append, known_keys, point_key
 from mpt_core.spec import Spec
@@ -25,7 +25,9 @@ def register(subparsers) -> None:
         "--grid", default=None, help="grid file (default: baselines/cpu/grids/<family>.txt)"
     )
     record.add_argument(
-        "--datasets", default=",".join(CPU_DATASETS), help="comma list (default: wikitext2,ptb)"
+        "--datasets",
+        default=None,
+        help="comma list (default: the grid's '# datasets:' line, else wikitext2,ptb)",
     )
     record.add_argument(
         "--out", default=None, help="CSV path (default: baselines/cpu/<model>/<family>.csv)"
@@ -43,8 +45,13 @@ def run_record(args: argparse.Namespace) -> int:
     interrupted recording leaves a valid baseline file of what it measured."""
     out = Path(args.out or f"baselines/cpu/{args.model}/{args.family}.csv")
     records_path = Path(args.records or out.with_suffix(".records.jsonl"))
-    specs = read_grid(Path(args.grid) if args.grid else GRIDS_DIR / f"{args.family}.txt")
-    datasets = [name.strip() for name in args.datasets.split(",") if name.strip()]
+    grid = Path(args.grid) if args.grid else GRIDS_DIR / f"{args.family}.txt"
+    specs = read_grid(grid)
+    datasets = (
+        [name.strip() for name in args.datasets.split(",") if name.strip()]
+        if args.datasets
+        else grid_datasets(grid)
+    )
     command = "mpt " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
     session = open_session(args)
     done = known_keys(records_path)
