@@ -14,7 +14,7 @@ import io
 import math
 from pathlib import Path
 
-from mpt_core.baselines import HEADER, BaselineRow
+from mpt_core.baselines import DOWNSTREAM_METRICS, HEADER, BaselineRow, task_limits
 from mpt_core.errors import BaselineError, SpecError
 from mpt_core.results import Record, now, read
 from mpt_core.spec import Spec
@@ -48,6 +48,15 @@ def grid_datasets(path: Path) -> list[str]:
     return list(CPU_DATASETS)
 
 
+def grid_tasks(path: Path) -> dict[str, int | None]:
+    """A downstream grid's tasks and lm-eval limits: its ``# tasks: arc_easy=200,mmlu=5``
+    line ({} for a perplexity grid)."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("# tasks:"):
+            return task_limits(line.removeprefix("# tasks:"), where=f"{path}: # tasks")
+    return {}
+
+
 def csv_text(records: list[Record], family: str, command: str) -> str:
     """The baseline CSV of ``records`` with its metadata lines."""
     first = records[0]
@@ -56,9 +65,11 @@ def csv_text(records: list[Record], family: str, command: str) -> str:
         f"# command: {command}",
         f"# date: {now()}",
         f"# versions: {versions}",
-        f"# windows: {first.windows}",
-        f"# protocol: seqlen {first.seqlen}, {first.windows} windows, device {first.device}, "
-        f"dtype {first.dtype}, calibration PTB valid",
+        *(
+            _accuracy_protocol(records)
+            if first.metric in DOWNSTREAM_METRICS
+            else _ppl_protocol(first)
+        ),
     ]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -66,6 +77,28 @@ def csv_text(records: list[Record], family: str, command: str) -> str:
     for record in records:
         writer.writerow(_cells(record, family))
     return "\n".join(lines) + "\n" + buffer.getvalue()
+
+
+def _ppl_protocol(first: Record) -> list[str]:
+    return [
+        f"# windows: {first.windows}",
+        f"# protocol: seqlen {first.seqlen}, {first.windows} windows, device {first.device}, "
+        f"dtype {first.dtype}, calibration PTB valid",
+    ]
+
+
+def _accuracy_protocol(records: list[Record]) -> list[str]:
+    """The ``# limits:`` line the plugin reads back, and the lm-eval protocol in words."""
+    first = records[0]
+    limits = {record.dataset: record.fingerprint.get("limit") for record in records}
+    shots = {record.dataset: record.fingerprint.get("num_fewshot") for record in records}
+    return [
+        "# limits: " + ",".join(f"{task}={n}" if n else task for task, n in limits.items()),
+        f"# protocol: lm-eval {first.versions.get('lm-eval', '?')} stock prompts on the local "
+        f"files, shots {', '.join(f'{task} {n}' for task, n in shots.items())}; the first "
+        f"N questions of each task (of each MMLU subject); calibration seqlen {first.seqlen} "
+        f"on PTB valid, device {first.device}, dtype {first.dtype}",
+    ]
 
 
 def _cells(record: Record, family: str) -> list[str]:

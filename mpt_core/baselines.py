@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import csv
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mpt_core.errors import BaselineError
@@ -54,6 +54,8 @@ METHOD_FAMILIES = {
 }
 
 
+DOWNSTREAM_METRICS = ("acc", "acc_norm")
+
 FAMILY_MODULES = ("quant", "unstructured", "semi", "structured", "lowrank", "combined")
 
 
@@ -73,6 +75,7 @@ class BaselineRow:
     tier: str  # "study" (GPU tier) or "cpu"
     windows: int | None = None
     file: str = ""
+    limit: int | None = None  # accuracy rows: lm-eval's limit (None: every question)
 
     @property
     def value(self) -> float | None:
@@ -99,7 +102,7 @@ class BaselineRow:
 
 def row_family(spec_text: str, metric: str) -> str:
     """The test module a row belongs to: downstream, speed, combined or a method family."""
-    if metric == "acc":
+    if metric in DOWNSTREAM_METRICS:
         return "downstream"
     if metric == "tokens_per_s":
         return "speed"
@@ -127,7 +130,21 @@ def load_file(path: str | Path, tier: str) -> list[BaselineRow]:
     if header != HEADER:
         raise BaselineError(f"{path}: header must be {','.join(HEADER)}; found {','.join(header)}")
     windows = int(meta["windows"]) if "windows" in meta else None
-    return [_row(path, number, cells, tier, windows) for number, cells in enumerate(reader, 2)]
+    rows = [_row(path, number, cells, tier, windows) for number, cells in enumerate(reader, 2)]
+    limits = task_limits(meta.get("limits", ""), where=f"{path}: # limits")
+    return [replace(row, limit=limits.get(row.dataset)) for row in rows] if limits else rows
+
+
+def task_limits(text: str, where: str = "tasks") -> dict[str, int | None]:
+    """``arc_easy=200,mmlu=5,arc_challenge`` -> {task: limit}; a bare task means every
+    question. A downstream baseline file states its limits in a ``# limits:`` line."""
+    limits: dict[str, int | None] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        task, _, limit = item.partition("=")
+        if limit and not (limit.strip().isdigit() and int(limit) > 0):
+            raise BaselineError(f"{where}: {item!r}: the limit must be a positive integer")
+        limits[task.strip()] = int(limit) if limit else None
+    return limits
 
 
 def _metadata(lines: list[str]) -> dict[str, str]:

@@ -144,31 +144,32 @@ class Session:
         validate(spec)
         try:
             started = time.perf_counter()
-            footprint = compress(self.loaded.model, spec, self.calibration)
+            footprint = self._compress(spec)
             yield footprint, time.perf_counter() - started
         finally:
             self.snapshot.restore(self.loaded.model)
 
-    def measure_tasks(self, spec: Spec, tasks: list[str], limit: int | None = None) -> list[Record]:
-        """Compress once by ``spec`` and score each zero-/few-shot task through lm-eval
-        (``mpt_core.evaluate.zeroshot``): one record per task and metric, its ``windows``
-        the questions scored and its ``seqlen`` the calibration seqlen."""
+    def measure_tasks(self, spec: Spec, limits: dict[str, int | None]) -> list[Record]:
+        """Compress once by ``spec`` and score each task through lm-eval
+        (``mpt_core.evaluate.zeroshot``); ``limits`` maps a task to its lm-eval limit (None:
+        every question). One record per task and metric, its ``windows`` the questions
+        scored and its ``seqlen`` the calibration seqlen."""
         from mpt_core.evaluate import zeroshot
         from mpt_core.evaluate.tasks import fingerprint
 
         zeroshot.require_lm_eval()
-        zeroshot.check_tasks(tasks)
-        sources = {task: fingerprint(task) for task in tasks}
+        zeroshot.check_tasks(list(limits))
+        records = []
         with self.compressed(spec) as (footprint, compress_seconds):
-            started = time.perf_counter()
-            scores = zeroshot.evaluate(self.loaded.model, self.loaded.tokenizer, tasks, limit)
-            seconds = {"compress": compress_seconds, "evaluate": time.perf_counter() - started}
-        return [
-            self._score_record(
-                spec, score, sources[score.task] | {"limit": limit}, footprint, seconds
-            )
-            for score in scores
-        ]
+            for task, limit in limits.items():
+                started = time.perf_counter()
+                scores = zeroshot.evaluate(self.loaded.model, self.loaded.tokenizer, [task], limit)
+                seconds = {"compress": compress_seconds, "evaluate": time.perf_counter() - started}
+                source = fingerprint(task) | {"limit": limit}
+                records += [
+                    self._score_record(spec, score, source, footprint, seconds) for score in scores
+                ]
+        return records
 
     def _score_record(self, spec, score, fingerprint, footprint, seconds) -> Record:
         from mpt_core.evaluate.zeroshot import lm_eval_version

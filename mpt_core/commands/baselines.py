@@ -9,9 +9,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from mpt_core.baseline_record import GRIDS_DIR, grid_datasets, read_grid, write_csv
+from mpt_core.baseline_record import GRIDS_DIR, grid_datasets, grid_tasks, read_grid, write_csv
+from mpt_core.baselines import DOWNSTREAM_METRICS, task_limits
 from mpt_core.commands.common import add_model_arguments, describe, open_session
-from mpt_core.results import append, known_keys, point_key
+from mpt_core.commands.run import describe_score
+from mpt_core.results import append, known_keys, point_key, read
 from mpt_core.spec import Spec
 
 
@@ -28,6 +30,12 @@ def register(subparsers) -> None:
         "--datasets",
         default=None,
         help="comma list (default: the grid's '# datasets:' line, else wikitext2,ptb)",
+    )
+    record.add_argument(
+        "--tasks",
+        default=None,
+        help="accuracy through lm-eval instead of perplexity: arc_easy=200,mmlu=5,... "
+        "(task=limit; default: the grid's '# tasks:' line)",
     )
     record.add_argument(
         "--out", default=None, help="CSV path (default: baselines/cpu/<model>/<family>.csv)"
@@ -53,7 +61,10 @@ def run_record(args: argparse.Namespace) -> int:
         else grid_datasets(grid)
     )
     command = "mpt " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
+    tasks = task_limits(args.tasks, where="--tasks") if args.tasks else grid_tasks(grid)
     session = open_session(args)
+    if tasks:
+        return _record_tasks(session, specs, tasks, records_path, out, args.family, command)
     done = known_keys(records_path)
     for spec in tqdm(specs, desc=f"baselines {args.family}", unit="point"):
         missing = [
@@ -66,6 +77,26 @@ def run_record(args: argparse.Namespace) -> int:
             tqdm.write(describe(record))
         write_csv(records_path, out, args.family, command, specs)
     count = write_csv(records_path, out, args.family, command, specs)
+    print(f"wrote {count} rows to {out}")
+    return 0
+
+
+def _record_tasks(session, specs, tasks, records_path, out, family, command) -> int:
+    """The downstream grid: every spec scored on every task at its limit, resumable. Each
+    task compresses anew, so that an interrupted MMLU run loses no ARC record."""
+    done = {
+        (record.spec, record.dataset, record.fingerprint.get("limit"))
+        for record in read(records_path)
+        if record.metric in DOWNSTREAM_METRICS and record.model == session.loaded.name
+    }
+    for spec in tqdm(specs, desc=f"baselines {family}", unit="point"):
+        missing = {task: n for task, n in tasks.items() if (spec, task, n) not in done}
+        for task, limit in missing.items():
+            for record in session.measure_tasks(Spec.parse(spec), {task: limit}):
+                append(records_path, record)
+                tqdm.write(describe_score(record))
+            write_csv(records_path, out, family, command, specs)
+    count = write_csv(records_path, out, family, command, specs)
     print(f"wrote {count} rows to {out}")
     return 0
 
