@@ -13,7 +13,17 @@ import sys
 
 from mpt_core.errors import MptError
 
-COMMANDS = ("run", "sweep", "baselines", "report", "history", "compare", "fit", "recommend")
+COMMANDS = (
+    "run",
+    "sweep",
+    "baselines",
+    "report",
+    "history",
+    "compare",
+    "fit",
+    "recommend",
+    "combined",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
