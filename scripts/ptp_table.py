@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/ptp_table.py            # markdown on stdout
     .venv/bin/python scripts/ptp_table.py --figures docs/figures
+    .venv/bin/python scripts/ptp_table.py --cpu baselines/cpu/smollm2-135m   # the CPU tier
 
 Each section fits every curve of the study tables it names (``mpt fit``'s
 grouping and fitter) and says whether the fitted s0 lies in the study's range.
@@ -30,13 +31,30 @@ class Claim:
     low: float  # the study's range, in compression x
     high: float
     words: str
+    cpu_files: tuple[str, ...]  # globs of the CPU-tier baseline files the claim applies to
 
 
 CLAIMS = [
-    Claim("Structured pruning", ("table1",), "ratio", 0.30, 0.45, "30-45% sparsity"),
-    Claim("Unstructured pruning", ("table2", "table3"), "ratio", 0.55, 0.65, "55-65% sparsity"),
     Claim(
-        "Low-rank decomposition", ("table7",), "ratio", 0.17, 0.30, "17-30% (ASVD 17%, SVD-LLM 30%)"
+        "Structured pruning", ("table1",), "ratio", 0.30, 0.45, "30-45% sparsity", ("structured*",)
+    ),
+    Claim(
+        "Unstructured pruning",
+        ("table2", "table3"),
+        "ratio",
+        0.55,
+        0.65,
+        "55-65% sparsity",
+        ("unstructured*",),
+    ),
+    Claim(
+        "Low-rank decomposition",
+        ("table7",),
+        "ratio",
+        0.17,
+        0.30,
+        "17-30% (ASVD 17%, SVD-LLM 30%)",
+        ("lowrank*",),
     ),
     Claim(
         "Quantization (GGUF, by model)",
@@ -45,6 +63,7 @@ CLAIMS = [
         1 - 4 / 16,
         1 - 3 / 16,
         "fails below 3 bits: s0 between 3 and 4 bits",
+        ("quant-gguf",),
     ),
     Claim(
         "Quantization (methods, Table 4)",
@@ -53,14 +72,22 @@ CLAIMS = [
         1 - 4 / 16,
         1 - 3 / 16,
         "fails below 3 bits",
+        ("quant", "quant-gptq*"),
     ),
 ]
 
 
-def rows_for(claim: Claim) -> list[PtpRow]:
+def claim_files(claim: Claim, cpu_dir: Path | None) -> list[Path]:
+    """The study's tables of the claim, or the CPU-tier files it applies to."""
+    if cpu_dir is None:
+        return [STUDY / f"{table}.csv" for table in claim.tables]
+    return sorted({path for pattern in claim.cpu_files for path in cpu_dir.glob(f"{pattern}.csv")})
+
+
+def rows_for(claim: Claim, cpu_dir: Path | None) -> list[PtpRow]:
     rows = []
-    for table in claim.tables:
-        points = [p for p in read_points(STUDY / f"{table}.csv") if p.metric == "ppl"]
+    for path in claim_files(claim, cpu_dir):
+        points = [p for p in read_points(path) if p.metric == "ppl"]
         curves = [c for c in group_curves(points, axes=(claim.axis,)) if c.key.others == "dense"]
         rows += [fit_curve(curve, "up") for curve in curves]
     return rows
@@ -79,8 +106,8 @@ def agreement(row: PtpRow, claim: Claim) -> str:
     return f"{side}{' (interval overlaps)' if overlaps else ''}"
 
 
-def section(claim: Claim) -> str:
-    rows = rows_for(claim)
+def section(claim: Claim, cpu_dir: Path | None) -> str:
+    rows = rows_for(claim, cpu_dir)
     table = []
     for row in rows:
         key, fit = row.curve.key, row.fit
@@ -100,15 +127,17 @@ def section(claim: Claim) -> str:
             ]
         )
     head = ["curve", "n", "s0", "95% interval", "transition", f"vs study ({claim.words})"]
-    tables = ", ".join(claim.tables)
-    return f"### {claim.title} ({tables})\n\n" + tabulate(table, head, tablefmt="github") + "\n"
+    files = ", ".join(path.stem for path in claim_files(claim, cpu_dir)) or "no file yet"
+    return f"### {claim.title} ({files})\n\n" + tabulate(table, head, tablefmt="github") + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--figures", default=None, help="also write the figures to this folder")
+    parser.add_argument("--cpu", default=None, help="fit this CPU-tier baselines folder instead")
     args = parser.parse_args()
-    print("\n".join(section(claim) for claim in CLAIMS))
+    cpu_dir = Path(args.cpu) if args.cpu else None
+    print("\n".join(section(claim, cpu_dir) for claim in CLAIMS))
     if args.figures:
         names = ["table1", "table2", "table3", "table5", "table6", "table7", "table8", "table10"]
         for path in write_figures([STUDY / f"{n}.csv" for n in names], args.figures):
