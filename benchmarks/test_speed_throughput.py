@@ -8,8 +8,8 @@ tokens/s. Nothing is asserted about time: each benchmark asserts it did the work
 (finite logits for every window, every decode step a token). A speed regression is
 caught by comparing runs on one machine:
 
-    pytest benchmarks/test_speed.py --benchmark-autosave            # a reference run
-    pytest benchmarks/test_speed.py --benchmark-compare --benchmark-compare-fail=mean:10%
+    pytest benchmarks/test_speed_throughput.py --benchmark-autosave            # a reference run
+    pytest benchmarks/test_speed_throughput.py --benchmark-compare --benchmark-compare-fail=mean:10%
 
 ``-m "speed and not slow"`` keeps the tiny model only (what CI's smoke run times);
 SmolLM2-135M cases are ``slow``.

@@ -1,6 +1,6 @@
 """The throughput functions do the work they claim, and name the kernels honestly.
 
-No timing is asserted anywhere: speed lives in ``benchmarks/test_speed.py``.
+No timing is asserted anywhere: speed lives in ``benchmarks/test_speed_throughput.py``.
 """
 
 from __future__ import annotations

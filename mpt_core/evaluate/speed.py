@@ -4,7 +4,7 @@ Prefill is what the study's Table 5 "Tokens/s" measures with llama.cpp (prompt
 processing): forward passes over fixed windows, tokens per second. Decode is
 generation with a KV cache: one token per step, each step attending to the
 cache. Both functions synchronise CUDA before they return, so that a timer
-around them (pytest-benchmark in ``benchmarks/test_speed.py``) times the
+around them (pytest-benchmark in ``benchmarks/test_speed_throughput.py``) times the
 kernels and not their launch.
 
 What is timed is what runs. Most compressed models in mpt run the same dense
