@@ -17,6 +17,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 # An example level per level kind; scheme levels need a scheme the method knows.
 LEVEL_EXAMPLES = {"ratio": "0.5", "nm": "2:4", "bits": "4"}
 SCHEME_EXAMPLES = {"gguf": "Q8_0"}
+# LoRAPrune never prunes the last block: on the 2-block tiny model 28% of the parameters
+# are within its reach
+RATIO_EXAMPLES = {"loraprune": "0.2"}
 CALIB_SEQLEN = 16
 
 
@@ -31,6 +34,8 @@ def example_specs() -> list[str]:
                 specs.append(f"{name}{options}")
             elif kind == "scheme":
                 specs.append(f"{name}:{SCHEME_EXAMPLES.get(name, 'Q8_0')}{options}")
+            elif kind == "ratio":
+                specs.append(f"{name}:{RATIO_EXAMPLES.get(name, LEVEL_EXAMPLES[kind])}{options}")
             else:
                 specs.append(f"{name}:{LEVEL_EXAMPLES[kind]}{options}")
     return specs
