@@ -6,9 +6,10 @@ a module here with ``apply(method, model, stage, settings, calibration)``; a
 library that is not installed raises a one-line SpecError naming where it runs.
 
 - ``bitsandbytes`` (nf4, fp4, int8): installs next to mpt; CPU-capable since 0.45.
-- ``gptqmodel`` (gptq), ``llmcompressor`` (gptq, awq, smoothquant): their pins
-  conflict with mpt's transformers, so each runs from a virtual environment of its
-  own (``.venv-gptqmodel``, ``.venv-llmcompressor``; tox envs of the same names).
+- ``gptqmodel`` (gptq), ``llmcompressor`` (gptq, awq): their pins conflict with mpt's
+  transformers, so each runs from a virtual environment of its own
+  (``.venv-gptqmodel``, ``.venv-llmcompressor``, made by
+  ``scripts/setup_backend_venv.sh NAME``), driven across environments by ``venv``.
 - ``auto-gptq``: cannot be imported under transformers 5 (it imports
   ``no_init_weights`` from ``transformers.modeling_utils``); gptqmodel replaces it.
 """
@@ -19,7 +20,7 @@ import importlib
 import importlib.util
 from collections.abc import Callable
 
-from mpt_core.errors import SpecError
+from mpt_core.errors import MptError, SpecError
 
 IN_TREE = "mpt"
 
@@ -62,16 +63,11 @@ def run(method: str, model, stage, settings: dict, calibration) -> dict:
     return module.apply(method, model, stage, settings, calibration)
 
 
-def require(package: str, backend: str, own_venv: bool) -> None:
-    """Raise a one-line SpecError unless ``package`` can be imported here."""
-    if importlib.util.find_spec(package) is not None:
-        return
-    if own_venv:
-        where = (
-            f"its pins conflict with mpt's, so it runs from its own venv: "
-            f"tox -e {backend} (or python -m venv .venv-{backend} && "
-            f".venv-{backend}/bin/pip install -e . {backend})"
-        )
-    else:
-        where = f"install it with: pip install {package}"
-    raise SpecError(f"backend {backend} not installed: {where}")
+class BackendError(MptError):
+    """A library backend that ran and failed; the message carries the library's last word."""
+
+
+def require(package: str) -> None:
+    """Raise a one-line SpecError unless ``package`` can be imported next to mpt."""
+    if importlib.util.find_spec(package) is None:
+        raise SpecError(f"backend {package} not installed: install it with: pip install {package}")

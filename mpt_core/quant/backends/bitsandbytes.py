@@ -19,7 +19,7 @@ BLOCKSIZE = 64
 
 
 def apply(method: str, model, stage, settings: dict, calibration) -> dict[str, TensorStorage]:
-    require("bitsandbytes", "bitsandbytes", own_venv=False)
+    require("bitsandbytes")
     if method in ("nf4", "fp4"):
         return _apply_4bit(model, method, settings["double_quant"])
     from mpt_core.quant.int8 import apply_int8

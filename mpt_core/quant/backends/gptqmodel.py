@@ -1,20 +1,17 @@
-"""gptqmodel as a backend (gptqmodel runs from its own virtual environment, .venv-gptqmodel).
+"""gptqmodel as a backend: GPTQ by the maintained successor of auto-gptq.
 
-Its pins conflict with mpt's transformers, so it is never installed next to mpt.
-Where the package cannot be imported, selecting it raises a one-line SpecError that
-says where it runs; mpt does not yet drive it across environments, and says so
-rather than falling back to the in-tree method.
+gptqmodel 7.6 quantizes on the CPU; it runs from its own virtual environment
+(``.venv-gptqmodel``) through ``venv``. Its checkpoint format is GPTQ's: 4-bit values
+packed in int32 (``qweight``), fp16 ``scales``, zero points packed like the values
+(``qzeros``) and an int32 group index per input column (``g_idx``, stored even without
+``act_order``); the footprint counts exactly those.
 """
 
 from __future__ import annotations
 
-from mpt_core.errors import SpecError
-from mpt_core.quant.backends import require
+from mpt_core.evaluate.footprint import TensorStorage
+from mpt_core.quant.backends.venv import quantize_in_venv
 
 
-def apply(method: str, model, stage, settings: dict, calibration) -> dict:
-    require("gptqmodel", "gptqmodel", own_venv=True)
-    raise SpecError(
-        f"backend gptqmodel is importable here, but mpt runs it only from .venv-gptqmodel, whose "
-        f"runner is not written yet: use backend=mpt for {method}"
-    )
+def apply(method: str, model, stage, settings: dict, calibration) -> dict[str, TensorStorage]:
+    return quantize_in_venv("gptqmodel", method, model, stage.bits, settings, calibration)

@@ -1,20 +1,27 @@
-"""llmcompressor as a backend (it runs from its own virtual environment, .venv-llmcompressor).
+"""llmcompressor as a backend: GPTQ and AWQ through ``oneshot`` (vLLM's compressor).
 
-Its pins conflict with mpt's transformers, so it is never installed next to mpt.
-Where the package cannot be imported, selecting it raises a one-line SpecError that
-says where it runs; mpt does not yet drive it across environments, and says so
-rather than falling back to the in-tree method.
+llmcompressor 0.14 runs on the CPU but pins transformers 5.17, so it runs from its own
+virtual environment (``.venv-llmcompressor``) through ``venv``. Its checkpoint is
+compressed-tensors' ``pack-quantized`` layout: values packed in int32
+(``weight_packed``), scales in the model's dtype (``weight_scale``), zero points packed
+like the values (``weight_zero_point``) and the original shape (``weight_shape``); the
+footprint counts exactly those.
 """
 
 from __future__ import annotations
 
 from mpt_core.errors import SpecError
-from mpt_core.quant.backends import require
+from mpt_core.evaluate.footprint import TensorStorage
+from mpt_core.quant.backends.venv import quantize_in_venv, venv_python
+
+METHODS = ("gptq", "awq")
 
 
-def apply(method: str, model, stage, settings: dict, calibration) -> dict:
-    require("llmcompressor", "llmcompressor", own_venv=True)
-    raise SpecError(
-        f"backend llmcompressor is importable here, but mpt runs it only from "
-        f".venv-llmcompressor, whose runner is not written yet: use backend=mpt for {method}"
-    )
+def apply(method: str, model, stage, settings: dict, calibration) -> dict[str, TensorStorage]:
+    venv_python("llmcompressor")
+    if method not in METHODS:
+        raise SpecError(
+            f"backend llmcompressor runs {' and '.join(METHODS)} here, not {method}: "
+            f"its activation quantization would have to run in mpt's forward pass; use backend=mpt"
+        )
+    return quantize_in_venv("llmcompressor", method, model, stage.bits, settings, calibration)
