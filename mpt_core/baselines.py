@@ -213,7 +213,7 @@ class Verdict:
     @property
     def recovery_ratio(self) -> float | None:
         """(measured / dense measured) / (baseline / dense baseline)."""
-        if not (self.dense_measured and self.dense_baseline):
+        if not (self.dense_measured and self.dense_baseline and self.baseline):
             return None
         return (self.measured / self.dense_measured) / (self.baseline / self.dense_baseline)
 
@@ -256,6 +256,9 @@ def check(
         passed = not math.isfinite(measured) or measured > floor
         regime = "collapsed"
     else:
-        passed = math.isfinite(measured) and abs(measured / baseline - 1) <= rtol
+        # an accuracy can be 0: there only the same 0 is within a relative tolerance
+        passed = math.isfinite(measured) and (
+            measured == baseline or (baseline != 0 and abs(measured / baseline - 1) <= rtol)
+        )
         regime = "stable"
     return Verdict(measured, baseline, rtol, regime, passed, dense_measured, dense_baseline)

@@ -52,9 +52,14 @@ class Session:
 
     @classmethod
     def open(
-        cls, model: str, seqlen: int, device: str | None = None, dtype: torch.dtype | None = None
+        cls,
+        model: str,
+        seqlen: int,
+        device: str | None = None,
+        dtype: torch.dtype | None = None,
+        device_map: str | None = None,
     ) -> Session:
-        return cls(load_model(model, device, dtype), seqlen)
+        return cls(load_model(model, device, dtype, device_map), seqlen)
 
     def eval_stream(self, dataset: str) -> tuple[torch.Tensor, dict]:
         """Token ids of the dataset's test split, and its fingerprint (cached)."""

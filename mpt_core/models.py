@@ -60,18 +60,27 @@ def default_dtype(device: torch.device) -> torch.dtype:
 
 
 def load_model(
-    name: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    name: str,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    device_map: str | None = None,
 ) -> LoadedModel:
-    """Load ``name`` (alias, local dir, .gguf file or hub id) in eval mode on ``device``."""
+    """Load ``name`` (alias, local dir, .gguf file or hub id) in eval mode on ``device``;
+    ``device_map="auto"`` instead spreads it over every visible GPU (accelerate), for
+    models larger than one GPU (LLaMA-2-70B)."""
     device = _device(device)
     dtype = dtype or default_dtype(device)
-    model, tokenizer = _load(name, dtype)
-    try:
-        model.to(device).eval()
-    except (RuntimeError, AssertionError) as error:
-        raise ModelError(
-            f"device {device} is not usable here: {str(error).splitlines()[0]}"
-        ) from None
+    if device_map:
+        model, tokenizer = _load(name, dtype, device_map=device_map)
+        model.eval()
+    else:
+        model, tokenizer = _load(name, dtype)
+        try:
+            model.to(device).eval()
+        except (RuntimeError, AssertionError) as error:
+            raise ModelError(
+                f"device {device} is not usable here: {str(error).splitlines()[0]}"
+            ) from None
     model.config.use_cache = False
     return LoadedModel(name, model, tokenizer, state_dict_hash(model))
 
@@ -93,19 +102,19 @@ def _device(device: str | torch.device | None) -> torch.device:
     return chosen
 
 
-def _load(name: str, dtype: torch.dtype):
+def _load(name: str, dtype: torch.dtype, **kwargs):
     if name == "tiny-llama":
         return tiny_llama(dtype)
     if name == "smollm2-135m":
-        return _from_pretrained(str(_smollm2_cache()), dtype)
+        return _from_pretrained(str(_smollm2_cache()), dtype, **kwargs)
     path = Path(name).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelError(f"GGUF file {path} does not exist")
-        return _from_local(str(path.parent), dtype, gguf_file=path.name)
+        return _from_local(str(path.parent), dtype, gguf_file=path.name, **kwargs)
     if path.is_dir():
-        return _from_local(str(path), dtype)
-    return _from_hub(name, dtype)
+        return _from_local(str(path), dtype, **kwargs)
+    return _from_hub(name, dtype, **kwargs)
 
 
 def _from_local(source: str, dtype: torch.dtype, **kwargs):
@@ -126,9 +135,9 @@ def _from_pretrained(source: str, dtype: torch.dtype, **kwargs):
     return model, tokenizer
 
 
-def _from_hub(name: str, dtype: torch.dtype):
+def _from_hub(name: str, dtype: torch.dtype, **kwargs):
     try:
-        return _from_pretrained(name, dtype)
+        return _from_pretrained(name, dtype, **kwargs)
     except (OSError, ValueError) as error:
         raise ModelError(
             f"model {name!r} could not be loaded: it is not an alias ({', '.join(ALIASES)}), "
@@ -229,19 +238,32 @@ class Snapshot:
     Restore copies weights back into the same tensors when the architecture is
     unchanged (cheap, keeps object identity); after a structural change (sliced
     matrices, removed blocks, wrapped modules) it rebuilds the module tree from a
-    deep copy. Either way the model object the caller holds is the one restored.
+    deep copy. Either way the model object the caller holds is the one restored. A model
+    spread over GPUs (``device_map``) keeps a CPU copy of its weights only.
     """
 
     def __init__(self, model: nn.Module):
-        self._saved = copy.deepcopy(model)
         self._structure = _structure(model)
+        if getattr(model, "hf_device_map", None):
+            # spread over GPUs because it fills them: keep the copy in CPU memory, weights only
+            self._saved = None
+            self._weights = {
+                k: t.detach().to("cpu", copy=True) for k, t in model.state_dict().items()
+            }
+        else:
+            self._saved = copy.deepcopy(model)
 
     def restore(self, model: nn.Module) -> None:
         if _structure(model) == self._structure and not _has_hooks(model):
             with torch.no_grad():
-                saved = self._saved.state_dict()
+                saved = self._weights if self._saved is None else self._saved.state_dict()
                 for name, tensor in model.state_dict().items():
                     tensor.copy_(saved[name])
+        elif self._saved is None:
+            raise ModelError(
+                "a model loaded with device_map='auto' keeps only its weights to restore: "
+                "structural methods (and hooks left behind) need it on one device"
+            )
         else:
             model.__dict__.update(copy.deepcopy(self._saved).__dict__)
 

@@ -8,12 +8,25 @@ and defines ``test_ppl(mpt_row, mpt_measure)``; this plugin parametrizes
 method, metric, device, model or data is missing, else measures the point on a
 model loaded once per session and restored before each test, and returns the
 Verdict. At session end the plugin writes the markdown report.
+
+Accuracy rows (``acc``, ``acc_norm``: the downstream family) are measured through
+lm-eval on the local task files, at the limit their baseline file states.
+Throughput rows (``tokens_per_s``) skip: the study's come from llama.cpp on its own
+hardware; speed is guarded by ``benchmarks/test_speed_throughput.py``.
+
+Scale-out (``mpt_core.scaleout``): ``--mpt-shard i/n`` keeps a deterministic
+n-th of the tests for one CI runner; under ``pytest -n N`` each xdist worker
+pins its own GPU and appends records to its own part file, and the controller
+merges records, report, history and baseline updates at session end.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -21,9 +34,10 @@ import pytest
 from mpt_core import baselines, registry
 from mpt_core.curve_check import CurveVerdict, check_curve
 from mpt_core.curve_rows import BaselineCurve, baseline_curves
-from mpt_core.errors import DataError, ModelError
+from mpt_core.errors import DataError, ModelError, MptError
 from mpt_core.report import Cell, summary_line, tables
-from mpt_core.results import append
+from mpt_core.results import Record, append
+from mpt_core.scaleout import in_shard, merge_parts, parse_shard, part_path, pin_worker_gpu
 from mpt_core.spec import Spec
 
 MARKERS = {
@@ -45,6 +59,15 @@ STUDY_MODELS = {
     "llama2-7b": "meta-llama/Llama-2-7b-hf",
     "llama2-13b": "meta-llama/Llama-2-13b-hf",
     "llama2-70b": "meta-llama/Llama-2-70b-hf",
+    # Tables 5-6 (GGUF study): the checkpoints their names print
+    **{
+        f"qwen2.5-{size}": f"Qwen/Qwen2.5-{size.upper()}"
+        for size in ("0.5b", "1.5b", "3b", "7b", "14b", "32b", "72b")
+    },
+    "llama3.1-8b": "meta-llama/Llama-3.1-8B",
+    **{f"gemma3-{size}-it": f"google/gemma-3-{size}-it" for size in ("1b", "4b", "12b", "27b")},
+    "deepseek-r1-distill-llama-8b": "deepseek-ai/DeepSeek-R1-Distill-Llama-8B",
+    "deepseek-r1-distill-qwen-14b": "deepseek-ai/DeepSeek-R1-Distill-Qwen-14B",
 }
 STUDY_SEQLEN = {"llama2-7b": 4096}  # PROTOCOLS.md: Table 2's dense 5.12 is seqlen 4096
 DEFAULT_STUDY_SEQLEN = 2048
@@ -93,6 +116,18 @@ def pytest_addoption(parser) -> None:
         help="keep only a few CPU-tier points per family (what CI runs)",
     )
     group.addoption(
+        "--mpt-shard",
+        default=None,
+        metavar="I/N",
+        help="keep shard I of N (1-based) of the collected tests: a CI matrix's share",
+    )
+    group.addoption(
+        "--mpt-device-map",
+        default=None,
+        choices=("auto",),
+        help="spread each model over every visible GPU (accelerate): models past one GPU",
+    )
+    group.addoption(
         "--mpt-update-baselines",
         action="store_true",
         help="rewrite the CPU-tier CSVs from this run (never the study's)",
@@ -104,7 +139,19 @@ def pytest_configure(config) -> None:
         config.addinivalue_line("markers", f"{name}: {text}")
     if config.getoption("--mpt-data-dir"):
         os.environ["MPT_DATA_DIR"] = str(Path(config.getoption("--mpt-data-dir")).resolve())
+    if config.getoption("--mpt-shard"):
+        try:
+            parse_shard(config.getoption("--mpt-shard"))
+        except MptError as error:
+            raise pytest.UsageError(str(error)) from None
+    if worker_id(config) and not config.getoption("--mpt-device-map"):
+        pin_worker_gpu(worker_id(config))
     config.pluginmanager.register(MptState(config), "mpt-state")
+
+
+def worker_id(config) -> str | None:
+    """This process's xdist worker id (``gw0``), None in a serial run or the controller."""
+    return getattr(config, "workerinput", {}).get("workerid")
 
 
 def baselines_dir(config) -> Path:
@@ -147,11 +194,17 @@ def _unique_curve_ids(found: list[BaselineCurve]) -> list[str]:
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    if not config.getoption("--mpt-smoke"):
-        return
+    if config.getoption("--mpt-smoke"):
+        _deselect(config, items, _in_smoke)
+    if config.getoption("--mpt-shard"):
+        index, count = parse_shard(config.getoption("--mpt-shard"))
+        _deselect(config, items, lambda item: in_shard(item.nodeid, index, count))
+
+
+def _deselect(config, items, keep_if) -> None:
     keep, drop = [], []
     for item in items:
-        (keep if _in_smoke(item) else drop).append(item)
+        (keep if keep_if(item) else drop).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
@@ -192,9 +245,9 @@ class MptState:
     def __init__(self, config):
         self.config = config
         self.sessions: dict[tuple, object] = {}
-        self.records: dict[tuple, object] = {}
+        self.records: dict[tuple, Record] = {}
         self.cells: list[Cell] = []
-        self.measured_rows: list[tuple[baselines.BaselineRow, object]] = []
+        self.measured_rows: list[tuple[baselines.BaselineRow, Record]] = []
         self.outcomes: Counter = Counter()
         self.skips: Counter = Counter()
 
@@ -203,17 +256,32 @@ class MptState:
 
         key = (model, seqlen)
         if key not in self.sessions:
-            self.sessions[key] = Session.open(model, seqlen)
+            device_map = self.config.getoption("--mpt-device-map")
+            self.sessions[key] = Session.open(model, seqlen, device_map=device_map)
         return self.sessions[key]
 
     def measure(self, model: str, seqlen: int, spec: str, dataset: str, windows: int | None):
         key = (model, seqlen, spec, dataset, windows)
         if key not in self.records:
             record = self.session_for(model, seqlen).measure(Spec.parse(spec), dataset, windows)
-            if self.config.getoption("--mpt-results"):
-                append(self.config.getoption("--mpt-results"), record)
-            self.records[key] = record
+            self._keep(key, record)
         return self.records[key]
+
+    def measure_accuracy(self, model: str, seqlen: int, spec: str, task: str, limit, metric: str):
+        """The ``metric`` record of ``task``; one lm-eval run gives all its metrics."""
+        key = (model, seqlen, spec, task, limit)
+        if (*key, metric) not in self.records:
+            session = self.session_for(model, seqlen)
+            for record in session.measure_tasks(Spec.parse(spec), {task: limit}):
+                self._keep((*key, record.metric), record)
+        return self.records[(*key, metric)]
+
+    def _keep(self, key: tuple, record: Record) -> None:
+        results = self.config.getoption("--mpt-results")
+        if results:
+            worker = worker_id(self.config)
+            append(part_path(results, worker) if worker else results, record)
+        self.records[key] = record
 
     @pytest.hookimpl
     def pytest_runtest_logreport(self, report) -> None:
@@ -224,8 +292,26 @@ class MptState:
             else:
                 self.outcomes[report.outcome] += 1
 
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node, error) -> None:
+        """xdist controller: take over what a finished worker measured."""
+        payload = json.loads(getattr(node, "workeroutput", {}).get("mpt", "{}"))
+        self.cells += [Cell(**cell) for cell in payload.get("cells", [])]
+        for row, record in payload.get("measured", []):
+            self.measured_rows.append(
+                (baselines.BaselineRow(**row), Record.from_dict(json.loads(record)))
+            )
+        for text in payload.get("records", []):
+            record = Record.from_dict(json.loads(text))
+            self.records[(node.gateway.id, *record.key)] = record
+
     @pytest.hookimpl
     def pytest_sessionfinish(self, session) -> None:
+        if worker_id(self.config):
+            self.config.workeroutput["mpt"] = self._payload()
+            return  # the controller writes the report, history and baselines
+        if self.config.getoption("--mpt-results"):
+            merge_parts(self.config.getoption("--mpt-results"))
         if self.config.getoption("--mpt-update-baselines"):
             _update_cpu_baselines(self.measured_rows)
         if self.config.getoption("--mpt-history") and self.records:
@@ -233,8 +319,19 @@ class MptState:
 
             write_run(self.config.getoption("--mpt-history"), list(self.records.values()))
         path = self.config.getoption("--mpt-report")
-        if not path or not (self.cells or self.skips):
-            return
+        if path and (self.cells or self.skips):
+            self._write_report(Path(path))
+
+    def _payload(self) -> str:
+        return json.dumps(
+            {
+                "cells": [asdict(cell) for cell in self.cells],
+                "measured": [[asdict(row), record.to_json()] for row, record in self.measured_rows],
+                "records": [record.to_json() for record in self.records.values()],
+            }
+        )
+
+    def _write_report(self, path: Path) -> None:
         text = (
             "## mpt report\n\n"
             + tables(self.cells)
@@ -242,7 +339,7 @@ class MptState:
             + summary_line(self.outcomes["passed"], self.outcomes["failed"], dict(self.skips))
             + "\n"
         )
-        Path(path).write_text(text, encoding="utf-8")
+        path.write_text(text, encoding="utf-8")
         summary = os.environ.get("GITHUB_STEP_SUMMARY")
         if summary:
             with open(summary, "a", encoding="utf-8") as handle:
@@ -256,8 +353,18 @@ def _skip_reason(row: baselines.BaselineRow) -> str | None:
     for method in Spec.parse(row.spec).methods:
         if method not in registry.names():
             return f"method {method} not implemented"
-    if row.metric != "ppl":
-        return f"metric {row.metric} not implemented: downstream and speed rows need issue #8"
+    if row.metric == "tokens_per_s":
+        return (
+            "tokens/s rows not comparable: the study measured llama.cpp on its own hardware; "
+            "speed is guarded by benchmarks/test_speed_throughput.py (--benchmark-compare-fail)"
+        )
+    if row.metric in baselines.DOWNSTREAM_METRICS:
+        from mpt_core.evaluate.zeroshot import INSTALL_HINT, lm_eval_available
+
+        if not lm_eval_available():
+            return INSTALL_HINT
+    elif row.metric != "ppl":
+        return f"metric {row.metric} not implemented"
     if row.tier == "study":
         hub = STUDY_MODELS.get(row.model, row.model)
         if not torch.cuda.is_available():
@@ -297,8 +404,11 @@ def _measure_row(state: MptState, config, row: baselines.BaselineRow, spec: str 
     if reason:
         pytest.skip(reason)
     model, seqlen, windows = _row_protocol(row, config)
+    spec = spec or row.spec
     try:
-        return state.measure(model, seqlen, spec or row.spec, row.dataset, windows)
+        if row.metric in baselines.DOWNSTREAM_METRICS:
+            return state.measure_accuracy(model, seqlen, spec, row.dataset, row.limit, row.metric)
+        return state.measure(model, seqlen, spec, row.dataset, windows)
     except (DataError, ModelError) as error:
         pytest.skip(f"missing input: {error}")
 
@@ -312,11 +422,10 @@ def mpt_measure(request):
     def measure(row: baselines.BaselineRow) -> baselines.Verdict:
         record = _measure_row(state, config, row)
         dense = _measure_row(state, config, row, "dense")
-        rtol = config.getoption("--mpt-rtol") or baselines.DEFAULT_RTOL
         verdict = baselines.check(
             record.value,
             row.value,
-            rtol=rtol,
+            rtol=_tolerance(row, config),
             dense_measured=dense.value,
             dense_baseline=_dense_baseline(row, config),
         )
@@ -335,6 +444,16 @@ def mpt_measure(request):
         return verdict
 
     return measure
+
+
+def _tolerance(row: baselines.BaselineRow, config) -> float:
+    """--mpt-rtol (default 2%); an accuracy on a few hundred questions moves in steps of
+    one question, so there it is at least one standard error of the baseline."""
+    rtol = config.getoption("--mpt-rtol") or baselines.DEFAULT_RTOL
+    stderr = row.stderr if row.stderr is not None and math.isfinite(row.stderr) else 0.0
+    if row.metric in baselines.DOWNSTREAM_METRICS and row.value:
+        return max(rtol, stderr / row.value)
+    return rtol
 
 
 def _update_cpu_baselines(measured: list) -> None:

@@ -200,3 +200,35 @@ def test_bad_task_arguments_are_one_line_errors(capsys, args, message) -> None:
     assert main(["run", "--model", "tiny-llama", "--spec", "dense", *args]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def run_downstream_points(tmp_path, rows: str) -> int:
+    """benchmarks/test_downstream.py in-process on a tiny-llama baseline file."""
+    folder = tmp_path / "baselines" / "cpu" / "tiny-llama"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "downstream.csv").write_text(
+        "# limits: arc_easy=6\n"
+        "model,dataset,spec,metric,value,stderr,size,size_unit,seqlen,source\n" + rows,
+        encoding="utf-8",
+    )
+    args = [
+        "benchmarks/test_downstream.py", "-q", "-p", "no:randomly", "-p", "no:cacheprovider",
+        "--mpt-tier", "cpu", "--mpt-model", "tiny-llama",
+        "--mpt-baselines", str(tmp_path / "baselines"),
+    ]  # fmt: skip
+    return pytest.main(args)
+
+
+def test_the_plugin_checks_accuracy_rows_at_their_files_limit(tmp_path, one_thread):
+    from mpt_core.measure import Session
+    from mpt_core.spec import Spec
+
+    session = Session.open("tiny-llama", 512, device="cpu")
+    measured = session.measure_tasks(Spec.parse("dense"), {"arc_easy": 6})
+    rows = "".join(
+        f"tiny-llama,arc_easy,dense,{r.metric},{r.value},,,,512,test\n" for r in measured
+    )
+    assert run_downstream_points(tmp_path, rows) == pytest.ExitCode.OK
+    acc = measured[0]
+    wrong = rows.replace(f",acc,{acc.value},", f",acc,{acc.value + 0.5},")
+    assert run_downstream_points(tmp_path, wrong) == pytest.ExitCode.TESTS_FAILED

@@ -1,0 +1,94 @@
+"""Scale-out of the regression suite: CI shards, pytest-xdist workers, one GPU each.
+
+- ``--mpt-shard i/n`` keeps the tests whose node id hashes to shard i (1-based) of n:
+  a pure function of the id, so every runner of a CI matrix computes the same
+  partition without talking to the others, and a test keeps its shard when others
+  are added or removed.
+- ``pytest -n N`` (pytest-xdist): worker ``gwK`` takes GPU ``K mod (visible GPUs)``
+  (``torch.cuda.set_device``, and ``CUDA_VISIBLE_DEVICES`` for its subprocesses).
+- Records: each worker appends (and fsyncs) to its own part file beside
+  ``--mpt-results`` (``results.gw0.jsonl``, ...), so concurrent workers never write
+  one file; the controller merges the parts into ``--mpt-results`` at session end.
+  Parts an interrupted run left behind are merged by the next run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+from mpt_core.errors import MptError
+from mpt_core.results import append, read
+
+_SHARD = re.compile(r"^(\d+)/(\d+)$")
+_WORKER = re.compile(r"^gw(\d+)$")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"2/4"`` -> (2, 4); shards count from 1."""
+    match = _SHARD.match(text.strip())
+    if not match or not 1 <= int(match.group(1)) <= int(match.group(2)):
+        raise MptError(f"--mpt-shard {text!r}: write i/n with 1 <= i <= n, e.g. 1/4")
+    return int(match.group(1)), int(match.group(2))
+
+
+def in_shard(nodeid: str, index: int, count: int) -> bool:
+    """Whether the test ``nodeid`` belongs to shard ``index`` of ``count``."""
+    digest = hashlib.sha256(nodeid.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % count == index - 1
+
+
+def worker_number(worker_id: str | None) -> int | None:
+    """``"gw3"`` -> 3; None outside an xdist worker."""
+    match = _WORKER.match(worker_id or "")
+    return int(match.group(1)) if match else None
+
+
+def gpu_for_worker(number: int, visible: list[str]) -> tuple[int, str]:
+    """(index among the visible GPUs, its CUDA_VISIBLE_DEVICES name) for worker ``number``."""
+    index = number % len(visible)
+    return index, visible[index]
+
+
+def pin_worker_gpu(worker_id: str | None) -> str | None:
+    """Give this xdist worker its own GPU; returns the GPU's name, None without CUDA."""
+    import torch
+
+    number = worker_number(worker_id)
+    if number is None or not torch.cuda.is_available():
+        return None
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    visible = [name.strip() for name in listed.split(",") if name.strip()] or [
+        str(i) for i in range(torch.cuda.device_count())
+    ]
+    index, name = gpu_for_worker(number, visible)
+    torch.cuda.set_device(index)
+    os.environ["CUDA_VISIBLE_DEVICES"] = name  # subprocesses (the CLI) see only this GPU
+    return name
+
+
+def part_path(results: str | Path, worker_id: str) -> Path:
+    """Where worker ``worker_id`` appends its records: ``results.gw0.jsonl``."""
+    results = Path(results)
+    return results.with_name(f"{results.stem}.{worker_id}{results.suffix}")
+
+
+def merge_parts(results: str | Path) -> int:
+    """Append every worker part of ``results`` to it (workers in order, records in their
+    order) and delete the parts; returns how many records moved."""
+    results = Path(results)
+    name = re.compile(rf"^{re.escape(results.stem)}\.gw(\d+){re.escape(results.suffix)}$")
+    numbered = [
+        (int(match.group(1)), path)
+        for path in results.parent.glob(f"{results.stem}.gw*")
+        if (match := name.match(path.name))
+    ]
+    moved = 0
+    for _, part in sorted(numbered):
+        for record in read(part):
+            append(results, record)
+            moved += 1
+        part.unlink()
+    return moved
