@@ -22,6 +22,12 @@ Collapsed points (PPL inf or nan) are right-censored: the model must predict
 at least the largest finite value measured, and pays a one-sided penalty
 when it predicts less. Accuracy falls instead of rising: ``direction="down"``
 flips the signs of a and k (and censors from below).
+
+Accuracy does not fall to zero but to chance (0.25 on four choices): an
+exponential decaying to zero, fitted through points stuck at chance, bends
+late and puts s0 past the true knee. ``floor=`` fits the accuracy above
+chance instead, ``y - floor``; a point at or below the floor is collapsed
+(censored: known only to be no better than chance).
 """
 
 from __future__ import annotations
@@ -79,6 +85,7 @@ class PhaseFit:
     n_censored: int
     x_kind: str = "ratio"
     direction: str = "up"
+    floor: float = 0.0  # c and a are above it; predict adds it back
     interval_method: str = "profile likelihood, F-calibrated, 95%"
     profile: tuple[np.ndarray, np.ndarray] = field(default=(np.empty(0), np.empty(0)), repr=False)
 
@@ -92,9 +99,9 @@ class PhaseFit:
         xs = to_compression(np.atleast_1d(np.asarray(x, dtype=float)), self.x_kind)
         if not self.has_transition:
             c, a, b = self.power_law
-            return c + a * np.power(xs, b)
+            return self.floor + c + a * np.power(xs, b)
         before = self.c + self.a * np.power(np.minimum(xs, self.s0), self.b)
-        return before * np.exp(self.k * np.maximum(xs - self.s0, 0.0))
+        return self.floor + before * np.exp(self.k * np.maximum(xs - self.s0, 0.0))
 
 
 def to_compression(x: np.ndarray, x_kind: str) -> np.ndarray:
@@ -110,9 +117,11 @@ def fit_phase_transition(
     *,
     x_kind: str = "ratio",
     direction: str = "up",
+    floor: float = 0.0,
 ) -> PhaseFit:
-    """Fit the power-law + exponential model and locate s0 with a 95% interval."""
-    curve = prepare_curve(x, y, x_kind=x_kind, direction=direction)
+    """Fit the power-law + exponential model and locate s0 with a 95% interval;
+    ``floor`` (chance accuracy) is what a collapsed model still scores."""
+    curve = prepare_curve(x, above_floor(y, floor), x_kind=x_kind, direction=direction)
     grid, rss, params = profile_s0(curve)
     best = int(np.argmin(rss))
     s0, packed, rss_min = refine_minimum(curve, grid, rss, params, best)
@@ -139,8 +148,20 @@ def fit_phase_transition(
         n_censored=int(curve.censored.sum()),
         x_kind=x_kind,
         direction=direction,
+        floor=floor,
         profile=(grid, rss),
     )
+
+
+def above_floor(y: np.ndarray | list[float], floor: float) -> np.ndarray:
+    """``y - floor``, with points at or below the floor marked collapsed (nan)."""
+    ys = np.asarray(y, dtype=float).ravel()
+    if floor == 0.0:
+        return ys
+    if not math.isfinite(floor) or floor < 0:
+        raise FitError(f"floor must be a finite value >= 0 (chance accuracy), got {floor}")
+    shifted = ys - floor
+    return np.where(np.isnan(shifted) | (shifted > 0), shifted, np.nan)
 
 
 def prepare_curve(

@@ -25,6 +25,8 @@ from mpt_core.errors import BaselineError, FitError
 from mpt_core.fit import PhaseFit, fit_phase_transition
 
 DIRECTIONS = {"ppl": "up", "acc": "down", "acc_norm": "down"}
+# what a collapsed model still scores: chance on the four choices of ARC and MMLU
+FLOORS = {"acc": 0.25, "acc_norm": 0.25}
 
 
 @dataclass(frozen=True)
@@ -72,10 +74,10 @@ def verdict(fit: PhaseFit) -> str:
     return f"{'yes' if fit.has_transition else 'no'} (dBIC {gap:+.1f})"
 
 
-def fit_curve(curve: MeasuredCurve, direction: str) -> PtpRow:
+def fit_curve(curve: MeasuredCurve, direction: str, floor: float = 0.0) -> PtpRow:
     """Fit one curve; a curve the model cannot take becomes a row that says why."""
     try:
-        fit = fit_phase_transition(curve.x, curve.y, direction=direction)
+        fit = fit_phase_transition(curve.x, curve.y, direction=direction, floor=floor)
     except FitError as error:
         return PtpRow(curve, None, str(error).split(":")[0])
     return PtpRow(curve, fit)
@@ -98,12 +100,13 @@ def load_curves(args: argparse.Namespace, path: Path) -> list[MeasuredCurve]:
 
 def ptp_rows(args: argparse.Namespace) -> list[PtpRow]:
     direction = args.direction or DIRECTIONS.get(args.metric, "up")
+    floor = FLOORS.get(args.metric, 0.0) if args.floor is None else args.floor
     rows = []
     for path in args.files:
         curves = load_curves(args, Path(path))
         if not curves:
             raise FitError(f"{path}: no curve for metric {args.metric!r} on the {args.axis} axis")
-        rows.extend(fit_curve(curve, direction) for curve in curves)
+        rows.extend(fit_curve(curve, direction, floor) for curve in curves)
     if all(row.fit is None for row in rows):
         raise FitError(f"no curve could be fitted; {rows[0].curve.key.label}: {rows[0].note}")
     return rows
@@ -120,6 +123,13 @@ def register(subparsers) -> None:
     parser.add_argument("--x", default=None, help="x column of a plain CSV")
     parser.add_argument("--y", default=None, help="y column of a plain CSV")
     parser.add_argument("--direction", default=None, choices=["up", "down"])
+    parser.add_argument(
+        "--floor",
+        type=float,
+        default=None,
+        help="what a collapsed model still scores, fitted above (default: 0.25 for acc, "
+        "acc_norm: chance on four choices; 0 otherwise)",
+    )
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")
     parser.set_defaults(func=run)
 
