@@ -20,6 +20,7 @@ from mpt_core.evaluate.footprint import Footprint
 from mpt_core.evaluate.perplexity import perplexity
 from mpt_core.layerwise import block_linear_names
 from mpt_core.models import Snapshot, load_model
+from mpt_core.quant.backends import BackendError
 from mpt_core.quant.backends.venv import venv_python
 from mpt_core.spec import Spec
 
@@ -101,3 +102,19 @@ def test_missing_venv_is_one_clear_line(fresh_tiny, monkeypatch, tmp_path):
         compress(fresh_tiny.model, Spec.parse(LIBRARY_SPEC), Calibration(fresh_tiny.tokenizer, 32))
     assert "scripts/setup_backend_venv.sh gptqmodel" in str(error.value)
     assert "\n" not in str(error.value)
+
+
+def test_library_failure_is_one_line_with_its_last_word(fresh_tiny, monkeypatch, tmp_path):
+    python = tmp_path / ".venv-gptqmodel" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    # a stand-in for the venv's python: a library that logs, then fails
+    python.write_text("#!/bin/sh\necho loading\necho 'ValueError: group 128 too big'\nexit 3\n")
+    python.chmod(0o755)
+    monkeypatch.setenv("MPT_BACKEND_VENVS", str(tmp_path))
+    monkeypatch.setenv("MPT_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(BackendError) as error:
+        compress(fresh_tiny.model, Spec.parse(LIBRARY_SPEC), Calibration(fresh_tiny.tokenizer, 32))
+    message = str(error.value)
+    assert "backend gptqmodel failed (exit 3): ValueError: group 128 too big" in message
+    assert "\n" not in message
+    assert (tmp_path / "cache" / "gptqmodel-runner.log").read_text().startswith("loading")
