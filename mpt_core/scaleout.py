@@ -8,8 +8,8 @@
   (``torch.cuda.set_device``, and ``CUDA_VISIBLE_DEVICES`` for its subprocesses).
 - Records: each worker appends (and fsyncs) to its own part file beside
   ``--mpt-results`` (``results.gw0.jsonl``, ...), so concurrent workers never write
-  one file; the controller merges the parts into ``--mpt-results`` at session end.
-  Parts an interrupted run left behind are merged by the next run.
+  one file; the controller merges the parts into ``--mpt-results`` at session end,
+  each point once. Parts an interrupted run left behind are merged by the next run.
 """
 
 from __future__ import annotations
@@ -77,7 +77,8 @@ def part_path(results: str | Path, worker_id: str) -> Path:
 
 def merge_parts(results: str | Path) -> int:
     """Append every worker part of ``results`` to it (workers in order, records in their
-    order) and delete the parts; returns how many records moved."""
+    order) and delete the parts; returns how many records moved. A point two workers both
+    measured (each measures the dense reference it checks against) is kept once."""
     results = Path(results)
     name = re.compile(rf"^{re.escape(results.stem)}\.gw(\d+){re.escape(results.suffix)}$")
     numbered = [
@@ -85,10 +86,11 @@ def merge_parts(results: str | Path) -> int:
         for path in results.parent.glob(f"{results.stem}.gw*")
         if (match := name.match(path.name))
     ]
-    moved = 0
+    seen: set[tuple] = set()
     for _, part in sorted(numbered):
         for record in read(part):
-            append(results, record)
-            moved += 1
+            if record.key not in seen:
+                append(results, record)
+                seen.add(record.key)
         part.unlink()
-    return moved
+    return len(seen)
