@@ -195,6 +195,22 @@ def logits_of(model) -> torch.Tensor:
         return model(ids, use_cache=False).logits
 
 
+def test_open_gates_leave_the_model_unchanged():
+    """With every gate at 1 the masked model is the model: the gating hooks and the
+    norms that average over open dimensions only change nothing."""
+    model = tiny_llama(tied=True)
+    base = model_shape(model)
+    gates = {
+        "layer": torch.ones(base.layers),
+        "head": torch.ones(base.layers, base.kv_heads),
+        "intermediate": torch.ones(base.layers, base.intermediate),
+        "hidden": torch.ones(base.hidden),
+    }
+    dense = logits_of(model)
+    with masked(model, gates):
+        torch.testing.assert_close(logits_of(model), dense, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("tied", [False, True])
 def test_pruned_model_computes_what_the_masked_model_did(tied):
     """The reference's own correctness check (utils/test_pruning.py): run the model under
