@@ -267,7 +267,9 @@ class MptState:
             self._keep(key, record)
         return self.records[key]
 
-    def measure_accuracy(self, model: str, seqlen: int, spec: str, task: str, limit, metric: str):
+    def measure_accuracy(
+        self, model: str, seqlen: int, spec: str, task: str, limit: int | None, metric: str
+    ) -> Record:
         """The ``metric`` record of ``task``; one lm-eval run gives all its metrics."""
         key = (model, seqlen, spec, task, limit)
         if (*key, metric) not in self.records:
