@@ -19,6 +19,7 @@ import torch
 from mpt_core import registry
 from mpt_core.data import calibration_windows, data_dir, load_text, tokenize
 from mpt_core.evaluate.footprint import Footprint, TensorStorage, dense_numel, measure
+from mpt_core.quant import backends
 from mpt_core.spec import Spec
 
 METHOD_PACKAGES = ("mpt_core.prune", "mpt_core.quant", "mpt_core.lowrank")
@@ -76,8 +77,19 @@ def resolved_settings(spec: Spec) -> list[dict]:
         values = method.settings(stage)
         if method.needs_calibration and values.get("calib") is None:
             values["calib"] = default_calibration_set()
+        library = stage_library(method, values)
+        if library is not None:
+            values["library"] = backends.library_version(library)
         settings.append({"stage": str(stage), **values})
     return settings
+
+
+def stage_library(method: registry.Method, values: dict) -> str | None:
+    """The library that did a stage's work: its backend option, else the method's own."""
+    backend = values.get("backend")
+    if backend is not None and backend != backends.IN_TREE:
+        return backend
+    return method.library
 
 
 def compress(model, spec: Spec, calibration: Calibration | None) -> Footprint:

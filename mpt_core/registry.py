@@ -34,6 +34,7 @@ class Method:
     apply: Callable
     options: dict[str, Option] = field(default_factory=dict)
     needs_calibration: bool = False
+    library: str | None = None  # the library that does the work whatever the options
 
     def settings(self, stage: Stage) -> dict[str, object]:
         """The stage's options parsed and completed with defaults."""
@@ -72,6 +73,7 @@ def register(
     levels: set[str],
     options: dict[str, Option] | None = None,
     needs_calibration: bool = False,
+    library: str | None = None,
 ) -> Callable:
     """Decorate ``apply(model, stage, settings, calibration) -> list[TensorCost]``."""
     if family not in FAMILIES:
@@ -83,7 +85,7 @@ def register(
         if name in _METHODS:
             raise ValueError(f"method {name!r} registered twice")
         _METHODS[name] = Method(
-            name, family, frozenset(levels), apply, all_options, needs_calibration
+            name, family, frozenset(levels), apply, all_options, needs_calibration, library
         )
         return apply
 

@@ -109,6 +109,7 @@ NEEDS_IMATRIX = {
     family="quant",
     levels={"scheme", "bits"},
     needs_calibration=True,
+    library="llama-cpp-python",
     options={
         "imatrix": Option(flag, None, "importance matrix (default: where llama.cpp needs one)"),
     },

@@ -67,6 +67,25 @@ class BackendError(MptError):
     """A library backend that ran and failed; the message carries the library's last word."""
 
 
+VENV_LIBRARIES = ("gptqmodel", "llmcompressor")
+
+
+def library_version(name: str) -> str:
+    """``"NAME VERSION"`` of a library a stage ran, as a record stores it; ``NAME unknown``
+    where its metadata cannot be found. Venv backends are read from their own venv."""
+    from importlib.metadata import PackageNotFoundError, distributions, version
+
+    try:
+        if name in VENV_LIBRARIES:
+            from mpt_core.quant.backends.venv import venv_site_packages
+
+            found = distributions(path=[str(venv_site_packages(name))])
+            return next(f"{name} {d.version}" for d in found if d.metadata["Name"].lower() == name)
+        return f"{name} {version(name)}"
+    except (PackageNotFoundError, StopIteration, SpecError):
+        return f"{name} unknown"
+
+
 def require(package: str) -> None:
     """Raise a one-line SpecError unless ``package`` can be imported next to mpt."""
     if importlib.util.find_spec(package) is None:

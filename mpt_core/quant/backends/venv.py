@@ -53,6 +53,12 @@ def venv_python(library: str) -> Path:
     return python
 
 
+def venv_site_packages(library: str) -> Path:
+    """The site-packages folder of ``.venv-<library>`` (its python's version in the path)."""
+    lib = venv_python(library).parents[1] / "lib"
+    return next(lib.glob("python*/site-packages"))
+
+
 def quantize_in_venv(
     library: str, method: str, model: nn.Module, bits: int, settings: dict, calibration
 ) -> dict[str, TensorStorage]:
