@@ -35,6 +35,7 @@ from mpt_core import baselines, registry
 from mpt_core.curve_check import CurveVerdict, check_curve
 from mpt_core.curve_rows import BaselineCurve, baseline_curves
 from mpt_core.errors import DataError, ModelError, MptError
+from mpt_core.quant.gguf import quantizer_missing as gguf_quantizer_missing
 from mpt_core.report import Cell, summary_line, tables
 from mpt_core.results import Record, append
 from mpt_core.scaleout import in_shard, merge_parts, parse_shard, part_path, pin_worker_gpu
@@ -72,8 +73,18 @@ STUDY_MODELS = {
 STUDY_SEQLEN = {"llama2-7b": 4096}  # PROTOCOLS.md: Table 2's dense 5.12 is seqlen 4096
 DEFAULT_STUDY_SEQLEN = 2048
 DEFAULT_CPU_WINDOWS = 8
-# What --mpt-smoke keeps of the CPU tier: a few points per implemented family, on WikiText-2.
-SMOKE_SPECS = {"dense", "rtn:4[group=64]", "rtn:2[group=64]", "magnitude:0.5", "magnitude:2:4"}
+# What --mpt-smoke keeps of the CPU tier: a few points per implemented family, on WikiText-2
+# (GGUF through llama.cpp, which CI installs with scripts/setup_gguf.sh, and one pipeline).
+SMOKE_SPECS = {
+    "dense",
+    "rtn:4[group=64]",
+    "rtn:2[group=64]",
+    "magnitude:0.5",
+    "magnitude:2:4",
+    "shortgpt:0.2",
+    "gguf:Q4_K_M",
+    "wanda:0.5+gguf:Q4_K_M",
+}
 SMOKE_DATASET = "wikitext2"
 DEFAULT_PTP_TOL = 0.05
 
@@ -355,6 +366,8 @@ def _skip_reason(row: baselines.BaselineRow) -> str | None:
     for method in Spec.parse(row.spec).methods:
         if method not in registry.names():
             return f"method {method} not implemented"
+        if method == "gguf" and (hint := gguf_quantizer_missing()):
+            return hint
     if row.metric == "tokens_per_s":
         return (
             "tokens/s rows not comparable: the study measured llama.cpp on its own hardware; "

@@ -14,6 +14,8 @@ import gguf
 import pytest
 import torch
 
+from mpt_core import pytest_plugin
+from mpt_core.baselines import BaselineRow
 from mpt_core.compress import Calibration, compress
 from mpt_core.errors import SpecError
 from mpt_core.evaluate.footprint import measure
@@ -220,3 +222,27 @@ def test_pruned_then_gguf_footprint_is_the_file_size_zeros_stored_densely(fresh_
     )
     tensors = gguf.GGUFReader(path).tensors
     assert pruned_then_quantized.bytes == sum(int(t.n_bytes) for t in tensors)
+
+
+def _cpu_row(spec: str) -> BaselineRow:
+    return BaselineRow(
+        "smollm2-135m",
+        "wikitext2",
+        spec,
+        "ppl",
+        "31.5",
+        None,
+        None,
+        "pct_fp16",
+        512,
+        "",
+        "quant",
+        "cpu",
+    )
+
+
+def test_gguf_rows_skip_naming_the_setup_command_without_llama_cpp(monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    reason = pytest_plugin._skip_reason(_cpu_row("wanda:0.5+gguf:Q4_K_M"))
+    assert reason == gguf_method.SETUP_HINT and gguf_method.SETUP_COMMAND in reason
+    assert pytest_plugin._skip_reason(_cpu_row("rtn:4[group=64]")) is None

@@ -57,6 +57,13 @@ SETUP_HINT = (
     "~10 min on 2 cores)"
 )
 
+def quantizer_missing() -> str | None:
+    """SETUP_HINT where llama.cpp's quantizer is not installed, else None."""
+    import importlib.util
+
+    return SETUP_HINT if importlib.util.find_spec("llama_cpp") is None else None
+
+
 # llama.h's ``llama_ftype`` quantized file types (their values are ``general.file_type``).
 SCHEMES = {
     "Q4_0": 2,
