@@ -1,0 +1,83 @@
+"""Compression time per method and level, from the records ``mpt baselines record`` wrote.
+
+Usage: python scripts/compress_time_table.py RECORDS.jsonl ... [--since ISO-TIME]
+Every record carries ``seconds.compress``: the wall time of compressing the model at that
+point, calibration included. Only single-stage specs are tabulated (a pipeline's time is
+its stages'); a point recorded more than once counts its fastest run; each method's row gives
+the median over its levels and their range. ``--since`` keeps the
+records created after a moment, e.g. after the machine had stopped running other jobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import sys
+from collections import defaultdict
+
+from tabulate import tabulate
+
+from mpt_core.results import read
+from mpt_core.spec import Spec
+
+
+def fastest_times(paths: list[str], since: str | None) -> dict[str, dict[str, float]]:
+    """method -> level -> fastest compress seconds."""
+    table: dict[str, dict[str, float]] = defaultdict(dict)
+    for path in paths:
+        for record in read(path):
+            spec = Spec.parse(record.spec)
+            if len(spec.stages) != 1 or spec.stages[0].method == "dense":
+                continue
+            if since is not None and record.created < since:
+                continue
+            stage = spec.stages[0]
+            method = str(
+                dataclasses.replace(stage, ratio=None, n=None, m=None, bits=None, scheme=None)
+            )
+            level = str(dataclasses.replace(stage, options=())).partition(":")[2] or "-"
+            seconds = record.seconds["compress"]
+            table[method][level] = min(seconds, table[method].get(level, seconds))
+    return table
+
+
+def render(table: dict[str, dict[str, float]]) -> str:
+    """One row per method: its median time over the levels measured, and the range."""
+    body = []
+    for method, times in sorted(table.items()):
+        seconds = sorted(times.values())
+        body.append(
+            [
+                f"`{method}`",
+                ", ".join(sorted(times, key=level_order)),
+                f"{statistics.median(seconds):.0f}",
+                f"{seconds[0]:.0f}–{seconds[-1]:.0f}",
+            ]
+        )
+    return tabulate(body, ["method", "levels", "median s", "range s"], tablefmt="github")
+
+
+def level_order(level: str) -> tuple:
+    """Ratios and bits by value, then N:M, then schemes by name."""
+    try:
+        return (0, float(level), level)
+    except ValueError:
+        return (1 if ":" in level else 2, 0.0, level)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("records", nargs="+")
+    parser.add_argument("--since", help="only records created at or after this ISO time")
+    args = parser.parse_args(argv)
+    table = fastest_times(args.records, args.since)
+    if not table:
+        print("no single-stage record in these files", file=sys.stderr)
+        return 1
+    print(render(table))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,59 @@
+"""scripts/compress_time_table.py: the README's compression-time table from records."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from mpt_core.results import Record, append
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "compress_time_table.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("compress_time_table", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def record(spec: str, seconds: float, created: str, dataset: str = "wikitext2") -> Record:
+    return Record(
+        "m",
+        "h",
+        spec,
+        dataset,
+        64,
+        4,
+        "ppl",
+        1.0,
+        0.1,
+        {},
+        {"compress": seconds},
+        "cpu",
+        "float32",
+        created=created,
+    )
+
+
+def test_fastest_run_per_point_median_per_method_and_since(tmp_path):
+    path = tmp_path / "r.jsonl"
+    for item in (
+        record("wanda:0.5", 90.0, "2026-01-02T00:00:00"),
+        record("wanda:0.5", 70.0, "2026-01-02T00:00:00", "ptb"),
+        record("wanda:0.3", 80.0, "2026-01-02T00:00:00"),
+        record("wanda:2:4", 100.0, "2026-01-02T00:00:00"),
+        record("wanda:0.7", 5.0, "2026-01-01T00:00:00"),
+        record("wanda:0.5+rtn:4", 1.0, "2026-01-02T00:00:00"),
+        record("dense", 0.0, "2026-01-02T00:00:00"),
+        record("gptq:4[group=64]", 30.0, "2026-01-02T00:00:00"),
+    ):
+        append(path, item)
+    script = load_script()
+    times = script.fastest_times([str(path)], since="2026-01-02")
+    assert times == {
+        "wanda": {"0.5": 70.0, "0.3": 80.0, "2:4": 100.0},
+        "gptq[group=64]": {"4": 30.0},
+    }
+    table = script.render(times)
+    assert "| `wanda`          | 0.3, 0.5, 2:4 |         80 | 70–100    |" in table
