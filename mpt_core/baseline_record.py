@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 
 from mpt_core.baselines import DOWNSTREAM_METRICS, HEADER, BaselineRow, task_limits
+from mpt_core.compress import CALIBRATION_SPLITS
 from mpt_core.errors import BaselineError, SpecError
 from mpt_core.results import Record, now, read
 from mpt_core.spec import Spec
@@ -68,7 +69,7 @@ def csv_text(records: list[Record], family: str, command: str) -> str:
         *(
             _accuracy_protocol(records)
             if first.metric in DOWNSTREAM_METRICS
-            else _ppl_protocol(first)
+            else _ppl_protocol(records)
         ),
     ]
     buffer = io.StringIO()
@@ -79,12 +80,32 @@ def csv_text(records: list[Record], family: str, command: str) -> str:
     return "\n".join(lines) + "\n" + buffer.getvalue()
 
 
-def _ppl_protocol(first: Record) -> list[str]:
+def _ppl_protocol(records: list[Record]) -> list[str]:
+    first = records[0]
     return [
         f"# windows: {first.windows}",
         f"# protocol: seqlen {first.seqlen}, {first.windows} windows, device {first.device}, "
-        f"dtype {first.dtype}, calibration PTB valid",
+        f"dtype {first.dtype}, {_calibration_words(records)}",
     ]
+
+
+def _calibration_words(records: list[Record]) -> str:
+    """The calibration the records' stages used: data set, window count and length."""
+    used = sorted(
+        {
+            (stage["calib"], stage["nsamples"])
+            for record in records
+            for stage in record.settings
+            if stage.get("calib") and stage.get("nsamples")
+        }
+    )
+    if not used:
+        return "no calibrated stage"
+    seqlen = records[0].seqlen
+    return "calibration " + "; ".join(
+        f"{nsamples} x {seqlen} tokens of {calib} {CALIBRATION_SPLITS.get(calib, '')}".rstrip()
+        for calib, nsamples in used
+    )
 
 
 def _accuracy_protocol(records: list[Record]) -> list[str]:
@@ -96,8 +117,8 @@ def _accuracy_protocol(records: list[Record]) -> list[str]:
         "# limits: " + ",".join(f"{task}={n}" if n else task for task, n in limits.items()),
         f"# protocol: lm-eval {first.versions.get('lm-eval', '?')} stock prompts on the local "
         f"files, shots {', '.join(f'{task} {n}' for task, n in shots.items())}; the first "
-        f"N questions of each task (of each MMLU subject); calibration seqlen {first.seqlen} "
-        f"on PTB valid, device {first.device}, dtype {first.dtype}",
+        f"N questions of each task (of each MMLU subject); {_calibration_words(records)}, "
+        f"device {first.device}, dtype {first.dtype}",
     ]
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mpt_core.baseline_record import CPU_DATASETS, GRIDS_DIR, grid_datasets, read_grid
+from mpt_core.baseline_record import CPU_DATASETS, GRIDS_DIR, csv_text, grid_datasets, read_grid
 from mpt_core.errors import BaselineError
+from mpt_core.results import Record
 
 
 def test_grid_datasets_line_overrides_the_default(tmp_path):
@@ -28,3 +29,33 @@ def test_a_bad_spec_names_its_line(tmp_path):
 def test_every_shipped_grid_parses_and_starts_with_dense(grid):
     specs = read_grid(grid)
     assert specs[0] == "dense" and len(specs) == len(set(specs))
+
+
+def _record(spec: str, settings: list[dict]) -> Record:
+    return Record(
+        "m",
+        "h",
+        spec,
+        "wikitext2",
+        512,
+        8,
+        "ppl",
+        30.0,
+        1.0,
+        {"relative_size": 1.0},
+        {},
+        "cpu",
+        "float32",
+        settings=settings,
+    )
+
+
+def test_protocol_line_states_calibration_count_length_and_split():
+    records = [
+        _record("dense", []),
+        _record("wanda:0.5", [{"stage": "wanda:0.5", "calib": "ptb", "nsamples": 32}]),
+        _record("rtn:4", [{"stage": "rtn:4", "group": None}]),
+    ]
+    text = csv_text(records, "unstructured", "cmd")
+    assert "calibration 32 x 512 tokens of ptb validation\n" in text
+    assert "no calibrated stage" in csv_text(records[::2], "quant", "cmd")
