@@ -32,6 +32,9 @@ class Claim:
     high: float
     words: str
     cpu_files: tuple[str, ...]  # globs of the CPU-tier baseline files the claim applies to
+    # The CPU curve keeps the study's ladder of schemes only: one per nominal bit width (the
+    # grid's _S/_L and i-quant variants share a width and would put two y on one x).
+    cpu_schemes: frozenset[str] | None = None
 
 
 CLAIMS = [
@@ -64,6 +67,7 @@ CLAIMS = [
         1 - 3 / 16,
         "fails below 3 bits: s0 between 3 and 4 bits",
         ("quant-gguf",),
+        frozenset({"Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0"}),
     ),
     Claim(
         "Quantization (methods, Table 4)",
@@ -87,10 +91,19 @@ def claim_files(claim: Claim, cpu_dir: Path | None) -> list[Path]:
 def rows_for(claim: Claim, cpu_dir: Path | None) -> list[PtpRow]:
     rows = []
     for path in claim_files(claim, cpu_dir):
-        points = [p for p in read_points(path) if p.metric == "ppl"]
+        points = [
+            p for p in read_points(path) if p.metric == "ppl" and on_ladder(p, claim, cpu_dir)
+        ]
         curves = [c for c in group_curves(points, axes=(claim.axis,)) if c.key.others == "dense"]
         rows += [fit_curve(curve, "up") for curve in curves]
     return rows
+
+
+def on_ladder(point, claim: Claim, cpu_dir: Path | None) -> bool:
+    if cpu_dir is None or claim.cpu_schemes is None:
+        return True
+    schemes = [stage.scheme for stage in point.spec.stages if stage.scheme is not None]
+    return all(scheme in claim.cpu_schemes for scheme in schemes)
 
 
 def agreement(row: PtpRow, claim: Claim) -> str:
