@@ -17,6 +17,7 @@ footprint, the study's ``pct_fp16`` column); otherwise they are nominal,
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, replace
 
@@ -112,17 +113,32 @@ def with_measured_bits(cells: list[Cell]) -> list[Cell]:
     """Place each quantization level at its measured size rather than its nominal bits.
 
     Q3_K_M is "3-bit" by name but stores ~3.6 bits per weight; the grid's
-    bits axis uses 1 - (size / (1 - ratio)), the median over the level's
-    cells with a stated size. The median shrugs off single misprinted sizes
-    (the study's Table 10 has two, ERRATA E37/E38); dividing by (1 - ratio)
-    assumes the size shrinks with the pruned fraction, as the study's sizes do.
+    bits axis uses 1 - size / (1 - ratio), the median over the level's cells
+    with a stated size. Dividing by (1 - ratio) assumes the size shrinks with
+    the pruned fraction, as the study's sizes do; a format that stores the
+    zeros densely (llama.cpp's) keeps every pruned cell at the size of the
+    quantization-only cell, and there the size itself is the level's. The
+    median shrugs off single misprinted sizes (the study's Table 10 has two,
+    ERRATA E37/E38).
     """
-    per_level: dict[str, list[float]] = defaultdict(list)
+    sized: dict[str, list[Cell]] = defaultdict(list)
     for cell in cells:
         if cell.measured_size and cell.quant != FP16 and cell.ratio < 1.0:
-            per_level[cell.quant].append(cell.size / (1.0 - cell.ratio))
-    measured = {level: 1.0 - float(np.median(sizes)) for level, sizes in per_level.items()}
+            sized[cell.quant].append(cell)
+    measured = {level: 1.0 - level_size(members) for level, members in sized.items()}
     return [replace(c, x_bits=measured.get(c.quant, c.x_bits)) for c in cells]
+
+
+def level_size(members: list[Cell]) -> float:
+    """The relative size of a quantization level over its cells (see with_measured_bits)."""
+    alone = [c.size for c in members if c.ratio == 0.0]
+    pruned = [c.size for c in members if c.ratio > 0.0]
+    stores_zeros = bool(alone and pruned) and all(
+        math.isclose(size, alone[0], rel_tol=0.01) for size in pruned
+    )
+    if stores_zeros:
+        return float(np.median(alone + pruned))
+    return float(np.median([c.size / (1.0 - c.ratio) for c in members]))
 
 
 def fit_lines(cells: list[Cell], key, x_of, direction: str) -> dict:

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from mpt_core.combine import build_grid, pareto_front, recommend, safe_region, select_setting
+from mpt_core.combine import (
+    Cell,
+    build_grid,
+    pareto_front,
+    recommend,
+    safe_region,
+    select_setting,
+    with_measured_bits,
+)
 from mpt_core.curves import read_points
 from mpt_core.errors import FitError
 
@@ -115,3 +123,20 @@ def test_table10_headline_cell_is_the_smallest_within_25_percent() -> None:
     assert 16 * (1 - rec.cell.x_bits) < knee.s0_bits < 16 * (1 - 0.7185)  # Q3_K_M < s0 < Q4_K_M
     assert not rec.safe
     assert recommend(grid, 0.25, safe_only=True).cell.spec == "wanda:0.5+gguf:Q4_K_M"
+
+
+def _cell(spec: str, ratio: float, quant: str, size: float) -> Cell:
+    return Cell(spec, "wanda" if ratio else "", ratio, quant, 0.75, 10.0, size, True)
+
+
+def test_bits_of_a_format_that_stores_zeros_densely_come_from_its_size() -> None:
+    """llama.cpp keeps pruned zeros: a pruned Q4_K_M cell is as large as Q4_K_M alone, so
+    its level sits at that size (dividing by 1 - ratio would move it to 0.77 of FP16)."""
+    dense_zeros = [_cell("gguf:Q4_K_M", 0.0, "Q4_K_M", 0.385)] + [
+        _cell(f"wanda:{r}+gguf:Q4_K_M", r, "Q4_K_M", 0.385) for r in (0.3, 0.5)
+    ]
+    assert {round(c.x_bits, 6) for c in with_measured_bits(dense_zeros)} == {0.615}
+    shrinking = [_cell("gguf:Q4_K_M", 0.0, "Q4_K_M", 0.4)] + [
+        _cell(f"wanda:{r}+gguf:Q4_K_M", r, "Q4_K_M", 0.4 * (1 - r)) for r in (0.3, 0.5)
+    ]
+    assert {round(c.x_bits, 6) for c in with_measured_bits(shrinking)} == {0.6}
