@@ -11,6 +11,7 @@ from mpt_core.compress import compress
 from mpt_core.errors import SpecError
 from mpt_core.evaluate.footprint import dense_numel
 from mpt_core.layerwise import block_linear_names, decoder_layers, linear_layers
+from mpt_core.lowrank import asvd as asvd_module
 from mpt_core.lowrank.asvd import (
     activation_scales,
     asvd_factors,
@@ -270,3 +271,30 @@ def test_asvd_meets_the_budget_and_restores(fresh_tiny):
     assert torch.isfinite(logits_of(model)).all()
     snapshot.restore(model)
     assert state_dict_hash(model) == original_hash
+
+
+def test_asvd_sensitivity_is_computed_once_per_dense_model_and_matches_a_fresh_search(
+    fresh_tiny, monkeypatch
+):
+    """Two ratios of one restored model share the sensitivity table; changed weights do
+    not; and a cached run gives the very weights a fresh run gives."""
+    model = fresh_tiny.model
+    snapshot, calibration = Snapshot(model), FixedCalibration(nsamples=4)
+    calls = []
+    real = asvd_module.sensitivity
+    monkeypatch.setattr(asvd_module, "sensitivity", lambda *a: calls.append(1) or real(*a))
+    asvd_module._STATISTICS.clear()
+    compress(model, Spec.parse("asvd:0.2[nsamples=4]"), calibration)
+    snapshot.restore(model)
+    compress(model, Spec.parse("asvd:0.3[nsamples=4]"), calibration)
+    cached = state_dict_hash(model)
+    assert len(calls) == 1
+    asvd_module._STATISTICS.clear()
+    snapshot.restore(model)
+    compress(model, Spec.parse("asvd:0.3[nsamples=4]"), calibration)
+    assert state_dict_hash(model) == cached and len(calls) == 2
+    snapshot.restore(model)
+    with torch.no_grad():
+        decoder_layers(model)[0].mlp.down_proj.weight.mul_(0.5)
+    compress(model, Spec.parse("asvd:0.3[nsamples=4]"), calibration)
+    assert len(calls) == 3

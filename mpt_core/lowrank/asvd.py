@@ -21,10 +21,14 @@ which can miss the budget by one pair, ours takes the last cut that meets it.
 40% of every layer, so R ≤ 0.6.
 
 The sensitivity costs one partial forward pass per (layer, ratio): 6·7·L passes over
-the calibration windows (1,260 for a 30-block model), so ``nsamples`` defaults to 8.
+the calibration windows (1,260 for a 30-block model), so ``nsamples`` defaults to 8. It
+does not depend on R, so, as the authors cache it to disk, it is computed once per
+(weights, calibration windows, α) and reused by every ratio of a session.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import torch
 from torch import nn
@@ -139,6 +143,30 @@ def search_ratios(
     return ratios_from(low)
 
 
+_STATISTICS: dict[str, tuple[dict, list]] = {}  # one entry: the model a session restores
+
+
+def dense_statistics(model, windows: torch.Tensor, alpha: float) -> tuple[dict, list]:
+    """(activation scales, sensitivity pairs) of ``model``, computed once per key."""
+    key = statistics_key(model, windows, alpha)
+    if key not in _STATISTICS:
+        _STATISTICS.clear()
+        scales = activation_scales(model, windows)
+        _STATISTICS[key] = (scales, sensitivity(model, windows, scales, alpha))
+    return _STATISTICS[key]
+
+
+def statistics_key(model, windows: torch.Tensor, alpha: float) -> str:
+    """A digest of the block linears' weights, the calibration windows and α."""
+    digest = hashlib.sha256(f"{alpha!r}".encode())
+    digest.update(windows.cpu().numpy().tobytes())
+    for index, block in enumerate(decoder_layers(model)):
+        for name, linear in linear_layers(block).items():
+            digest.update(f"{index}.{name}{tuple(linear.weight.shape)}".encode())
+            digest.update(linear.weight.detach().cpu().float().numpy().tobytes())
+    return digest.hexdigest()
+
+
 @register(
     "asvd",
     family="lowrank",
@@ -156,13 +184,12 @@ def asvd(model, stage, settings, calibration) -> dict[str, TensorStorage]:
         return {}
     windows = calibration.windows(settings)
     alpha = settings["alpha"]
-    scales = activation_scales(model, windows)
+    scales, pairs = dense_statistics(model, windows, alpha)
     numel = {
         (index, name): linear.weight.numel()
         for index, block in enumerate(decoder_layers(model))
         for name, linear in linear_layers(block).items()
     }
-    pairs = sensitivity(model, windows, scales, alpha)
     ratios = search_ratios(pairs, numel, 1 - stage.ratio)
     storage: dict[str, TensorStorage] = {}
     for (index, name), ratio in ratios.items():
