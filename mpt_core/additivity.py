@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mpt_core.combine import FP16, Grid, is_safe
+from mpt_core.combine import FP16, Grid, safety
 from mpt_core.errors import FitError
 
 
@@ -28,7 +28,11 @@ class Interaction:
     spec: str
     measured: float  # increase of the pipeline over the reference
     summed: float  # sum of the increases of its two stages alone
-    safe: bool  # below both phase-transition points
+    safety: str  # below both phase-transition points: "yes", "no" or "unfitted"
+
+    @property
+    def safe(self) -> bool:
+        return self.safety == "yes"
 
     @property
     def ratio(self) -> float:
@@ -54,7 +58,7 @@ def interactions(grid: Grid) -> list[Interaction]:
             continue
         summed = (pruned - grid.reference) + (quantized - grid.reference)
         found.append(
-            Interaction(cell.spec, cell.value - grid.reference, summed, is_safe(grid, cell))
+            Interaction(cell.spec, cell.value - grid.reference, summed, safety(grid, cell))
         )
     return found
 

@@ -190,6 +190,18 @@ def is_safe(grid: Grid, cell: Cell) -> bool:
     return below_ratio and below_bits
 
 
+def safety(grid: Grid, cell: Cell) -> str:
+    """ "no" past a PTP; "unfitted" where a line through the cell has too few points to fit
+    (is_safe lets it pass: no evidence either way); else "yes"."""
+    if not is_safe(grid, cell):
+        return "no"
+    lines = (
+        grid.along_ratio.get((cell.method, cell.quant)),
+        grid.along_bits.get((cell.method, cell.ratio)),
+    )
+    return "unfitted" if any(line is None for line in lines) else "yes"
+
+
 def safe_region(grid: Grid) -> list[Cell]:
     return [cell for cell in grid.cells if is_safe(grid, cell)]
 

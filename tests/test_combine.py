@@ -10,9 +10,11 @@ import pytest
 from mpt_core.combine import (
     Cell,
     build_grid,
+    is_safe,
     pareto_front,
     recommend,
     safe_region,
+    safety,
     select_setting,
     with_measured_bits,
 )
@@ -140,3 +142,23 @@ def test_bits_of_a_format_that_stores_zeros_densely_come_from_its_size() -> None
         _cell(f"wanda:{r}+gguf:Q4_K_M", r, "Q4_K_M", 0.4 * (1 - r)) for r in (0.3, 0.5)
     ]
     assert {round(c.x_bits, 6) for c in with_measured_bits(shrinking)} == {0.6}
+
+
+def test_safety_says_unfitted_where_a_line_is_too_short_to_fit() -> None:
+    points = select_setting(read_points(TABLE10), None, None)
+    full = build_grid(points)
+    verdicts = {cell.spec: safety(full, cell) for cell in full.cells}
+    assert verdicts["wanda:0.7+gguf:Q2_K"] == "no" and "yes" in verdicts.values()
+    assert all(
+        (verdict == "no") == (not is_safe(full, cell))
+        for cell, verdict in zip(full.cells, verdicts.values(), strict=True)
+    )
+    few = [
+        p
+        for p in points
+        if str(p.spec) in ("dense", "gguf:Q8_0", "gguf:Q4_K_M", "wanda:0.1")
+        or str(p.spec) in ("wanda:0.1+gguf:Q8_0", "wanda:0.1+gguf:Q4_K_M")
+    ]
+    short = build_grid(few)
+    piped = [cell for cell in short.cells if cell.method and cell.quant != "fp16"]
+    assert piped and {safety(short, cell) for cell in piped} == {"unfitted"}

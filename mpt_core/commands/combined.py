@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 
 from mpt_core.additivity import Interaction, interactions, median_ratio
-from mpt_core.combine import Grid, build_grid, recommend, select_setting
+from mpt_core.combine import Grid, build_grid, recommend, safety, select_setting
 from mpt_core.curves import read_points
 from mpt_core.errors import FitError
 
@@ -56,7 +56,7 @@ def smallest_lines(grid: Grid) -> list[str]:
         cell = rec.cell
         lines.append(
             f"| +{100 * budget:g}% | `{cell.spec}` | {100 * cell.size:.1f} | "
-            f"{cell.value:.4g} (+{100 * rec.increase:.1f}%) | {'yes' if rec.safe else 'no'} |"
+            f"{cell.value:.4g} (+{100 * rec.increase:.1f}%) | {safety(grid, cell)} |"
         )
     return lines
 
@@ -69,12 +69,14 @@ def additivity_lines(found: list[Interaction]) -> list[str]:
     for item in found:
         lines.append(
             f"| `{item.spec}` | {item.measured:.4g} | {item.summed:.4g} | {item.ratio:.2f} | "
-            f"{'yes' if item.safe else 'no'} |"
+            f"{item.safety} |"
         )
     safe = [item for item in found if item.safe]
+    unfitted = sum(item.safety == "unfitted" for item in found)
     lines += [
         "",
         f"median ratio: {median_ratio(found):.2f} over {len(found)} pipelines; "
-        f"{median_ratio(safe):.2f} over the {len(safe)} below both PTPs",
+        f"{median_ratio(safe):.2f} over the {len(safe)} below both PTPs"
+        + (f"; {unfitted} where a PTP line is too short to fit (unfitted)" if unfitted else ""),
     ]
     return lines
