@@ -56,7 +56,7 @@ def smallest_lines(grid: Grid) -> list[str]:
         cell = rec.cell
         lines.append(
             f"| +{100 * budget:g}% | `{cell.spec}` | {100 * cell.size:.1f} | "
-            f"{cell.value:.4g} (+{100 * rec.increase:.1f}%) | {safety(grid, cell)} |"
+            f"{cell.value:.4g} ({100 * rec.increase:+.1f}%) | {safety(grid, cell)} |"
         )
     return lines
 
