@@ -76,7 +76,11 @@ def additivity_lines(found: list[Interaction]) -> list[str]:
     lines += [
         "",
         f"median ratio: {median_ratio(found):.2f} over {len(found)} pipelines; "
-        f"{median_ratio(safe):.2f} over the {len(safe)} below both PTPs"
+        + (
+            f"{median_ratio(safe):.2f} over the {len(safe)} below both PTPs"
+            if safe
+            else "none below both fitted PTPs"
+        )
         + (f"; {unfitted} where a PTP line is too short to fit (unfitted)" if unfitted else ""),
     ]
     return lines
