@@ -48,7 +48,7 @@ CLAIMS = [
         0.55,
         0.65,
         "55-65% sparsity",
-        ("unstructured*",),
+        ("unstructured*", "combined-wanda-gguf", "combined-sparsegpt-gptq"),
     ),
     Claim(
         "Low-rank decomposition",
@@ -57,7 +57,7 @@ CLAIMS = [
         0.17,
         0.30,
         "17-30% (ASVD 17%, SVD-LLM 30%)",
-        ("lowrank*",),
+        ("lowrank*", "combined-asvd-rtn"),
     ),
     Claim(
         "Quantization (GGUF, by model)",
@@ -66,7 +66,7 @@ CLAIMS = [
         1 - 4 / 16,
         1 - 3 / 16,
         "fails below 3 bits: s0 between 3 and 4 bits",
-        ("quant-gguf",),
+        ("quant-gguf", "combined-wanda-gguf"),
         frozenset({"Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0"}),
     ),
     Claim(
@@ -76,7 +76,7 @@ CLAIMS = [
         1 - 4 / 16,
         1 - 3 / 16,
         "fails below 3 bits",
-        ("quant", "quant-gptq*"),
+        ("quant", "quant-gptq*", "combined-sparsegpt-gptq", "combined-asvd-rtn"),
     ),
 ]
 
@@ -89,10 +89,18 @@ def claim_files(claim: Claim, cpu_dir: Path | None) -> list[Path]:
 
 
 def rows_for(claim: Claim, cpu_dir: Path | None) -> list[PtpRow]:
+    """Study tables are fitted one by one (their protocols differ); the CPU tier's files
+    share one protocol, so a method's points join across files (a grid recorded for
+    combined compression holds single-stage points too)."""
+    files = claim_files(claim, cpu_dir)
+    batches = [files] if cpu_dir is not None else [[path] for path in files]
     rows = []
-    for path in claim_files(claim, cpu_dir):
+    for batch in batches:
         points = [
-            p for p in read_points(path) if p.metric == "ppl" and on_ladder(p, claim, cpu_dir)
+            p
+            for path in batch
+            for p in read_points(path)
+            if p.metric == "ppl" and on_ladder(p, claim, cpu_dir)
         ]
         curves = [c for c in group_curves(points, axes=(claim.axis,)) if c.key.others == "dense"]
         rows += [fit_curve(curve, "up") for curve in curves]
