@@ -57,6 +57,7 @@ SETUP_HINT = (
     "~10 min on 2 cores)"
 )
 
+
 def quantizer_missing() -> str | None:
     """SETUP_HINT where llama.cpp's quantizer is not installed, else None."""
     import importlib.util
