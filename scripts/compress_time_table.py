@@ -11,13 +11,13 @@ records created after a moment, e.g. after the machine had stopped running other
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import sys
 from collections import defaultdict
 
 from tabulate import tabulate
 
+from mpt_core.curves import without_level
 from mpt_core.results import read
 from mpt_core.spec import Spec
 
@@ -33,10 +33,8 @@ def fastest_times(paths: list[str], since: str | None) -> dict[str, dict[str, fl
             if since is not None and record.created < since:
                 continue
             stage = spec.stages[0]
-            method = str(
-                dataclasses.replace(stage, ratio=None, n=None, m=None, bits=None, scheme=None)
-            )
-            level = str(dataclasses.replace(stage, options=())).partition(":")[2] or "-"
+            method = without_level(stage)
+            level = stage.level_str() or "-"
             seconds = record.seconds["compress"]
             table[method][level] = min(seconds, table[method].get(level, seconds))
     return table
