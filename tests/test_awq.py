@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import nn
 
 from mpt_core.compress import Calibration, compress
@@ -13,6 +15,7 @@ from mpt_core.errors import SpecError
 from mpt_core.quant.awq import (
     apply_scale,
     auto_clip_layer,
+    group_products,
     pseudo_quantize_tensor,
     search_module_scale,
 )
@@ -81,6 +84,17 @@ def test_clip_search_never_widens_and_does_not_hurt_any_group():
 
     clipped_errors = group_errors(pseudo_quantize_tensor(clipped, 3, 32))
     assert (clipped_errors <= group_errors(pseudo_quantize_tensor(w, 3, 32)) * 1.0001).all()
+
+
+@given(
+    st.integers(1, 9), st.integers(1, 40), st.integers(1, 5), st.integers(1, 33), st.integers(0, 99)
+)
+def test_group_products_are_llm_awqs_broadcast_sum(rows, tokens, groups, group, seed):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, tokens, groups, group, generator=generator)
+    w = torch.randn(rows, 1, groups, group, generator=generator)
+    expected = (x * w).sum(dim=-1)
+    assert torch.allclose(group_products(x, w), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_model_quantized_with_group_storage(fresh_tiny):
