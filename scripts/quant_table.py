@@ -1,0 +1,72 @@
+"""A Table-5/6-style table (PPL on each dataset, real size) of quantized points, from records.
+
+Usage: python scripts/quant_table.py RECORDS.jsonl ... [--specs SPEC,SPEC,...]
+Columns are the single-stage points (and dense), largest first; rows give PPL ± stderr on
+each dataset recorded, the size llama.cpp's file or mpt's footprint counts (MB and % of
+FP16) and the bits per weight of the compressed linears. ``--specs`` keeps those columns,
+in that order (e.g. the study's ladder Q2_K, Q3_K_M, ... Q8_0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tabulate import tabulate
+
+from mpt_core.results import Record, read
+
+DATASETS = {"wikitext2": "WikiText-2", "ptb": "PTB", "c4": "C4"}
+
+
+def latest(paths: list[str]) -> dict[tuple[str, str], Record]:
+    """(spec, dataset) -> the last perplexity record written for it."""
+    found = {}
+    for path in paths:
+        for record in read(path):
+            if record.metric == "ppl" and "+" not in record.spec:
+                found[(record.spec, record.dataset)] = record
+    return found
+
+
+def table(found: dict[tuple[str, str], Record], specs: list[str] | None) -> str:
+    sizes = {spec: record.footprint for (spec, _), record in found.items()}
+    columns = specs or sorted(sizes, key=lambda spec: -sizes[spec]["bytes"])
+    datasets = [name for name in DATASETS if any(key[1] == name for key in found)]
+    body = [
+        [f"PPL ({DATASETS[name]})", *(_ppl(found.get((spec, name))) for spec in columns)]
+        for name in datasets
+    ]
+    body.append(["size (MB)", *(_size(sizes.get(spec), "bytes", 1e-6, ".1f") for spec in columns)])
+    body.append(
+        ["% of fp16", *(_size(sizes.get(spec), "relative_size", 100, ".1f") for spec in columns)]
+    )
+    body.append(
+        [
+            "bits / weight",
+            *(_size(sizes.get(spec), "bits_per_weight", 1, ".2f") for spec in columns),
+        ]
+    )
+    return tabulate(body, ["", *(f"`{spec}`" for spec in columns)], tablefmt="github")
+
+
+def _ppl(record: Record | None) -> str:
+    return "-" if record is None else f"{record.value:.4g} ± {record.stderr:.2g}"
+
+
+def _size(footprint: dict | None, key: str, scale: float, fmt: str) -> str:
+    return "-" if footprint is None else format(footprint[key] * scale, fmt)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("records", nargs="+")
+    parser.add_argument("--specs", help="comma list of the columns, in order")
+    args = parser.parse_args(argv)
+    specs = args.specs.split(",") if args.specs else None
+    print(table(latest(args.records), specs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

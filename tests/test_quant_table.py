@@ -1,0 +1,53 @@
+"""scripts/quant_table.py: the README's Table-5/6-style quantization tables from records."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from mpt_core.results import Record, append
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "quant_table.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("quant_table", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def record(spec: str, dataset: str, value: float, megabytes: float) -> Record:
+    footprint = {"bytes": megabytes * 1e6, "relative_size": megabytes / 200, "bits_per_weight": 4.5}
+    return Record("m", "h", spec, dataset, 64, 4, "ppl", value, 0.5, footprint, {}, "cpu", "f32")
+
+
+def write(tmp_path: Path) -> Path:
+    path = tmp_path / "r.jsonl"
+    for item in [
+        record("gguf:Q4_K_M", "wikitext2", 31.5, 103.7),
+        record("dense", "wikitext2", 30.1, 200.0),
+        record("gguf:Q4_K_M", "ptb", 88.0, 103.7),
+        record("gguf:Q4_K_M+rtn:4", "wikitext2", 1.0, 50.0),
+        record("gguf:Q4_K_M", "wikitext2", 31.6, 103.7),
+    ]:
+        append(path, item)
+    return path
+
+
+def test_columns_largest_first_latest_record_wins_pipelines_left_out(tmp_path):
+    script = load_script()
+    lines = script.table(script.latest([str(write(tmp_path))]), None).splitlines()
+    assert [cell.strip() for cell in lines[0].split("|")[2:4]] == ["`dense`", "`gguf:Q4_K_M`"]
+    assert "31.6 ± 0.5" in lines[2] and "31.5" not in lines[2]
+    assert lines[3].split("|")[2].strip() == "-"  # dense was not measured on PTB
+    assert "103.7" in lines[4] and "51.8" in lines[5]
+    assert "rtn" not in "\n".join(lines)
+
+
+def test_specs_choose_and_order_the_columns_missing_ones_dash(tmp_path):
+    script = load_script()
+    text = script.table(script.latest([str(write(tmp_path))]), ["gguf:Q2_K", "gguf:Q4_K_M"])
+    header, _, wikitext, *_ = text.splitlines()
+    assert [cell.strip() for cell in header.split("|")[2:4]] == ["`gguf:Q2_K`", "`gguf:Q4_K_M`"]
+    assert wikitext.split("|")[2].strip() == "-"
