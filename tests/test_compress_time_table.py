@@ -2,19 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+from scripts_loader import load_script
 
 from mpt_core.results import Record, append
-
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "compress_time_table.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("compress_time_table", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def record(spec: str, seconds: float, created: str, dataset: str = "wikitext2") -> Record:
@@ -49,7 +39,7 @@ def test_fastest_run_per_point_median_per_method_and_since(tmp_path):
         record("gptq:4[group=64]", 30.0, "2026-01-02T00:00:00"),
     ):
         append(path, item)
-    script = load_script()
+    script = load_script("compress_time_table")
     times = script.fastest_times([str(path)], since="2026-01-02")
     assert times == {
         "wanda": {"0.5": 70.0, "0.3": 80.0, "2:4": 100.0},

@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
+from scripts_loader import load_script
+
 from mpt_core.results import Record, append
-
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "quant_table.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("quant_table", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def record(spec: str, dataset: str, value: float, megabytes: float) -> Record:
@@ -36,7 +28,7 @@ def write(tmp_path: Path) -> Path:
 
 
 def test_columns_largest_first_latest_record_wins_pipelines_left_out(tmp_path):
-    script = load_script()
+    script = load_script("quant_table")
     lines = script.table(script.latest([str(write(tmp_path))]), None).splitlines()
     assert [cell.strip() for cell in lines[0].split("|")[2:4]] == ["`dense`", "`gguf:Q4_K_M`"]
     assert "31.6 ± 0.5" in lines[2] and "31.5" not in lines[2]
@@ -46,7 +38,7 @@ def test_columns_largest_first_latest_record_wins_pipelines_left_out(tmp_path):
 
 
 def test_specs_choose_and_order_the_columns_missing_ones_dash(tmp_path):
-    script = load_script()
+    script = load_script("quant_table")
     text = script.table(script.latest([str(write(tmp_path))]), ["gguf:Q2_K", "gguf:Q4_K_M"])
     header, _, wikitext, *_ = text.splitlines()
     assert [cell.strip() for cell in header.split("|")[2:4]] == ["`gguf:Q2_K`", "`gguf:Q4_K_M`"]
