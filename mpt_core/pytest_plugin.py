@@ -35,7 +35,6 @@ from mpt_core import baselines, registry
 from mpt_core.curve_check import CurveVerdict, check_curve
 from mpt_core.curve_rows import BaselineCurve, baseline_curves
 from mpt_core.errors import DataError, ModelError, MptError
-from mpt_core.quant.gguf import quantizer_missing as gguf_quantizer_missing
 from mpt_core.report import Cell, summary_line, tables
 from mpt_core.results import Record, append
 from mpt_core.scaleout import in_shard, merge_parts, parse_shard, part_path, pin_worker_gpu
@@ -366,7 +365,7 @@ def _skip_reason(row: baselines.BaselineRow) -> str | None:
     for method in Spec.parse(row.spec).methods:
         if method not in registry.names():
             return f"method {method} not implemented"
-        if method == "gguf" and (hint := gguf_quantizer_missing()):
+        if hint := registry.get(method).unavailable():
             return hint
     if row.metric == "tokens_per_s":
         return (

@@ -35,6 +35,11 @@ class Method:
     options: dict[str, Option] = field(default_factory=dict)
     needs_calibration: bool = False
     library: str | None = None  # the library that does the work whatever the options
+    missing: Callable[[], str | None] | None = None  # why it cannot run here (setup hint)
+
+    def unavailable(self) -> str | None:
+        """How to install what this method needs, where it is missing; else None."""
+        return self.missing() if self.missing else None
 
     def settings(self, stage: Stage) -> dict[str, object]:
         """The stage's options parsed and completed with defaults."""
@@ -74,6 +79,7 @@ def register(
     options: dict[str, Option] | None = None,
     needs_calibration: bool = False,
     library: str | None = None,
+    missing: Callable[[], str | None] | None = None,
 ) -> Callable:
     """Decorate ``apply(model, stage, settings, calibration) -> list[TensorCost]``."""
     if family not in FAMILIES:
@@ -85,7 +91,14 @@ def register(
         if name in _METHODS:
             raise ValueError(f"method {name!r} registered twice")
         _METHODS[name] = Method(
-            name, family, frozenset(levels), apply, all_options, needs_calibration, library
+            name,
+            family,
+            frozenset(levels),
+            apply,
+            all_options,
+            needs_calibration,
+            library,
+            missing,
         )
         return apply
 

@@ -15,6 +15,7 @@ import sys
 from tabulate import tabulate
 
 from mpt_core.results import Record, read
+from mpt_core.spec import Spec
 
 DATASETS = {"wikitext2": "WikiText-2", "ptb": "PTB", "c4": "C4"}
 
@@ -24,7 +25,7 @@ def latest(paths: list[str]) -> dict[tuple[str, str], Record]:
     found = {}
     for path in paths:
         for record in read(path):
-            if record.metric == "ppl" and "+" not in record.spec:
+            if record.metric == "ppl" and len(Spec.parse(record.spec).stages) < 2:
                 found[(record.spec, record.dataset)] = record
     return found
 

@@ -40,12 +40,13 @@ SIMULATED = {
     "lowrank": "two thin dense GEMMs per factorised layer (LowRankLinear)",
 }
 
-# quantized linears whose forward does more than a dense GEMM on dequantized weights
-SIMULATED_MODULES = {
+# quantized linears whose forward is not one dense GEMM, by class name ({where}: device, dtype)
+MODULE_KERNELS = {
+    "Linear4bit": "bitsandbytes Linear4bit ({where}; 4-bit weights dequantized per GEMM)",
     "W8A8Linear": "dense GEMM after per-token fake quantization of the activations "
-    "(simulated W8A8: the quantization is extra work, no int8 GEMM)",
+    "(simulated W8A8: the quantization is extra work, no int8 GEMM) ({where})",
     "Int8Linear": "LLM.int8() simulated: outlier columns found per call, a dense GEMM on "
-    "int8-rounded inliers plus a 16-bit GEMM on the outlier columns",
+    "int8-rounded inliers plus a 16-bit GEMM on the outlier columns ({where})",
 }
 
 
@@ -172,16 +173,15 @@ def kernel_kind(spec: Spec, model: nn.Module) -> str:
     """In words: what kernels this (compressed) model runs on its device."""
     device, dtype = device_of(model), str(next(model.parameters()).dtype).removeprefix("torch.")
     where = f"{device.type}, {dtype}"
-    if any(module.__class__.__name__ == "Linear4bit" for module in model.modules()):
-        return f"bitsandbytes Linear4bit ({where}; 4-bit weights dequantized per GEMM)"
     if any(
         getattr(module, "weight", None).__class__.__name__.startswith("SparseSemiStructured")
         for module in model.modules()
     ):
         return f"torch semi-structured 2:4 sparse GEMM ({where})"
-    for module_class, words in SIMULATED_MODULES.items():
-        if any(module.__class__.__name__ == module_class for module in model.modules()):
-            return f"{words} ({where})"
+    classes = {module.__class__.__name__ for module in model.modules()}
+    for module_class, words in MODULE_KERNELS.items():
+        if module_class in classes:
+            return words.format(where=where)
     if spec.is_dense:
         return f"dense GEMM ({where})"
     families = {family_of(stage) for stage in spec.stages}

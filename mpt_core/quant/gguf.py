@@ -118,6 +118,7 @@ NEEDS_IMATRIX = {
     levels={"scheme", "bits"},
     needs_calibration=True,
     library="llama-cpp-python",
+    missing=quantizer_missing,
     options={
         "imatrix": Option(flag, None, "importance matrix (default: where llama.cpp needs one)"),
     },
