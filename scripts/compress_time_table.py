@@ -1,11 +1,13 @@
 """Compression time per method and level, from the records ``mpt baselines record`` wrote.
 
-Usage: python scripts/compress_time_table.py RECORDS.jsonl ... [--since ISO-TIME]
+Usage: python scripts/compress_time_table.py RECORDS.jsonl ... [--since ISO-TIME] [--sweep]
 Every record carries ``seconds.compress``: the wall time of compressing the model at that
 point, calibration included. Only single-stage specs are tabulated (a pipeline's time is
 its stages'); a point recorded more than once counts its fastest run; each method's row gives
 the median over its levels and their range. ``--since`` keeps the
 records created after a moment, e.g. after the machine had stopped running other jobs.
+``--sweep`` instead sums what recording these files cost: each point's compression once
+(its fastest run) and its evaluation on every dataset.
 """
 
 from __future__ import annotations
@@ -40,6 +42,22 @@ def fastest_times(paths: list[str], since: str | None) -> dict[str, dict[str, fl
     return table
 
 
+def sweep_seconds(paths: list[str]) -> tuple[int, float, float]:
+    """(points, compress seconds, evaluate seconds) of recording every point once."""
+    compress: dict[str, float] = {}
+    evaluate: dict[tuple[str, str], float] = {}
+    for path in paths:
+        for record in read(path):
+            key = f"{path}:{record.spec}"
+            seconds = record.seconds
+            compress[key] = min(seconds["compress"], compress.get(key, seconds["compress"]))
+            dataset_key = (key, record.dataset)
+            evaluate[dataset_key] = min(
+                seconds["evaluate"], evaluate.get(dataset_key, seconds["evaluate"])
+            )
+    return len(compress), sum(compress.values()), sum(evaluate.values())
+
+
 def render(table: dict[str, dict[str, float]]) -> str:
     """One row per method: its median time over the levels measured, and the range."""
     body = []
@@ -68,7 +86,15 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("records", nargs="+")
     parser.add_argument("--since", help="only records created at or after this ISO time")
+    parser.add_argument("--sweep", action="store_true", help="total cost of the files' points")
     args = parser.parse_args(argv)
+    if args.sweep:
+        points, compress, evaluate = sweep_seconds(args.records)
+        print(
+            f"{points} points: compression {compress / 60:.0f} min + evaluation "
+            f"{evaluate / 60:.0f} min = {(compress + evaluate) / 60:.0f} min"
+        )
+        return 0
     table = fastest_times(args.records, args.since)
     if not table:
         print("no single-stage record in these files", file=sys.stderr)
