@@ -1,4 +1,4 @@
-"""scripts/quant_table.py: the README's Table-5/6-style quantization tables from records."""
+"""scripts/points_table.py: the README's Table-5/6-style tables of recorded points."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def write(tmp_path: Path) -> Path:
 
 
 def test_columns_largest_first_latest_record_wins_pipelines_left_out(tmp_path):
-    script = load_script("quant_table")
+    script = load_script("points_table")
     lines = script.table(script.latest([str(write(tmp_path))]), None).splitlines()
     assert [cell.strip() for cell in lines[0].split("|")[2:4]] == ["`dense`", "`gguf:Q4_K_M`"]
     assert "31.6 ± 0.5" in lines[2] and "31.5" not in lines[2]
@@ -38,8 +38,28 @@ def test_columns_largest_first_latest_record_wins_pipelines_left_out(tmp_path):
 
 
 def test_specs_choose_and_order_the_columns_missing_ones_dash(tmp_path):
-    script = load_script("quant_table")
+    script = load_script("points_table")
     text = script.table(script.latest([str(write(tmp_path))]), ["gguf:Q2_K", "gguf:Q4_K_M"])
     header, _, wikitext, *_ = text.splitlines()
     assert [cell.strip() for cell in header.split("|")[2:4]] == ["`gguf:Q2_K`", "`gguf:Q4_K_M`"]
     assert wikitext.split("|")[2].strip() == "-"
+
+
+def test_method_columns_dense_then_ratios_then_nm_other_options_apart(tmp_path):
+    path = tmp_path / "r.jsonl"
+    for spec in (
+        "dsnot:0.5[init=wanda]",
+        "dense",
+        "dsnot:2:4[init=wanda]",
+        "dsnot:0.1[init=wanda]",
+    ):
+        append(path, record(spec, "wikitext2", 50.0, 100.0))
+    append(path, record("dsnot:0.3[init=sparsegpt]", "wikitext2", 50.0, 100.0))
+    script = load_script("points_table")
+    columns = script.method_columns(script.latest([str(path)]), "dsnot[init=wanda]")
+    assert columns == [
+        "dense",
+        "dsnot:0.1[init=wanda]",
+        "dsnot:0.5[init=wanda]",
+        "dsnot:2:4[init=wanda]",
+    ]

@@ -1,10 +1,11 @@
-"""A Table-5/6-style table (PPL on each dataset, real size) of quantized points, from records.
+"""A table of recorded points (PPL on each dataset, real size), as the study's Tables 5/6.
 
-Usage: python scripts/quant_table.py RECORDS.jsonl ... [--specs SPEC,SPEC,...]
+Usage: python scripts/points_table.py RECORDS.jsonl ... [--specs SPEC,SPEC,... | --method M]
 Columns are the single-stage points (and dense), largest first; rows give PPL ± stderr on
 each dataset recorded, the size llama.cpp's file or mpt's footprint counts (MB and % of
 FP16) and the bits per weight of the compressed linears. ``--specs`` keeps those columns,
-in that order (e.g. the study's ladder Q2_K, Q3_K_M, ... Q8_0).
+in that order (e.g. the study's ladder Q2_K, Q3_K_M, ... Q8_0); ``--method`` keeps dense
+and one method's points (options included, e.g. ``dsnot[init=wanda]``), by level.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 
 from tabulate import tabulate
 
+from mpt_core.curves import without_level
 from mpt_core.results import Record, read
 from mpt_core.spec import Spec
 
@@ -28,6 +30,18 @@ def latest(paths: list[str]) -> dict[tuple[str, str], Record]:
             if record.metric == "ppl" and len(Spec.parse(record.spec).stages) < 2:
                 found[(record.spec, record.dataset)] = record
     return found
+
+
+def method_columns(found: dict[tuple[str, str], Record], method: str) -> list[str]:
+    """dense, then the method's points by ratio (N:M and other levels after, by name)."""
+    specs = {spec for spec, _ in found}
+    stages = [
+        Spec.parse(spec).stages[0]
+        for spec in specs
+        if spec != "dense" and without_level(Spec.parse(spec).stages[0]) == method
+    ]
+    stages.sort(key=lambda stage: (stage.level_kind != "ratio", stage.ratio or 0.0, str(stage)))
+    return ["dense", *(str(stage) for stage in stages)]
 
 
 def table(found: dict[tuple[str, str], Record], specs: list[str] | None) -> str:
@@ -62,10 +76,15 @@ def _size(footprint: dict | None, key: str, scale: float, fmt: str) -> str:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("records", nargs="+")
-    parser.add_argument("--specs", help="comma list of the columns, in order")
+    choice = parser.add_mutually_exclusive_group()
+    choice.add_argument("--specs", help="comma list of the columns, in order")
+    choice.add_argument("--method", help="dense and this method's points, by level")
     args = parser.parse_args(argv)
+    found = latest(args.records)
     specs = args.specs.split(",") if args.specs else None
-    print(table(latest(args.records), specs))
+    if args.method:
+        specs = method_columns(found, args.method)
+    print(table(found, specs))
     return 0
 
 
