@@ -60,6 +60,26 @@ def test_unstructured_cycles_keep_each_rows_count_and_never_increase_the_error(l
     assert error_after.sum() < 0.5 * error_before.sum()
 
 
+def test_a_row_with_no_pruning_candidate_stays_put_while_others_cycle(layer):
+    """A fully pruned row whose error is negative reads its (empty) pruning list from the
+    back every cycle; its pointer runs off the list while the other rows keep swapping
+    (dsnot:0.7[init=sparsegpt] on SmolLM2 hit this as an index error)."""
+    W, stats = layer
+    W = W.clone()
+    W[0] = -W[0].abs() * torch.sign(stats.sum_metric_row)
+    score = wanda_score(W, stats.wanda.scaler_row)
+    pruned = unstructured_mask(score, 0.5, "row")
+    pruned[0] = True
+    W_hat = W.masked_fill(pruned, 0)
+    assert expected_error(W, W_hat, stats)[0] < 0
+    after = dsnot_unstructured(
+        W, W_hat, pruned, stats.sum_metric_row, stats.var, score, 50, 0.1, True
+    )
+    assert bool(after[0].all())
+    assert torch.equal(pruned.sum(dim=1), after.sum(dim=1))
+    assert not torch.equal(pruned[1:], after[1:]), "the other rows stopped swapping"
+
+
 def test_rows_already_within_the_threshold_are_left_alone(layer):
     W, stats = layer
     before, after = run_unstructured(W, stats, 0.5, threshold=1e9)

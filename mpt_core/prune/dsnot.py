@@ -89,10 +89,14 @@ class DSnoTStats:
 
 def _take(order: torch.Tensor, pointers: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
     """Per row, the entry of ``order`` under the front (end=0) or back (end=1) pointer,
-    then move that pointer one step inwards."""
+    then move that pointer one step inwards.
+
+    Every row walks each cycle, stopped or not, so a short list's pointer can run off its
+    end; such a row reads its last entry again, a weight it has already swapped (or one
+    it stopped at), which ``_candidates_left`` refuses: the row stays stopped."""
     position = pointers.gather(1, end)
     pointers.scatter_(1, end, position + torch.where(end == 0, 1, -1))
-    return order.gather(1, position)
+    return order.gather(1, position.clamp(0, order.shape[1] - 1))
 
 
 def _candidates_left(pruned: torch.Tensor, grow: torch.Tensor, prune: torch.Tensor):
