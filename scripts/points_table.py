@@ -4,8 +4,9 @@ Usage: python scripts/points_table.py RECORDS.jsonl ... [--specs SPEC,SPEC,... |
 Columns are the single-stage points (and dense), largest first; rows give PPL ± stderr on
 each dataset recorded, the size llama.cpp's file or mpt's footprint counts (MB and % of
 FP16) and the bits per weight of the compressed linears. ``--specs`` keeps those columns,
-in that order (e.g. the study's ladder Q2_K, Q3_K_M, ... Q8_0); ``--method`` keeps dense
-and one method's points (options included, e.g. ``dsnot[init=wanda]``), by level.
+in that order (e.g. the study's ladder Q2_K, Q3_K_M, ... Q8_0); ``--method`` (repeatable)
+gives a table per method: dense and the method's points (options included, e.g.
+``dsnot[init=wanda]``), by level.
 """
 
 from __future__ import annotations
@@ -78,13 +79,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("records", nargs="+")
     choice = parser.add_mutually_exclusive_group()
     choice.add_argument("--specs", help="comma list of the columns, in order")
-    choice.add_argument("--method", help="dense and this method's points, by level")
+    choice.add_argument(
+        "--method", action="append", help="dense and this method's points (repeatable)"
+    )
     args = parser.parse_args(argv)
     found = latest(args.records)
-    specs = args.specs.split(",") if args.specs else None
     if args.method:
-        specs = method_columns(found, args.method)
-    print(table(found, specs))
+        tables = [
+            f"`{name}`:\n\n{table(found, method_columns(found, name))}" for name in args.method
+        ]
+        print("\n\n".join(tables))
+        return 0
+    print(table(found, args.specs.split(",") if args.specs else None))
     return 0
 
 

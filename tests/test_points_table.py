@@ -63,3 +63,13 @@ def test_method_columns_dense_then_ratios_then_nm_other_options_apart(tmp_path):
         "dsnot:0.5[init=wanda]",
         "dsnot:2:4[init=wanda]",
     ]
+
+
+def test_one_table_per_method_option(tmp_path, capsys):
+    path = write(tmp_path)
+    append(path, record("gguf:Q2_K", "wikitext2", 41.0, 86.4))
+    script = load_script("points_table")
+    assert script.main([str(path), "--method", "gguf", "--method", "rtn"]) == 0
+    gguf, rtn = capsys.readouterr().out.split("\n\n`rtn`")
+    assert gguf.startswith("`gguf`:") and "`gguf:Q2_K`" in gguf and "`gguf:Q4_K_M`" in gguf
+    assert "`dense`" in rtn and "gguf" not in rtn
