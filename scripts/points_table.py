@@ -45,6 +45,14 @@ def method_columns(found: dict[tuple[str, str], Record], method: str) -> list[st
     return ["dense", *(str(stage) for stage in stages)]
 
 
+def method_table(found: dict[tuple[str, str], Record], method: str) -> str:
+    """The method's table under its name, or a line saying it has no point recorded."""
+    columns = method_columns(found, method)
+    if len(columns) == 1:
+        return f"`{method}`: no point recorded yet"
+    return f"`{method}`:\n\n{table(found, columns)}"
+
+
 def table(found: dict[tuple[str, str], Record], specs: list[str] | None) -> str:
     sizes = {spec: record.footprint for (spec, _), record in found.items()}
     columns = specs or sorted(sizes, key=lambda spec: -sizes[spec]["bytes"])
@@ -85,10 +93,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     found = latest(args.records)
     if args.method:
-        tables = [
-            f"`{name}`:\n\n{table(found, method_columns(found, name))}" for name in args.method
-        ]
-        print("\n\n".join(tables))
+        print("\n\n".join(method_table(found, name) for name in args.method))
         return 0
     print(table(found, args.specs.split(",") if args.specs else None))
     return 0
