@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from mpt_core import registry
 from mpt_core.baselines import BaselineRow
 from mpt_core.spec import Spec, Stage
 
@@ -85,8 +86,10 @@ def ranking(points: Points) -> list[Finding]:
 
 
 def pattern(points: Points) -> list[Finding]:
-    """Unstructured 50% < 4:8 < 2:4 for each method with any of those points."""
-    methods = sorted({method for method, level in points if level in PATTERN_LEVELS})
+    """Unstructured 50% < 4:8 < 2:4 for each N:M-capable method with any of those points."""
+    methods = sorted(
+        {method for method, level in points if level in PATTERN_LEVELS and takes_nm(method)}
+    )
     return [
         Finding(
             method,
@@ -98,6 +101,11 @@ def pattern(points: Points) -> list[Finding]:
         )
         for method in methods
     ]
+
+
+def takes_nm(method: str) -> bool:
+    """Whether the method has N:M masks; a structured or low-rank method at 0.5 has none."""
+    return "nm" in registry.get(method.split("[")[0]).levels
 
 
 def owl(points: Points) -> list[Finding]:

@@ -66,3 +66,9 @@ def test_points_come_from_one_dataset_single_stage_rows_and_the_first_file():
         ("owl[base=wanda]", "0.7"): 80.0,
     }
     assert _verdicts(owl(ppl_points(rows, "wikitext2"))) == {"wanda": "yes"}
+
+
+def test_the_pattern_leaves_out_methods_without_nm_masks():
+    rows = [_row("wanda:0.5", "50"), _row("shortgpt:0.5", "900"), _row("svd_llm:0.5", "99")]
+    rows.append(_row("owl:0.5[base=wanda]", "55"))
+    assert [finding.label for finding in pattern(ppl_points(rows, "wikitext2"))] == ["wanda"]
