@@ -13,6 +13,7 @@ records created after a moment, e.g. after the machine had stopped running other
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 from collections import defaultdict
@@ -44,17 +45,14 @@ def fastest_times(paths: list[str], since: str | None) -> dict[str, dict[str, fl
 
 def sweep_seconds(paths: list[str]) -> tuple[int, float, float]:
     """(points, compress seconds, evaluate seconds) of recording every point once."""
-    compress: dict[str, float] = {}
-    evaluate: dict[tuple[str, str], float] = {}
+    compress: dict[tuple, float] = {}
+    evaluate: dict[tuple, float] = {}
     for path in paths:
         for record in read(path):
-            key = f"{path}:{record.spec}"
-            seconds = record.seconds
-            compress[key] = min(seconds["compress"], compress.get(key, seconds["compress"]))
-            dataset_key = (key, record.dataset)
-            evaluate[dataset_key] = min(
-                seconds["evaluate"], evaluate.get(dataset_key, seconds["evaluate"])
-            )
+            point = (path, record.spec)
+            compress[point] = min(record.seconds["compress"], compress.get(point, math.inf))
+            run = (*point, record.dataset)
+            evaluate[run] = min(record.seconds["evaluate"], evaluate.get(run, math.inf))
     return len(compress), sum(compress.values()), sum(evaluate.values())
 
 
