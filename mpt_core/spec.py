@@ -67,6 +67,13 @@ class Stage:
             return self.n / self.m
         return None
 
+    @property
+    def level_order(self) -> tuple:
+        """Sort key of a method's levels: ratios and bits by value, then N:M, then schemes."""
+        rank = {"ratio": 0, "bits": 0, "nm": 1, "scheme": 2, "none": 3}[self.level_kind]
+        value = self.ratio if self.ratio is not None else self.bits
+        return (rank, value or 0.0, self.level_str())
+
     def option(self, key: str, default: OptionValue | None = None) -> OptionValue | None:
         return dict(self.options).get(key, default)
 

@@ -22,12 +22,12 @@ from tabulate import tabulate
 
 from mpt_core.curves import without_level
 from mpt_core.results import read
-from mpt_core.spec import Spec
+from mpt_core.spec import Spec, Stage
 
 
-def fastest_times(paths: list[str], since: str | None) -> dict[str, dict[str, float]]:
-    """method -> level -> fastest compress seconds."""
-    table: dict[str, dict[str, float]] = defaultdict(dict)
+def fastest_times(paths: list[str], since: str | None) -> dict[str, dict[Stage, float]]:
+    """method -> stage -> fastest compress seconds."""
+    table: dict[str, dict[Stage, float]] = defaultdict(dict)
     for path in paths:
         for record in read(path):
             spec = Spec.parse(record.spec)
@@ -36,10 +36,9 @@ def fastest_times(paths: list[str], since: str | None) -> dict[str, dict[str, fl
             if since is not None and record.created < since:
                 continue
             stage = spec.stages[0]
-            method = without_level(stage)
-            level = stage.level_str() or "-"
             seconds = record.seconds["compress"]
-            table[method][level] = min(seconds, table[method].get(level, seconds))
+            times = table[without_level(stage)]
+            times[stage] = min(seconds, times.get(stage, seconds))
     return table
 
 
@@ -56,7 +55,7 @@ def sweep_seconds(paths: list[str]) -> tuple[int, float, float]:
     return len(compress), sum(compress.values()), sum(evaluate.values())
 
 
-def render(table: dict[str, dict[str, float]]) -> str:
+def render(table: dict[str, dict[Stage, float]]) -> str:
     """One row per method: its median time over the levels measured, and the range."""
     body = []
     for method, times in sorted(table.items()):
@@ -64,20 +63,14 @@ def render(table: dict[str, dict[str, float]]) -> str:
         body.append(
             [
                 f"`{method}`",
-                ", ".join(sorted(times, key=level_order)),
+                ", ".join(
+                    stage.level_str() or "-" for stage in sorted(times, key=lambda s: s.level_order)
+                ),
                 f"{statistics.median(seconds):.0f}",
                 f"{seconds[0]:.0f}–{seconds[-1]:.0f}",
             ]
         )
     return tabulate(body, ["method", "levels", "median s", "range s"], tablefmt="github")
-
-
-def level_order(level: str) -> tuple:
-    """Ratios and bits by value, then N:M, then schemes by name."""
-    try:
-        return (0, float(level), level)
-    except ValueError:
-        return (1 if ":" in level else 2, 0.0, level)
 
 
 def main(argv: list[str]) -> int:

@@ -34,10 +34,10 @@ def latest(paths: list[str]) -> dict[tuple[str, str], Record]:
 
 
 def method_columns(found: dict[tuple[str, str], Record], method: str) -> list[str]:
-    """dense, then the method's points by ratio (N:M and other levels after, by name)."""
+    """dense, then the method's points in level order (Stage.level_order)."""
     single = [Spec.parse(spec).stages for spec in {spec for spec, _ in found} if spec != "dense"]
     stages = [stage for (stage,) in single if without_level(stage) == method]
-    stages.sort(key=lambda stage: (stage.level_kind != "ratio", stage.ratio or 0.0, str(stage)))
+    stages.sort(key=lambda stage: (stage.level_order, str(stage)))
     return ["dense", *(str(stage) for stage in stages)]
 
 

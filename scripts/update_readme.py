@@ -27,8 +27,9 @@ SECTION = re.compile(
 def regenerate(text: str) -> str:
     def replace(match: re.Match) -> str:
         command = match.group("command")
-        result = subprocess.run(command, shell=True, cwd=ROOT, capture_output=True, text=True,
-                                check=True)
+        result = subprocess.run(
+            command, shell=True, cwd=ROOT, capture_output=True, text=True, check=True
+        )
         return match.group(1) + result.stdout.rstrip() + "\n" + match.group(4)
 
     return SECTION.sub(replace, text)

@@ -230,3 +230,12 @@ def test_grammar_errors_are_spec_errors_naming_the_bad_part(text, names):
 def test_non_string_spec_is_a_spec_error(value):
     with pytest.raises(SpecError, match="empty spec"):
         Spec.parse(value)
+
+
+@given(st.lists(stages(), min_size=2, max_size=8))
+def test_level_order_puts_numbers_by_value_before_nm_before_schemes(drawn):
+    ordered = sorted(drawn, key=lambda stage: stage.level_order)
+    rank = {"ratio": 0, "bits": 0, "nm": 1, "scheme": 2, "none": 3}
+    assert [rank[s.level_kind] for s in ordered] == sorted(rank[s.level_kind] for s in drawn)
+    ratios_in_order = [s.ratio for s in ordered if s.level_kind == "ratio"]
+    assert ratios_in_order == sorted(ratios_in_order)
