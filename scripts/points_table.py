@@ -1,12 +1,15 @@
 """A table of recorded points (PPL on each dataset, real size), as the study's Tables 5/6.
 
-Usage: python scripts/points_table.py RECORDS.jsonl ... [--specs SPEC,SPEC,... | --method M]
+Usage: python scripts/points_table.py RECORDS.jsonl ...
+    [--specs SPEC,... | --method M [--levels DATASET]]
 Columns are the single-stage points (and dense), largest first; rows give PPL ± stderr on
 each dataset recorded, the size llama.cpp's file or mpt's footprint counts (MB and % of
 FP16) and the bits per weight of the compressed linears. ``--specs`` keeps those columns,
 in that order (e.g. the study's ladder Q2_K, Q3_K_M, ... Q8_0); ``--method`` (repeatable)
 gives a table per method: dense and the method's points (options included, e.g.
-``dsnot[init=wanda]``), by level.
+``dsnot[init=wanda]``), by level. ``--levels DATASET`` with ``--method`` gives instead the
+layout of the study's Tables 1, 2 and 7: one row per method, one column per level, PPL on
+that dataset, ``-`` where a point is not recorded.
 """
 
 from __future__ import annotations
@@ -39,6 +42,24 @@ def method_columns(found: dict[tuple[str, str], Record], method: str) -> list[st
     stages = [stage for (stage,) in single if without_level(stage) == method]
     stages.sort(key=lambda stage: (stage.level_order, str(stage)))
     return ["dense", *(str(stage) for stage in stages)]
+
+
+def level_table(found: dict[tuple[str, str], Record], methods: list[str], dataset: str) -> str:
+    """Methods as rows, their levels as columns (in Stage.level_order), PPL on ``dataset``."""
+    cells: dict[str, dict[str, str]] = {}
+    order: dict[str, tuple] = {}
+    for method in methods:
+        cells[method] = {}
+        for spec in method_columns(found, method)[1:]:
+            stage = Spec.parse(spec).stages[0]
+            order[stage.level_str()] = stage.level_order
+            if (spec, dataset) in found:
+                cells[method][stage.level_str()] = f"{found[(spec, dataset)].value:.4g}"
+    levels = sorted(order, key=order.get)
+    body = [[f"`{m}`", *(cells[m].get(level, "-") for level in levels)] for m in methods]
+    dense = found.get(("dense", dataset))
+    caption = f"PPL ({DATASETS.get(dataset, dataset)}; dense {_ppl(dense)}):\n\n"
+    return caption + tabulate(body, ["method", *levels], tablefmt="github", disable_numparse=True)
 
 
 def method_table(found: dict[tuple[str, str], Record], method: str) -> str:
@@ -86,8 +107,14 @@ def main(argv: list[str]) -> int:
     choice.add_argument(
         "--method", action="append", help="dense and this method's points (repeatable)"
     )
+    parser.add_argument("--levels", metavar="DATASET", help="with --method: methods x levels")
     args = parser.parse_args(argv)
+    if args.levels and not args.method:
+        parser.error("--levels needs the methods of its rows: add --method M (repeatable)")
     found = latest(args.records)
+    if args.levels:
+        print(level_table(found, args.method, args.levels))
+        return 0
     if args.method:
         print("\n\n".join(method_table(found, name) for name in args.method))
         return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from scripts_loader import load_script
 
 from mpt_core.results import Record, append
@@ -73,3 +74,32 @@ def test_one_table_per_method_option(tmp_path, capsys):
     gguf, rtn = capsys.readouterr().out.split("\n\n`rtn`")
     assert gguf.startswith("`gguf`:") and "`gguf:Q2_K`" in gguf and "`gguf:Q4_K_M`" in gguf
     assert rtn == ": no point recorded yet\n"
+
+
+def test_levels_layout_methods_as_rows_union_of_levels_as_columns(tmp_path, capsys):
+    path = tmp_path / "r.jsonl"
+    for spec, dataset, value in (
+        ("dense", "wikitext2", 30.1),
+        ("wanda:0.7", "wikitext2", 1420.4),
+        ("wanda:2:4", "wikitext2", 216.8),
+        ("admm:0.5", "wikitext2", 64.2),
+        ("admm:0.5", "ptb", 99.0),
+        ("wanda:0.5", "ptb", 147.0),
+    ):
+        append(path, record(spec, dataset, value, 100.0))
+    script = load_script("points_table")
+    argv = [str(path), "--levels", "wikitext2", "--method", "wanda", "--method", "admm"]
+    assert script.main(argv) == 0
+    caption, _, header, _, wanda, admm = capsys.readouterr().out.splitlines()
+    assert caption == "PPL (WikiText-2; dense 30.1 ± 0.5):"
+    assert [cell.strip() for cell in header.split("|")[1:-1]] == ["method", "0.5", "0.7", "2:4"]
+    assert [cell.strip() for cell in wanda.split("|")[1:-1]] == ["`wanda`", "-", "1420", "216.8"]
+    assert [cell.strip() for cell in admm.split("|")[1:-1]] == ["`admm`", "64.2", "-", "-"]
+
+
+def test_levels_without_methods_is_a_usage_error(tmp_path, capsys):
+    script = load_script("points_table")
+    with pytest.raises(SystemExit) as stop:
+        script.main([str(write(tmp_path)), "--levels", "wikitext2"])
+    assert stop.value.code == 2
+    assert "--levels needs the methods of its rows" in capsys.readouterr().err
