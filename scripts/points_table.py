@@ -21,7 +21,7 @@ from tabulate import tabulate
 
 from mpt_core.curves import without_level
 from mpt_core.results import Record, read
-from mpt_core.spec import Spec
+from mpt_core.spec import Spec, Stage
 
 DATASETS = {"wikitext2": "WikiText-2", "ptb": "PTB", "c4": "C4"}
 
@@ -36,12 +36,16 @@ def latest(paths: list[str]) -> dict[tuple[str, str], Record]:
     return found
 
 
-def method_columns(found: dict[tuple[str, str], Record], method: str) -> list[str]:
-    """dense, then the method's points in level order (Stage.level_order)."""
+def method_stages(found: dict[tuple[str, str], Record], method: str) -> list[Stage]:
+    """The method's recorded points (options included), in Stage.level_order."""
     single = [Spec.parse(spec).stages for spec in {spec for spec, _ in found} if spec != "dense"]
     stages = [stage for (stage,) in single if without_level(stage) == method]
-    stages.sort(key=lambda stage: (stage.level_order, str(stage)))
-    return ["dense", *(str(stage) for stage in stages)]
+    return sorted(stages, key=lambda stage: (stage.level_order, str(stage)))
+
+
+def method_columns(found: dict[tuple[str, str], Record], method: str) -> list[str]:
+    """dense, then the method's points in level order."""
+    return ["dense", *(str(stage) for stage in method_stages(found, method))]
 
 
 def level_table(found: dict[tuple[str, str], Record], methods: list[str], dataset: str) -> str:
@@ -50,11 +54,10 @@ def level_table(found: dict[tuple[str, str], Record], methods: list[str], datase
     order: dict[str, tuple] = {}
     for method in methods:
         cells[method] = {}
-        for spec in method_columns(found, method)[1:]:
-            stage = Spec.parse(spec).stages[0]
+        for stage in method_stages(found, method):
             order[stage.level_str()] = stage.level_order
-            if (spec, dataset) in found:
-                cells[method][stage.level_str()] = f"{found[(spec, dataset)].value:.4g}"
+            if (record := found.get((str(stage), dataset))) is not None:
+                cells[method][stage.level_str()] = f"{record.value:.4g}"
     levels = sorted(order, key=order.get)
     body = [[f"`{m}`", *(cells[m].get(level, "-") for level in levels)] for m in methods]
     dense = found.get(("dense", dataset))
