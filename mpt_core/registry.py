@@ -64,6 +64,14 @@ def positive_int(value: str) -> int:
     return number
 
 
+def nonnegative_int(value: str) -> int:
+    """Option parser: an integer, zero or above."""
+    number = int(value)
+    if number < 0:
+        raise ValueError("must be an integer, zero or above")
+    return number
+
+
 def flag(value: str) -> bool:
     """Option parser for a boolean written as a bare word or ``key=true|false``."""
     lowered = value.lower()

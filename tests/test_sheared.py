@@ -22,6 +22,8 @@ from mpt_core.prune.sheared import (
     MaskedRMSNorm,
     Shape,
     ShearingMasks,
+    continue_pretraining,
+    language_loss,
     lr_factor,
     masked,
     model_shape,
@@ -272,3 +274,48 @@ def test_training_moves_weights_and_gates_and_leaves_no_trace():
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
     assert not any(isinstance(m, MaskedRMSNorm) for m in model.modules())
     assert all(p.grad is None for p in model.parameters())
+
+
+@given(steps=st.integers(2, 5000), warmup=st.floats(0.0, 0.5))
+def test_lr_factor_warms_up_linearly_then_decays_to_the_floor(steps, warmup):
+    factors = [lr_factor(step, steps, warmup) for step in range(steps)]
+    ramp = max(1, round(warmup * steps))
+    assert factors[: min(ramp, steps)] == pytest.approx(
+        [(s + 1) / ramp for s in range(min(ramp, steps))]
+    )
+    decay = factors[ramp:]
+    assert all(later <= earlier for earlier, later in zip(decay, decay[1:]))
+    assert all(0.1 - 1e-12 <= factor <= 1 for factor in decay)
+
+
+def test_continued_pretraining_lowers_the_loss_and_leaves_the_weights_frozen():
+    model = tiny_llama(tied=True)
+    for param in model.parameters():
+        param.requires_grad_(False)
+    windows = FixedCalibration(nsamples=4, seqlen=32).windows(None)
+    with torch.no_grad():
+        before = language_loss(model, windows).item()
+
+    continue_pretraining(model, windows, steps=30, batch=4, seed=0)
+
+    with torch.no_grad():
+        after = language_loss(model, windows).item()
+    assert after < before - 0.05
+    assert all(not p.requires_grad and p.grad is None for p in model.parameters())
+
+
+def test_recover_steps_train_the_cut_model_and_keep_its_shape():
+    """`recover_steps` is the recovery budget: the same cut, then different weights."""
+    pruned, recovered = tiny_llama(tied=False), tiny_llama(tied=False)
+    compress(pruned, Spec.parse("sheared:0.5[steps=4]"), FixedCalibration())
+    compress(recovered, Spec.parse("sheared:0.5[steps=4,recover_steps=3]"), FixedCalibration())
+
+    assert model_shape(recovered) == model_shape(pruned)
+    assert not torch.equal(logits_of(recovered), logits_of(pruned))
+
+
+def test_a_negative_recovery_budget_is_refused():
+    with pytest.raises(SpecError, match="recover_steps=-1 .*zero or above"):
+        compress(
+            tiny_llama(tied=False), Spec.parse("sheared:0.5[recover_steps=-1]"), FixedCalibration()
+        )

@@ -30,12 +30,13 @@ shape and are folded into v_proj (heads), up_proj (intermediate), o_proj/down_pr
 Where we differ, and why:
 - The budget: the paper prunes for 3,200 steps of 32 × 4,096 tokens of RedPajama; here
   ``steps`` steps (default 100) of ``batch`` calibration windows (PTB validation by
-  default). A step of one 512-token window on SmolLM2-135M costs about 30 CPU-seconds
-  (forward and backward through every weight), so a CPU budget is a few hundred steps at
-  most. The masks may not have converged; the final cut still yields the
+  default). A step of one 512-token window on SmolLM2-135M costs about 7 s on one
+  thread (forward and backward through every weight), so a CPU budget is a few hundred
+  steps at most. The masks may not have converged; the final cut still yields the
   exact target shape.
-- Continued pre-training (the paper's second stage, 50B tokens) is not implemented: it
-  is out of reach on a CPU. There is no recovery stage and no option for one.
+- Continued pre-training (the paper's second stage: 48,000 steps of 1M tokens, 50B
+  tokens of RedPajama) runs for ``recover_steps`` steps (default 0: none) of ``batch``
+  windows of the same calibration text, with the reference's optimizer and schedule.
 - Grouped-query attention: the reference handles multi-head attention only; here the
   head mask is over key/value groups (a key/value head with its query heads), which is
   the reference's head mask when each group has one query head.
@@ -65,7 +66,7 @@ from mpt_core.errors import SpecError
 from mpt_core.evaluate.footprint import TensorStorage
 from mpt_core.layerwise import decoder_layers
 from mpt_core.prune.blocks import remove_blocks
-from mpt_core.registry import Option, positive_int, register
+from mpt_core.registry import Option, nonnegative_int, positive_int, register
 
 STRETCH = (-0.1, 1.1)  # (γ, ζ): the hard concrete's stretch interval
 TEMPERATURE = 2 / 3  # β
@@ -76,6 +77,7 @@ DETERMINISTIC_SHARPNESS = 0.8  # the reference's "magical number"
 WEIGHT_LR, MASK_LR = 1e-4, 1.0
 BETAS = (0.9, 0.95)
 LR_WARMUP, TARGET_WARMUP, LR_FLOOR = 0.1, 0.2, 0.1
+RECOVERY_WARMUP = 0.03  # continue_pretrain.sh: 1,440 of 48,000 batches
 CLIP_NORM = 1.0
 MASK_TYPES = ("layer", "head", "intermediate", "hidden")
 
@@ -296,10 +298,10 @@ def masked(model: nn.Module, gates: dict):
             setattr(owner, name, norm)
 
 
-def lr_factor(step: int, steps: int) -> float:
-    """Linear warm-up over 10% of the steps, then cosine decay to 10% (composer's
-    cosine_with_warmup with alpha_f = 0.1, as the reference's pruning run)."""
-    warmup = max(1, round(LR_WARMUP * steps))
+def lr_factor(step: int, steps: int, warmup_fraction: float = LR_WARMUP) -> float:
+    """Linear warm-up over a fraction of the steps (10% when pruning), then cosine decay
+    to 10% (composer's cosine_with_warmup with alpha_f = 0.1, as the reference's runs)."""
+    warmup = max(1, round(warmup_fraction * steps))
     if step < warmup:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, steps - warmup)
@@ -320,26 +322,42 @@ def language_loss(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
 
 
+def window_batches(windows: torch.Tensor, steps: int, batch: int, generator: torch.Generator):
+    """``steps`` batches of ``batch`` windows, cycling through one shuffled order."""
+    order = torch.randperm(len(windows), generator=generator)
+    for step in range(steps):
+        yield windows[order[(step * batch + torch.arange(batch)) % len(order)]]
+
+
+@contextlib.contextmanager
+def all_weights_trainable(model: nn.Module):
+    """Every weight takes gradients inside; the frozen ones are frozen again afterwards."""
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    for param in frozen:
+        param.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for param in frozen:
+            param.requires_grad_(False)
+
+
 def train_masks(
     model: nn.Module, masks: ShearingMasks, windows: torch.Tensor, steps: int, batch: int, seed: int
 ) -> None:
     """Jointly learn weights and masks: LM loss + Lagrangian, multipliers by ascent."""
     generator = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
-    frozen = [p for p in model.parameters() if not p.requires_grad]
-    for param in frozen:
-        param.requires_grad_(True)
-    optimizer = _optimizer(model, masks)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps))
-    order = torch.randperm(len(windows), generator=generator)
     gates: dict = {}
-    trainable = [p for group in optimizer.param_groups for p in group["params"]]
-    with masked(model, gates):
-        for step in range(steps):
+    with all_weights_trainable(model), masked(model, gates):
+        optimizer = _optimizer(model, masks)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps))
+        trainable = [p for group in optimizer.param_groups for p in group["params"]]
+        batches = window_batches(windows, steps, batch, generator)
+        for step, ids in enumerate(batches):
             masks.constrain()
             gates.update(masks.sample(generator))
-            picks = order[(step * batch + torch.arange(batch)) % len(order)]
-            loss = language_loss(model, windows[picks].to(device))
+            loss = language_loss(model, ids.to(device))
             loss = loss + masks.lagrangian(step / steps)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -348,10 +366,37 @@ def train_masks(
             torch.nn.utils.clip_grad_norm_(trainable, CLIP_NORM)
             optimizer.step()
             schedule.step()
-    optimizer.zero_grad(set_to_none=True)
-    for param in frozen:
-        param.requires_grad_(False)
+        optimizer.zero_grad(set_to_none=True)
     masks.constrain()
+
+
+def continue_pretraining(
+    model: nn.Module, windows: torch.Tensor, steps: int, batch: int, seed: int
+):
+    """The paper's second stage, on the cut model: every weight trains on the LM loss with
+    AdamW (β = 0.9, 0.95, lr 1e-4, no weight decay), warm-up over 3% of the steps then
+    cosine decay to 10%, gradient norm clipped to 1 (the reference's continue_pretrain.sh).
+    Its dynamic batch loading reweights data domains by their loss above a scaling-law
+    target; calibration text is one domain, so there is nothing to reweight here."""
+    generator = torch.Generator().manual_seed(seed + 1)  # a fresh order, not the pruning's
+    device = next(model.parameters()).device
+    with all_weights_trainable(model):
+        weights = list(model.parameters())
+        optimizer = torch.optim.AdamW(
+            weights, lr=WEIGHT_LR, betas=BETAS, eps=1e-8, weight_decay=0.0, foreach=True
+        )
+        warmup = RECOVERY_WARMUP
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(step, steps, warmup)
+        )
+        for ids in window_batches(windows, steps, batch, generator):
+            loss = language_loss(model, ids.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(weights, CLIP_NORM)
+            optimizer.step()
+            schedule.step()
+        optimizer.zero_grad(set_to_none=True)
 
 
 def _keep(linear: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None):
@@ -447,6 +492,9 @@ def prune_to_gates(model: nn.Module, gates: dict, target: Shape) -> None:
         "steps": Option(positive_int, 100, "pruning steps (the paper: 3,200 of 128k tokens)"),
         "batch": Option(positive_int, 1, "calibration windows per step"),
         "layers": Option(positive_int, None, "target layer count (default: all stay)"),
+        "recover_steps": Option(
+            nonnegative_int, 0, "continued pre-training steps after the cut (the paper: 48,000)"
+        ),
     },
 )
 def sheared(model, stage, settings, calibration) -> dict[str, TensorStorage]:
@@ -457,4 +505,8 @@ def sheared(model, stage, settings, calibration) -> dict[str, TensorStorage]:
     windows = calibration.windows(settings)
     train_masks(model, masks, windows, settings["steps"], settings["batch"], settings["seed"])
     prune_to_gates(model, masks.deterministic(), target)
+    if settings["recover_steps"]:
+        continue_pretraining(
+            model, windows, settings["recover_steps"], settings["batch"], settings["seed"]
+        )
     return {name: TensorStorage() for name, _ in model.named_parameters()}
