@@ -23,7 +23,7 @@ import json
 import math
 import re
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -246,6 +246,21 @@ def group_curves(points: list[Point], axes: tuple[str, ...] = AXES) -> list[Meas
         xs, ys, specs = zip(*items, strict=True)
         curves.append(MeasuredCurve(key, np.array(xs), np.array(ys), tuple(specs)))
     return sorted(curves, key=lambda c: (c.key.model, c.key.dataset, c.key.metric, c.key.label))
+
+
+def merge_repeats(points: list[Point]) -> list[Point]:
+    """One point per spec and setting: repeated measurements (the same point recorded by
+    two grids of one protocol, whose sums differ in the last digits between thread
+    counts) become their mean, in the place of the first."""
+    repeats: dict[tuple, list[Point]] = defaultdict(list)
+    for point in points:
+        repeats[(*point.setting, str(point.spec))].append(point)
+    merged = []
+    for group in repeats.values():
+        mean = sum(p.value for p in group) / len(group)
+        source = group[0].source if len(group) == 1 else f"mean of {len(group)} measurements"
+        merged.append(group[0] if len(group) == 1 else replace(group[0], value=mean, source=source))
+    return merged
 
 
 def is_baseline_csv(path: str | Path) -> bool:

@@ -17,7 +17,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from mpt_core.commands.fit import PtpRow, fit_curve, interval, show_x, verdict
-from mpt_core.curves import group_curves, read_points
+from mpt_core.curves import group_curves, merge_repeats, read_points
 from mpt_core.plots import write_figures
 
 STUDY = Path(__file__).resolve().parent.parent / "baselines" / "study"
@@ -91,7 +91,8 @@ def claim_files(claim: Claim, cpu_dir: Path | None) -> list[Path]:
 def rows_for(claim: Claim, cpu_dir: Path | None) -> list[PtpRow]:
     """Study tables are fitted one by one (their protocols differ); the CPU tier's files
     share one protocol, so a method's points join across files (a grid recorded for
-    combined compression holds single-stage points too)."""
+    combined compression holds single-stage points too); a point two grids both recorded
+    counts once, as their mean."""
     files = claim_files(claim, cpu_dir)
     batches = [files] if cpu_dir is not None else [[path] for path in files]
     rows = []
@@ -102,6 +103,7 @@ def rows_for(claim: Claim, cpu_dir: Path | None) -> list[PtpRow]:
             for p in read_points(path)
             if p.metric == "ppl" and on_ladder(p, claim, cpu_dir)
         ]
+        points = merge_repeats(points) if cpu_dir is not None else points
         curves = [c for c in group_curves(points, axes=(claim.axis,)) if c.key.others == "dense"]
         rows += [fit_curve(curve, "up") for curve in curves]
     return rows

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mpt_core.curves import HEADER, group_curves, read_points, scheme_bits
+from mpt_core.curves import HEADER, group_curves, merge_repeats, read_points, scheme_bits
 from mpt_core.errors import BaselineError
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "curves"
@@ -85,3 +85,26 @@ def test_cpu_tier_csv_metadata_lines_are_skipped(tmp_path):
     )
     assert is_baseline_csv(path)
     assert [point.value for point in read_points(path)] == [10, 10.1, 11, 14]
+
+
+def test_a_point_recorded_twice_counts_once_as_the_mean(tmp_path) -> None:
+    """Two grids of one protocol that both hold sparsegpt:0.3 must not break its fit."""
+    path = write(
+        tmp_path,
+        "m,wikitext2,dense,ppl,30.0,,100,pct_fp16,unknown,s",
+        "m,wikitext2,sparsegpt:0.3,ppl,36.5,,80,pct_fp16,unknown,s",
+        "m,wikitext2,sparsegpt:0.5,ppl,70.0,,70,pct_fp16,unknown,s",
+        "m,wikitext2,sparsegpt:0.3,ppl,36.3,,80,pct_fp16,unknown,s",
+        "m,ptb,sparsegpt:0.3,ppl,80.0,,80,pct_fp16,unknown,s",
+    )
+    merged = merge_repeats(read_points(path))
+    assert [str(p.spec) for p in merged] == [
+        "dense",
+        "sparsegpt:0.3",
+        "sparsegpt:0.5",
+        "sparsegpt:0.3",
+    ]
+    assert merged[1].value == pytest.approx(36.4) and merged[1].source == "mean of 2 measurements"
+    assert merged[3].value == 80.0 and merged[3].dataset == "ptb"
+    (curve,) = [c for c in group_curves(merged) if c.key.dataset == "wikitext2"]
+    assert list(curve.y) == pytest.approx([30.0, 36.4, 70.0])
