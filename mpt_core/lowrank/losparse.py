@@ -35,7 +35,6 @@ with these differences, all forced by measuring a pretrained LLM on a CPU:
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +46,7 @@ from mpt_core.layerwise import decoder_layers, linear_layers
 from mpt_core.lowrank.factorized import check_ratio
 from mpt_core.lowrank.svd import truncated_svd
 from mpt_core.registry import Option, positive_int, register
+from mpt_core.training import batches, training_only
 
 INITIAL_WARMUP = 675 / 12272  # fractions of the steps, from the reference's MNLI command
 FINAL_WARMUP = 5 * 675 / 12272
@@ -200,31 +200,9 @@ class Sensitivity:
             self.window = (self.window * local + current) / (local + 1)
 
 
-@contextmanager
-def training_only(model: nn.Module, params: list[nn.Parameter]):
-    """Gradients for ``params`` alone; every flag is put back afterwards."""
-    flags = {param: param.requires_grad for param in model.parameters()}
-    try:
-        for param in flags:
-            param.requires_grad_(False)
-        for param in params:
-            param.requires_grad_(True)
-        with torch.enable_grad():
-            yield
-    finally:
-        for param, flag in flags.items():
-            param.requires_grad_(flag)
-
-
 def lm_loss(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     ids = ids.to(next(model.parameters()).device)
     return model(ids, labels=ids, use_cache=False).loss
-
-
-def batches(windows: torch.Tensor, batch: int, step: int) -> torch.Tensor:
-    """The windows of ``step``, taken in turn and wrapping around."""
-    index = (torch.arange(batch) + step * batch) % len(windows)
-    return windows[index]
 
 
 def one_shot_scores(model, layers, windows, batch) -> dict[str, torch.Tensor]:

@@ -67,6 +67,7 @@ from mpt_core.evaluate.footprint import TensorStorage
 from mpt_core.layerwise import decoder_layers
 from mpt_core.prune.blocks import remove_blocks
 from mpt_core.registry import Option, nonnegative_int, positive_int, register
+from mpt_core.training import batches, training_only
 
 STRETCH = (-0.1, 1.1)  # (γ, ζ): the hard concrete's stretch interval
 TEMPERATURE = 2 / 3  # β
@@ -324,22 +325,9 @@ def language_loss(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
 
 def window_batches(windows: torch.Tensor, steps: int, batch: int, generator: torch.Generator):
     """``steps`` batches of ``batch`` windows, cycling through one shuffled order."""
-    order = torch.randperm(len(windows), generator=generator)
+    shuffled = windows[torch.randperm(len(windows), generator=generator)]
     for step in range(steps):
-        yield windows[order[(step * batch + torch.arange(batch)) % len(order)]]
-
-
-@contextlib.contextmanager
-def all_weights_trainable(model: nn.Module):
-    """Every weight takes gradients inside; the frozen ones are frozen again afterwards."""
-    frozen = [p for p in model.parameters() if not p.requires_grad]
-    for param in frozen:
-        param.requires_grad_(True)
-    try:
-        yield
-    finally:
-        for param in frozen:
-            param.requires_grad_(False)
+        yield batches(shuffled, batch, step)
 
 
 def train_masks(
@@ -349,7 +337,7 @@ def train_masks(
     generator = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
     gates: dict = {}
-    with all_weights_trainable(model), masked(model, gates):
+    with training_only(model, list(model.parameters())), masked(model, gates):
         optimizer = _optimizer(model, masks)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps))
         trainable = [p for group in optimizer.param_groups for p in group["params"]]
@@ -380,14 +368,13 @@ def continue_pretraining(
     target; calibration text is one domain, so there is nothing to reweight here."""
     generator = torch.Generator().manual_seed(seed + 1)  # a fresh order, not the pruning's
     device = next(model.parameters()).device
-    with all_weights_trainable(model):
-        weights = list(model.parameters())
+    weights = list(model.parameters())
+    with training_only(model, weights):
         optimizer = torch.optim.AdamW(
             weights, lr=WEIGHT_LR, betas=BETAS, eps=1e-8, weight_decay=0.0, foreach=True
         )
-        warmup = RECOVERY_WARMUP
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: lr_factor(step, steps, warmup)
+            optimizer, lambda step: lr_factor(step, steps, RECOVERY_WARMUP)
         )
         for ids in window_batches(windows, steps, batch, generator):
             loss = language_loss(model, ids.to(device))
