@@ -65,10 +65,10 @@ def positive_int(value: str) -> int:
 
 
 def nonnegative_int(value: str) -> int:
-    """Option parser: an integer, zero or above."""
+    """Option parser: an integer, 0 or more."""
     number = int(value)
     if number < 0:
-        raise ValueError("must be an integer, zero or above")
+        raise ValueError("must be 0 or more")
     return number
 
 

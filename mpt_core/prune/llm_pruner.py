@@ -53,17 +53,10 @@ from mpt_core.errors import SpecError
 from mpt_core.evaluate.footprint import TensorStorage, dense_numel
 from mpt_core.layerwise import decoder_layers, linear_layers
 from mpt_core.lora import LORA_OPTIONS, Budget, lora_finetune, recovery
-from mpt_core.registry import Option, positive_int, register
+from mpt_core.registry import Option, nonnegative_int, positive_int, register
 
 # (units in a block, root channels per unit, per-block ratio s) -> units removed
 RemovalCount = Callable[[int, int, float], int]
-
-
-def _block_count(value: str) -> int:
-    number = int(value)
-    if number < 0:
-        raise ValueError("must be 0 or more")
-    return number
 
 
 @dataclass(frozen=True)
@@ -308,8 +301,8 @@ def prune_block(block: nn.Module, ratio: float) -> None:
     needs_calibration=True,
     options={
         "nsamples": Option(positive_int, 10, "calibration windows for the Taylor gradients"),
-        "first": Option(_block_count, 3, "leading blocks never pruned"),
-        "last": Option(_block_count, 1, "trailing blocks never pruned"),
+        "first": Option(nonnegative_int, 3, "leading blocks never pruned"),
+        "last": Option(nonnegative_int, 1, "trailing blocks never pruned"),
         "recover": Option(recovery, "none", "LoRA fine-tuning after pruning: none or lora"),
     }
     | LORA_OPTIONS,

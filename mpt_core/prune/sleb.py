@@ -28,14 +28,7 @@ from mpt_core.layerwise import (
     run_block,
 )
 from mpt_core.prune.blocks import blocks_to_remove, remove_blocks
-from mpt_core.registry import Option, register
-
-
-def _barrier(value: str) -> int:
-    number = int(value)
-    if number < 0:
-        raise ValueError("must be 0 or more")
-    return number
+from mpt_core.registry import Option, nonnegative_int, register
 
 
 @torch.no_grad()
@@ -81,8 +74,8 @@ def least_harmful(model, alive: list[int], windows: torch.Tensor, early: int, la
     levels={"ratio"},
     needs_calibration=True,
     options={
-        "early": Option(_barrier, 1, "leading blocks never removed"),
-        "latter": Option(_barrier, 1, "trailing blocks never removed"),
+        "early": Option(nonnegative_int, 1, "leading blocks never removed"),
+        "latter": Option(nonnegative_int, 1, "trailing blocks never removed"),
     },
 )
 def sleb(model, stage, settings, calibration) -> dict[str, TensorStorage]:
