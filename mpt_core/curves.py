@@ -55,6 +55,11 @@ class Point:
     def setting(self) -> tuple[str, str, str, str]:
         return (self.model, self.dataset, self.metric, self.seqlen)
 
+    @property
+    def point_key(self) -> tuple[str, str, str, str, str]:
+        """What makes two measurements the same point: its setting and spec."""
+        return (*self.setting, str(self.spec))
+
 
 @dataclass(frozen=True)
 class CurveKey:
@@ -229,7 +234,7 @@ def group_curves(points: list[Point], axes: tuple[str, ...] = AXES) -> list[Meas
     members: dict[CurveKey, list[tuple[float, float, str]]] = defaultdict(list)
     by_spec: dict[tuple, list[Point]] = defaultdict(list)
     for point in points:
-        by_spec[(*point.setting, str(point.spec))].append(point)
+        by_spec[point.point_key].append(point)
         for i, stage in enumerate(point.spec.stages):
             place = stage_x(stage)
             if place is None or place[0] not in axes:
@@ -254,13 +259,13 @@ def merge_repeats(points: list[Point]) -> list[Point]:
     counts) become their mean, in the place of the first."""
     repeats: dict[tuple, list[Point]] = defaultdict(list)
     for point in points:
-        repeats[(*point.setting, str(point.spec))].append(point)
-    merged = []
-    for group in repeats.values():
-        mean = sum(p.value for p in group) / len(group)
-        source = group[0].source if len(group) == 1 else f"mean of {len(group)} measurements"
-        merged.append(group[0] if len(group) == 1 else replace(group[0], value=mean, source=source))
-    return merged
+        repeats[point.point_key].append(point)
+    return [group[0] if len(group) == 1 else _mean_point(group) for group in repeats.values()]
+
+
+def _mean_point(group: list[Point]) -> Point:
+    mean = sum(p.value for p in group) / len(group)
+    return replace(group[0], value=mean, source=f"mean of {len(group)} measurements")
 
 
 def is_baseline_csv(path: str | Path) -> bool:
