@@ -1,4 +1,4 @@
-"""Root conftest: only what must be here. The harness itself is mpt_core.pytest_plugin."""
+"""Root conftest: only what must be here. The harness itself is mpt_core.harness.plugin."""
 
 import os
 from pathlib import Path

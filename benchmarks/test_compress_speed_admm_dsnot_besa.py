@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import pytest
 
-from mpt_core.compress import Calibration, compress
 from mpt_core.models import Snapshot, load_model
+from mpt_core.pipeline import Calibration, compress
 from mpt_core.spec import Spec
 
 pytestmark = pytest.mark.speed

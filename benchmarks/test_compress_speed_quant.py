@@ -13,8 +13,8 @@ import importlib.util
 
 import pytest
 
-from mpt_core.compress import Calibration, compress
 from mpt_core.models import Snapshot, load_model, state_dict_hash
+from mpt_core.pipeline import Calibration, compress
 from mpt_core.spec import Spec
 
 pytestmark = pytest.mark.speed

@@ -23,9 +23,9 @@ import pytest
 import torch
 
 from mpt_core import registry
-from mpt_core.compress import compress
 from mpt_core.evaluate.speed import decode, kernel_kind, prefill, start_decode, use_real_kernel
 from mpt_core.models import load_model
+from mpt_core.pipeline import compress
 from mpt_core.spec import Spec
 
 pytestmark = pytest.mark.speed

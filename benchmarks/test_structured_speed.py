@@ -18,10 +18,10 @@ import importlib.util
 import pytest
 import torch
 
-from mpt_core.compress import compress
-from mpt_core.evaluate.footprint import dense_numel
 from mpt_core.models import load_model
+from mpt_core.pipeline import compress
 from mpt_core.spec import Spec
+from mpt_core.storage import dense_numel
 
 pytestmark = pytest.mark.speed
 

@@ -22,6 +22,8 @@ import torch
 from mpt_core.errors import DataError
 
 DATASETS = ("wikitext2", "ptb", "c4")
+# the split calibration windows are drawn from: never an evaluation split
+CALIBRATION_SPLITS = {"ptb": "validation", "wikitext2": "train", "c4": "train"}
 _OFFLINE_FILES = {
     ("wikitext2", "test"): "wikitext-2-raw/wiki.test.raw",
     ("ptb", "test"): "ptb/ptb.test.txt",

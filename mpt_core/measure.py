@@ -14,14 +14,14 @@ from dataclasses import dataclass
 
 import torch
 
-from mpt_core.compress import Calibration, apply_stages, compress, resolved_settings
 from mpt_core.data import load_text, tokenize
-from mpt_core.evaluate.footprint import Footprint, dense_numel, measure
 from mpt_core.evaluate.perplexity import eval_windows, perplexity
 from mpt_core.models import LoadedModel, Snapshot, load_model
+from mpt_core.pipeline import Calibration, apply_stages, compress, resolved_settings
+from mpt_core.records import Record, git_sha, library_versions, now
 from mpt_core.registry import validate
-from mpt_core.results import Record, git_sha, library_versions, now
 from mpt_core.spec import Spec
+from mpt_core.storage import Footprint, dense_numel, measure
 
 
 @dataclass

@@ -26,6 +26,29 @@ from mpt_core.errors import ModelError
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 ALIASES = ("smollm2-135m", "tiny-llama")
 
+# The study's models (the GPU tier): the name a baseline row uses -> its hub checkpoint.
+STUDY_MODELS = {
+    "llama2-7b": "meta-llama/Llama-2-7b-hf",
+    "llama2-13b": "meta-llama/Llama-2-13b-hf",
+    "llama2-70b": "meta-llama/Llama-2-70b-hf",
+    # Tables 5-6 (GGUF study): the checkpoints their names print
+    **{
+        f"qwen2.5-{size}": f"Qwen/Qwen2.5-{size.upper()}"
+        for size in ("0.5b", "1.5b", "3b", "7b", "14b", "32b", "72b")
+    },
+    "llama3.1-8b": "meta-llama/Llama-3.1-8B",
+    **{f"gemma3-{size}-it": f"google/gemma-3-{size}-it" for size in ("1b", "4b", "12b", "27b")},
+    "deepseek-r1-distill-llama-8b": "deepseek-ai/DeepSeek-R1-Distill-Llama-8B",
+    "deepseek-r1-distill-qwen-14b": "deepseek-ai/DeepSeek-R1-Distill-Qwen-14B",
+}
+STUDY_SEQLEN = {"llama2-7b": 4096}  # PROTOCOLS.md: Table 2's dense 5.12 is seqlen 4096
+DEFAULT_STUDY_SEQLEN = 2048
+
+
+def study_checkpoint(name: str) -> str:
+    """The hub checkpoint of a study model's short name (a hub id passes through)."""
+    return STUDY_MODELS.get(name, name)
+
 
 @dataclass
 class LoadedModel:

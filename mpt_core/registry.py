@@ -1,12 +1,15 @@
 """The method registry: name -> compressor, with the levels and options each accepts.
 
-Methods register themselves with ``@register``; this module imports no method, so
-there is no import circle. ``mpt_core.compress`` imports every method package.
+Methods register themselves with ``@register``. The first lookup imports every module of
+the method packages (``METHOD_PACKAGES``), so a new method file needs no edit anywhere else.
+Method modules import this one; this one imports them only at lookup time, never at import.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -15,6 +18,7 @@ from mpt_core.errors import SpecError
 from mpt_core.spec import Spec, Stage
 
 FAMILIES = ("unstructured", "semi", "structured", "quant", "lowrank")
+METHOD_PACKAGES = ("mpt_core.prune", "mpt_core.quant", "mpt_core.lowrank")
 
 
 @dataclass(frozen=True)
@@ -132,9 +136,20 @@ def family_of(stage: Stage) -> str:
     return "semi" if stage.level_kind == "nm" else get(stage.method).family
 
 
+_loaded = False
+
+
 def _load_methods() -> None:
-    """Import every method module (each registers itself) the first time one is looked up."""
-    import mpt_core.compress  # noqa: F401
+    """Import every module of the method packages (each registers itself), once."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for package_name in METHOD_PACKAGES:
+        package = importlib.import_module(package_name)
+        for module in pkgutil.iter_modules(package.__path__):
+            if not module.name.startswith("_"):
+                importlib.import_module(f"{package_name}.{module.name}")
 
 
 def names() -> list[str]:

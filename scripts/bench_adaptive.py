@@ -4,7 +4,7 @@ Synthetic curves are drawn from the fitter's model with 2% multiplicative noise
 (log-normal, about the spread of repeated PPL runs); study curves are the
 study's points interpolated (PCHIP on log PPL) with 0.5% noise, the size of the
 stderr llama.cpp prints. Each evaluation budget is spent either on an evenly
-spaced grid or one point at a time by ``mpt_core.adaptive.propose_next``.
+spaced grid or one point at a time by ``mpt_core.analysis.adaptive.propose_next``.
 
     .venv/bin/python scripts/bench_adaptive.py [--draws 8] [--budget 10]
 """
@@ -20,9 +20,9 @@ import numpy as np
 from scipy.interpolate import PchipInterpolator
 from tabulate import tabulate
 
-from mpt_core.adaptive import propose_next
-from mpt_core.curves import group_curves, read_points
-from mpt_core.fit import fit_phase_transition
+from mpt_core.analysis.adaptive import propose_next
+from mpt_core.analysis.curves import group_curves, read_points
+from mpt_core.analysis.fit import fit_phase_transition
 
 STUDY = Path(__file__).resolve().parent.parent / "baselines" / "study"
 STUDY_CURVES = [

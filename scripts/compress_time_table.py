@@ -20,8 +20,8 @@ from collections import defaultdict
 
 from tabulate import tabulate
 
-from mpt_core.curves import without_level
-from mpt_core.results import read
+from mpt_core.analysis.curves import without_level
+from mpt_core.records import read
 from mpt_core.spec import Spec, Stage
 
 

@@ -19,8 +19,8 @@ import sys
 
 from tabulate import tabulate
 
-from mpt_core.curves import without_level
-from mpt_core.results import Record, read
+from mpt_core.analysis.curves import without_level
+from mpt_core.records import Record, read
 from mpt_core.spec import Spec, Stage
 
 DATASETS = {"wikitext2": "WikiText-2", "ptb": "PTB", "c4": "C4"}

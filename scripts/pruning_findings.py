@@ -1,4 +1,4 @@
-"""The study's unstructured-pruning findings checked on baseline files (mpt_core.pruning_findings).
+"""The study's unstructured-pruning findings checked on baseline files (mpt_core.study.findings).
 
 Usage: python scripts/pruning_findings.py FILE.csv ... [--dataset wikitext2] [--tier cpu|study]
 Prints three markdown tables: the ranking at 50-70%, unstructured vs 4:8 vs 2:4, and OWL
@@ -13,7 +13,7 @@ import sys
 from tabulate import tabulate
 
 from mpt_core.baselines import load_file
-from mpt_core.pruning_findings import (
+from mpt_core.study.findings import (
     PATTERN_LEVELS,
     RANKING_METHODS,
     Finding,

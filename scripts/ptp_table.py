@@ -16,9 +16,9 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from mpt_core.analysis.curves import group_curves, merge_repeats, read_points
 from mpt_core.commands.fit import PtpRow, fit_curve, interval, show_x, verdict
-from mpt_core.curves import group_curves, merge_repeats, read_points
-from mpt_core.plots import write_figures
+from mpt_core.reporting.plots import write_figures
 
 STUDY = Path(__file__).resolve().parent.parent / "baselines" / "study"
 

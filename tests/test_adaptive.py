@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from mpt_core.adaptive import MIN_STEP, propose_next
+from mpt_core.analysis.adaptive import MIN_STEP, propose_next
 from mpt_core.errors import FitError
 
 

@@ -7,10 +7,10 @@ import csv
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mpt_core.additivity import interactions, median_ratio
+from mpt_core.analysis.additivity import interactions, median_ratio
+from mpt_core.analysis.combine import Grid, cell_from_point
+from mpt_core.analysis.curves import Point
 from mpt_core.baselines import HEADER
-from mpt_core.combine import Grid, cell_from_point
-from mpt_core.curves import Point
 from mpt_core.spec import Spec
 
 RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mpt_core.compress import Calibration, compress
-from mpt_core.layerwise import decoder_layers, linear_layers
+from mpt_core.engine.layerwise import decoder_layers, linear_layers
+from mpt_core.pipeline import Calibration, compress
 from mpt_core.prune.admm import GramStats, admm_prune, cubic_sparsity
 from mpt_core.prune.mask import unstructured_mask
 from mpt_core.spec import Spec

@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from mpt_core.compress import Calibration, compress
 from mpt_core.errors import SpecError
+from mpt_core.pipeline import Calibration, compress
 from mpt_core.quant.awq import (
     apply_scale,
     auto_clip_layer,

@@ -13,16 +13,16 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from mpt_core.compress import Calibration, compress
 from mpt_core.data import load_text
+from mpt_core.engine.layerwise import block_linear_names
 from mpt_core.errors import SpecError
-from mpt_core.evaluate.footprint import Footprint
 from mpt_core.evaluate.perplexity import perplexity
-from mpt_core.layerwise import block_linear_names
 from mpt_core.models import Snapshot, load_model
+from mpt_core.pipeline import Calibration, compress
 from mpt_core.quant.backends import BackendError
 from mpt_core.quant.backends.venv import venv_python
 from mpt_core.spec import Spec
+from mpt_core.storage import Footprint
 
 SPEC = "gptq:4[group=32,nsamples=16]"
 LIBRARY_SPEC = "gptq:4[backend=gptqmodel,group=32,nsamples=16]"

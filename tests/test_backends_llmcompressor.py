@@ -16,15 +16,15 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from mpt_core.compress import Calibration, compress
 from mpt_core.data import load_text
+from mpt_core.engine.layerwise import block_linear_names
 from mpt_core.errors import SpecError
-from mpt_core.evaluate.footprint import Footprint
 from mpt_core.evaluate.perplexity import perplexity
-from mpt_core.layerwise import block_linear_names
 from mpt_core.models import load_model
+from mpt_core.pipeline import Calibration, compress
 from mpt_core.quant.backends.venv import venv_python
 from mpt_core.spec import Spec
+from mpt_core.storage import Footprint
 
 GROUP = 32
 SEQLEN = 64

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from mpt_core.baseline_record import CPU_DATASETS, GRIDS_DIR, csv_text, grid_datasets, read_grid
 from mpt_core.errors import BaselineError
-from mpt_core.results import Record
+from mpt_core.harness.baseline_record import (
+    CPU_DATASETS,
+    GRIDS_DIR,
+    csv_text,
+    grid_datasets,
+    read_grid,
+)
+from mpt_core.records import Record
 
 
 def test_grid_datasets_line_overrides_the_default(tmp_path):

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from mpt_core.compress import Calibration, compress
+from mpt_core.engine.layerwise import decoder_layers, linear_layers
 from mpt_core.errors import SpecError
-from mpt_core.layerwise import decoder_layers, linear_layers
+from mpt_core.pipeline import Calibration, compress
 from mpt_core.prune.besa import (
     Prodigy,
     SparsityAllocation,

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from conftest import needs_data
-from mpt_core.results import read
+from mpt_core.records import read
 
 ARGS = ["--model", "tiny-llama", "--dataset", "ptb", "--seqlen", "64", "--windows", "2"]
 SPEC_AS_TYPED, CANONICAL = "rtn:4[sym, group=64]", "rtn:4[group=64,sym]"

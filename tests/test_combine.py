@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mpt_core.combine import (
+from mpt_core.analysis.combine import (
     Cell,
     build_grid,
     is_safe,
@@ -18,7 +18,7 @@ from mpt_core.combine import (
     select_setting,
     with_measured_bits,
 )
-from mpt_core.curves import read_points
+from mpt_core.analysis.curves import read_points
 from mpt_core.errors import FitError
 
 ROOT = Path(__file__).resolve().parent.parent

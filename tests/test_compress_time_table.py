@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from scripts_loader import load_script
 
-from mpt_core.results import Record, append
+from mpt_core.records import Record, append
 
 
 def record(

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mpt_core.curves import HEADER, group_curves, merge_repeats, read_points, scheme_bits
+from mpt_core.analysis.curves import HEADER, group_curves, merge_repeats, read_points, scheme_bits
 from mpt_core.errors import BaselineError
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "curves"
@@ -73,7 +73,7 @@ def test_a_wrong_header_is_named(tmp_path) -> None:
 
 
 def test_cpu_tier_csv_metadata_lines_are_skipped(tmp_path):
-    from mpt_core.curves import is_baseline_csv, read_points
+    from mpt_core.analysis.curves import is_baseline_csv, read_points
 
     path = tmp_path / "quant.csv"
     rows = "".join(

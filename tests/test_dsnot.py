@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mpt_core.compress import Calibration, compress
-from mpt_core.layerwise import decoder_layers, linear_layers
+from mpt_core.engine.layerwise import decoder_layers, linear_layers
 from mpt_core.models import Snapshot
+from mpt_core.pipeline import Calibration, compress
 from mpt_core.prune.dsnot import DSnoTStats, dsnot_nm, dsnot_unstructured, prune_linear
 from mpt_core.prune.mask import nm_mask, unstructured_mask
 from mpt_core.prune.wanda import wanda_score

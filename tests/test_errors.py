@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import cli_env, needs_data, run_cli
-from mpt_core.results import Record
+from mpt_core.records import Record
 
 TINY = ["--model", "tiny-llama", "--dataset", "ptb", "--seqlen", "64", "--windows", "1"]
 

@@ -8,8 +8,8 @@ import re
 import numpy as np
 import pytest
 
+from mpt_core.analysis.fit import fit_phase_transition
 from mpt_core.errors import FitError, MptError
-from mpt_core.fit import fit_phase_transition
 
 X = np.linspace(0.0, 0.8, 9)
 

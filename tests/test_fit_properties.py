@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis_profiles import FIT_SETTINGS
 
-from mpt_core.fit import fit_phase_transition
+from mpt_core.analysis.fit import fit_phase_transition
 
 
 def model(x: np.ndarray, c: float, a: float, b: float, s0: float, k: float) -> np.ndarray:

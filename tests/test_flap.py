@@ -6,10 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mpt_core.compress import compress
-from mpt_core.evaluate.footprint import dense_numel
-from mpt_core.layerwise import capture_layer0_inputs, decoder_layers, iterate_blocks, run_block
+from mpt_core.engine.layerwise import (
+    capture_layer0_inputs,
+    decoder_layers,
+    iterate_blocks,
+    run_block,
+)
 from mpt_core.models import Snapshot, state_dict_hash
+from mpt_core.pipeline import compress
 from mpt_core.prune.flap import (
     EmptyAttention,
     Fluctuation,
@@ -22,6 +26,7 @@ from mpt_core.prune.flap import (
     wifv,
 )
 from mpt_core.spec import Spec
+from mpt_core.storage import dense_numel
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

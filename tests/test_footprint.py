@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from mpt_core.compress import compress, merge_storage
-from mpt_core.evaluate.footprint import TensorStorage, dense_numel, measure, tensor_cost
-from mpt_core.layerwise import block_linear_names
+from mpt_core.engine.layerwise import block_linear_names
+from mpt_core.pipeline import compress, merge_storage
 from mpt_core.spec import Spec
+from mpt_core.storage import TensorStorage, dense_numel, measure, tensor_cost
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -14,15 +14,15 @@ import gguf
 import pytest
 import torch
 
-from mpt_core import pytest_plugin
 from mpt_core.baselines import BaselineRow
-from mpt_core.compress import Calibration, compress
 from mpt_core.errors import SpecError
-from mpt_core.evaluate.footprint import measure
+from mpt_core.harness import policy
 from mpt_core.models import Snapshot, load_model
+from mpt_core.pipeline import Calibration, compress
 from mpt_core.quant import gguf as gguf_method
 from mpt_core.quant.gguf_convert import gguf_names, permute, unpermute, write_gguf
 from mpt_core.spec import Spec
+from mpt_core.storage import measure
 
 F32, F16 = gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16
 needs_llama_cpp = pytest.mark.skipif(
@@ -243,6 +243,6 @@ def _cpu_row(spec: str) -> BaselineRow:
 
 def test_gguf_rows_skip_naming_the_setup_command_without_llama_cpp(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
-    reason = pytest_plugin._skip_reason(_cpu_row("wanda:0.5+gguf:Q4_K_M"))
+    reason = policy.skip_reason(_cpu_row("wanda:0.5+gguf:Q4_K_M"))
     assert reason == gguf_method.SETUP_HINT and gguf_method.SETUP_COMMAND in reason
-    assert pytest_plugin._skip_reason(_cpu_row("rtn:4[group=64]")) is None
+    assert policy.skip_reason(_cpu_row("rtn:4[group=64]")) is None

@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 
 from mpt_core import baselines
-from mpt_core.curve_check import check_curve
-from mpt_core.curve_rows import baseline_curves
 from mpt_core.errors import BaselineError
+from mpt_core.harness.curve_check import check_curve
+from mpt_core.harness.curve_rows import baseline_curves
+from mpt_core.harness.verdict import check
 
 ROOT = Path(__file__).resolve().parent.parent
 SEQLEN, WINDOWS = 64, 4
@@ -220,21 +221,21 @@ def test_gpu_tier_collects_one_test_per_numeric_study_cell():
     ],
 )
 def test_verdict_regimes(measured, baseline, dense, passed, regime):
-    verdict = baselines.check(measured, baseline, dense_measured=dense, dense_baseline=dense)
+    verdict = check(measured, baseline, dense_measured=dense, dense_baseline=dense)
     assert (verdict.passed, verdict.regime) == (passed, regime)
 
 
 def test_verdict_tells_library_shift_from_broken_compression():
-    shifted = baselines.check(10.6, 10.0, dense_measured=5.3, dense_baseline=5.0)
+    shifted = check(10.6, 10.0, dense_measured=5.3, dense_baseline=5.0)
     assert not shifted.passed and "dense moved alike" in shifted.message
-    broken = baselines.check(10.6, 10.0, dense_measured=5.0, dense_baseline=5.0)
+    broken = check(10.6, 10.0, dense_measured=5.0, dense_baseline=5.0)
     assert not broken.passed and "compression moved" in broken.message
     assert "measured 10.6000 vs baseline 10.0000, ratio 1.0600" in broken.message
 
 
 def test_rtol_is_applied():
-    assert not baselines.check(10.3, 10.0).passed
-    assert baselines.check(10.3, 10.0, rtol=0.05).passed
+    assert not check(10.3, 10.0).passed
+    assert check(10.3, 10.0, rtol=0.05).passed
 
 
 HEADER = ",".join(baselines.HEADER)
@@ -284,7 +285,7 @@ def test_moved_knee_fails_the_curve_test_while_every_point_passes():
     measured = baseline * np.array([1, 1, 1, 1, 1.019, 1.019, 1.019, 1, 1])
     measured[-2:] = [101.0, 102.0]  # still collapsed (> 10x dense), differently chaotic
     points = [
-        baselines.check(m, b, dense_measured=measured[0], dense_baseline=baseline[0])
+        check(m, b, dense_measured=measured[0], dense_baseline=baseline[0])
         for m, b in zip(measured, baseline, strict=True)
     ]
     assert all(point.passed for point in points)

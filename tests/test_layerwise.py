@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mpt_core import layerwise
-from mpt_core.layerwise import (
+from mpt_core.engine import layerwise
+from mpt_core.engine.layerwise import (
     block_linear_names,
     capture_layer0_inputs,
     collect_stats,
@@ -145,7 +145,7 @@ def test_hooks_are_removed_when_capture_fails(fresh_tiny, windows):
 
 
 def test_compress_layerwise_noop_covers_every_linear_and_changes_nothing(tiny, windows):
-    from mpt_core.evaluate.footprint import TensorStorage
+    from mpt_core.storage import TensorStorage
 
     model = tiny.model
     before = state_dict_hash(model)

@@ -5,7 +5,7 @@ from importlib.metadata import version
 
 import pytest
 
-from mpt_core.compress import resolved_settings
+from mpt_core.pipeline import resolved_settings
 from mpt_core.quant.backends import library_version
 from mpt_core.spec import Spec
 

@@ -11,15 +11,14 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mpt_core.compress import compress
-from mpt_core.errors import SpecError
-from mpt_core.layerwise import (
+from mpt_core.engine.layerwise import (
     LayerInputs,
     block_linear_names,
     capture_layer0_inputs,
     decoder_layers,
     run_block,
 )
+from mpt_core.errors import SpecError
 from mpt_core.lowrank.factorized import LowRankLinear
 from mpt_core.lowrank.lillama import (
     Student,
@@ -32,6 +31,7 @@ from mpt_core.lowrank.lillama import (
     trainable,
 )
 from mpt_core.models import Snapshot, state_dict_hash
+from mpt_core.pipeline import compress
 from mpt_core.spec import Spec
 
 pytestmark = pytest.mark.usefixtures("one_thread")

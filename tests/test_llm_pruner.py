@@ -13,11 +13,10 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from mpt_core import registry
-from mpt_core.compress import compress
+from mpt_core.engine.layerwise import decoder_layers
 from mpt_core.errors import SpecError
-from mpt_core.evaluate.footprint import dense_numel
-from mpt_core.layerwise import decoder_layers
 from mpt_core.models import Snapshot, state_dict_hash
+from mpt_core.pipeline import compress
 from mpt_core.prune.llm_pruner import (
     accumulate_gradients,
     block_shape,
@@ -30,6 +29,7 @@ from mpt_core.prune.llm_pruner import (
     survivors,
 )
 from mpt_core.spec import Spec
+from mpt_core.storage import dense_numel
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

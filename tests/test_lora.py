@@ -1,4 +1,4 @@
-"""LoRA fine-tuning (mpt_core.lora): the adapter forward, an exact merge, training that
+"""LoRA fine-tuning (mpt_core.engine.lora): the adapter forward, an exact merge, training that
 lowers the loss, and a model that is its own architecture again afterwards."""
 
 from __future__ import annotations
@@ -9,8 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from mpt_core.compress import resolved_settings
-from mpt_core.lora import (
+from mpt_core.engine.lora import (
     MLP_PROJECTIONS,
     Budget,
     LoRALinear,
@@ -21,6 +20,7 @@ from mpt_core.lora import (
     training_chunks,
 )
 from mpt_core.models import state_dict_hash
+from mpt_core.pipeline import resolved_settings
 from mpt_core.spec import Spec
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -9,11 +9,10 @@ import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from mpt_core.compress import compress
-from mpt_core.evaluate.footprint import dense_numel
-from mpt_core.layerwise import decoder_layers
-from mpt_core.lora import LoRALinear, add_adapters, merge_adapters
+from mpt_core.engine.layerwise import decoder_layers
+from mpt_core.engine.lora import LoRALinear, add_adapters, merge_adapters
 from mpt_core.models import Snapshot, state_dict_hash
+from mpt_core.pipeline import compress
 from mpt_core.prune.llm_pruner import block_shape, removed_params
 from mpt_core.prune.loraprune import (
     BlockMasks,
@@ -27,6 +26,7 @@ from mpt_core.prune.loraprune import (
     weight_sensitivity,
 )
 from mpt_core.spec import Spec
+from mpt_core.storage import dense_numel
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,10 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from mpt_core.compress import compress
+from mpt_core.engine.layerwise import block_linear_names
 from mpt_core.errors import SpecError
-from mpt_core.evaluate.footprint import dense_numel
-from mpt_core.layerwise import block_linear_names
 from mpt_core.lowrank.factorized import rank_for_ratio
 from mpt_core.lowrank.losparse import (
     FINAL_WARMUP,
@@ -28,7 +26,9 @@ from mpt_core.lowrank.losparse import (
 )
 from mpt_core.lowrank.svd import truncated_svd
 from mpt_core.models import Snapshot, state_dict_hash
+from mpt_core.pipeline import compress
 from mpt_core.spec import Spec
+from mpt_core.storage import dense_numel
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SETTINGS = settings(max_examples=15, deadline=None)

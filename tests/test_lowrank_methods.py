@@ -7,10 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mpt_core.compress import compress
+from mpt_core.engine.layerwise import block_linear_names, decoder_layers, linear_layers
 from mpt_core.errors import SpecError
-from mpt_core.evaluate.footprint import dense_numel
-from mpt_core.layerwise import block_linear_names, decoder_layers, linear_layers
 from mpt_core.lowrank import asvd as asvd_module
 from mpt_core.lowrank.asvd import (
     activation_scales,
@@ -23,7 +21,9 @@ from mpt_core.lowrank.factorized import LowRankLinear, rank_for_ratio, replace_l
 from mpt_core.lowrank.svd import truncated_svd
 from mpt_core.lowrank.svd_llm import Gram, whitened_svd, whitening_factor
 from mpt_core.models import Snapshot, state_dict_hash
+from mpt_core.pipeline import compress
 from mpt_core.spec import Spec
+from mpt_core.storage import dense_numel
 
 
 class FixedCalibration:

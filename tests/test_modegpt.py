@@ -11,9 +11,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mpt_core.compress import compress
+from mpt_core.engine.layerwise import block_linear_names, decoder_layers
 from mpt_core.errors import SpecError
-from mpt_core.layerwise import block_linear_names, decoder_layers
 from mpt_core.lowrank.modegpt import (
     DecomposedAttention,
     allocate_sparsity,
@@ -27,6 +26,7 @@ from mpt_core.lowrank.modegpt import (
     widths,
 )
 from mpt_core.models import Snapshot, state_dict_hash
+from mpt_core.pipeline import compress
 from mpt_core.spec import Spec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -257,7 +257,7 @@ def logits_of(model) -> torch.Tensor:
 def test_full_width_block_reproduces_the_model(fresh_tiny):
     """Keeping every channel, pair and head dimension, the three decompositions rebuild the
     block exactly (up to float rounding): nothing but the selection loses information."""
-    from mpt_core.layerwise import collect_stats, iterate_blocks
+    from mpt_core.engine.layerwise import collect_stats, iterate_blocks
     from mpt_core.lowrank.modegpt import ModuleStats
 
     model = fresh_tiny.model

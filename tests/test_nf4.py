@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mpt_core.compress import compress
 from mpt_core.errors import SpecError
+from mpt_core.pipeline import compress
 from mpt_core.quant.nf4 import (
     BLOCKSIZE2,
     codebook,

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import needs_data
-from mpt_core.compress import Calibration, compress
-from mpt_core.layerwise import decoder_layers, linear_layers
+from mpt_core.engine.layerwise import decoder_layers, linear_layers
+from mpt_core.pipeline import Calibration, compress
 from mpt_core.prune.owl import layer_outlier_ratio, outlier_ratios, owl_sparsities
 from mpt_core.spec import Spec
 

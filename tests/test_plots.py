@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mpt_core.plots import write_figures
+from mpt_core.reporting.plots import write_figures
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "curves"
 

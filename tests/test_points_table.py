@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from scripts_loader import load_script
 
-from mpt_core.results import Record, append
+from mpt_core.records import Record, append
 
 
 def record(spec: str, dataset: str, value: float, megabytes: float) -> Record:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mpt_core.baselines import BaselineRow, load_file
-from mpt_core.pruning_findings import owl, pattern, ppl_points, ranking
+from mpt_core.study.findings import owl, pattern, ppl_points, ranking
 
 STUDY = Path(__file__).resolve().parent.parent / "baselines" / "study"
 

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from mpt_core.errors import MptError, ResultsError
-from mpt_core.results import Record, append, known_keys, point_key, read
+from mpt_core.records import Record, append, known_keys, point_key, read
 
 
 def make_record(spec: str = "magnitude:0.5", value: float = 12.5, **changes) -> Record:

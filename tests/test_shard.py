@@ -12,7 +12,7 @@ import io
 import pytest
 
 from mpt_core.errors import MptError
-from mpt_core.scaleout import in_shard, parse_shard
+from mpt_core.harness.scaleout import in_shard, parse_shard
 
 SHARDS = 3
 

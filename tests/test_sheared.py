@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from mpt_core.compress import compress
 from mpt_core.errors import SpecError
 from mpt_core.models import Snapshot, state_dict_hash
+from mpt_core.pipeline import compress
 from mpt_core.prune.sheared import (
     BETAS,
     MASK_TYPES,

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from mpt_core.compress import Calibration, compress
 from mpt_core.errors import SpecError
 from mpt_core.models import Snapshot, state_dict_hash
+from mpt_core.pipeline import Calibration, compress
 from mpt_core.quant.smoothquant import (
     W8A8Linear,
     absmax_fake_quant,

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from conftest import needs_data
-from mpt_core.compress import Calibration, compress
 from mpt_core.evaluate.speed import (
     decode,
     kernel_kind,
@@ -20,6 +19,7 @@ from mpt_core.evaluate.speed import (
     start_decode,
     use_real_kernel,
 )
+from mpt_core.pipeline import Calibration, compress
 from mpt_core.spec import Spec
 
 HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mpt_core.study_tables import (
+from mpt_core.study.tables import (
     CSV_FIELDS,
     StudyTable,
     clean_cell,

@@ -10,7 +10,7 @@ import time
 from collections import Counter
 
 from conftest import REPO, cli_env, needs_data, run_cli
-from mpt_core.results import read
+from mpt_core.records import read
 
 RATIOS = [round(0.1 * i, 10) for i in range(1, 9)]
 SPECS = {f"magnitude:{ratio!r}" for ratio in RATIOS}

@@ -16,8 +16,8 @@ import sys
 import pytest
 
 from conftest import REPO, cli_env, needs_data
-from mpt_core.results import Record, append, read
-from mpt_core.scaleout import gpu_for_worker, merge_parts, part_path, worker_number
+from mpt_core.harness.scaleout import gpu_for_worker, merge_parts, part_path, worker_number
+from mpt_core.records import Record, append, read
 
 HAS_XDIST = importlib.util.find_spec("xdist") is not None
 SPECS = ("dense", "rtn:8[group=16]", "rtn:4[group=16]", "rtn:2[group=16]")

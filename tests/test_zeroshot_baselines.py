@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from mpt_core.baseline_record import GRIDS_DIR, grid_tasks, write_csv
 from mpt_core.baselines import load_file, task_limits
 from mpt_core.errors import BaselineError
-from mpt_core.results import Record, append
+from mpt_core.harness.baseline_record import GRIDS_DIR, grid_tasks, write_csv
+from mpt_core.records import Record, append
 
 
 def accuracy_record(task: str, metric: str, spec: str, value: float, limit: int | None) -> Record:

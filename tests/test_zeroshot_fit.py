@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mpt_core.analysis.fit import above_floor, fit_phase_transition
 from mpt_core.cli import main
 from mpt_core.errors import FitError
-from mpt_core.fit import above_floor, fit_phase_transition
 
 CHANCE = 0.25
 KNEE = 0.5

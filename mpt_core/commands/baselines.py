@@ -9,11 +9,17 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from mpt_core.baseline_record import GRIDS_DIR, grid_datasets, grid_tasks, read_grid, write_csv
 from mpt_core.baselines import DOWNSTREAM_METRICS, task_limits
 from mpt_core.commands.common import add_model_arguments, describe, open_session
 from mpt_core.commands.run import describe_score
-from mpt_core.results import append, known_keys, point_key, read
+from mpt_core.harness.baseline_record import (
+    GRIDS_DIR,
+    grid_datasets,
+    grid_tasks,
+    read_grid,
+    write_csv,
+)
+from mpt_core.records import append, known_keys, point_key, read
 from mpt_core.spec import Spec
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mpt_core.additivity import Interaction, interactions, median_ratio
-from mpt_core.combine import Grid, build_grid, recommend, safety, select_setting
-from mpt_core.curves import read_points
+from mpt_core.analysis.additivity import Interaction, interactions, median_ratio
+from mpt_core.analysis.combine import Grid, build_grid, recommend, safety, select_setting
+from mpt_core.analysis.curves import read_points
 from mpt_core.errors import FitError
 
 BUDGETS = (0.05, 0.10)
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     grid = build_grid(select_setting(points, args.model, args.dataset))
     print("\n".join(smallest_lines(grid) + [""] + additivity_lines(interactions(grid))))
     if args.figure:
-        from mpt_core.plots import plot_combined, save
+        from mpt_core.reporting.plots import plot_combined, save
 
         save(plot_combined(grid, Path(args.file).stem), Path(args.figure))
     return 0

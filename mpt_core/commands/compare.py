@@ -6,7 +6,14 @@ import argparse
 
 from tabulate import tabulate
 
-from mpt_core.history import DEFAULT_RTOL, load_run, moved, point_label, run_ptps, version_diff
+from mpt_core.reporting.history import (
+    DEFAULT_RTOL,
+    load_run,
+    moved,
+    point_label,
+    run_ptps,
+    version_diff,
+)
 
 
 def register(subparsers) -> None:

@@ -1,6 +1,6 @@
 """``mpt fit``: the phase-transition point of every curve in result or baseline files.
 
-Baseline CSVs and results JSONL are grouped into curves by ``mpt_core.curves``
+Baseline CSVs and results JSONL are grouped into curves by ``mpt_core.analysis.curves``
 (one row per method and fixed other stages); any other CSV needs ``--x`` and
 ``--y`` columns and is grouped by ``--by COLUMN`` if given.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from mpt_core.curves import (
+from mpt_core.analysis.curves import (
     AXES,
     MeasuredCurve,
     group_curves,
@@ -21,8 +21,8 @@ from mpt_core.curves import (
     read_points,
     read_xy_curves,
 )
+from mpt_core.analysis.fit import PhaseFit, fit_phase_transition
 from mpt_core.errors import BaselineError, FitError
-from mpt_core.fit import PhaseFit, fit_phase_transition
 
 DIRECTIONS = {"ppl": "up", "acc": "down", "acc_norm": "down"}
 # what a collapsed model still scores: chance on the four choices of ARC and MMLU

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from mpt_core.history import DEFAULT_RTOL, load_runs, point_label, run_ptps, step_changes
+from mpt_core.reporting.history import DEFAULT_RTOL, load_runs, point_label, run_ptps, step_changes
 
 
 def register(subparsers) -> None:
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     )
     print("runs: " + ", ".join(f"{i + 1}={item.name}" for i, item in enumerate(runs)))
     if args.plot:
-        from mpt_core.history_plots import plot_history
+        from mpt_core.reporting.history_plots import plot_history
 
         for path in plot_history(runs, points, labels, ptps, Path(args.plot)):
             print(f"wrote {path}")

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 
-from mpt_core.combine import Grid, Recommendation, build_grid, recommend, select_setting
+from mpt_core.analysis.combine import Grid, Recommendation, build_grid, recommend, select_setting
+from mpt_core.analysis.curves import read_points
 from mpt_core.commands.fit import DIRECTIONS
-from mpt_core.curves import read_points
 from mpt_core.errors import FitError
 
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from mpt_core import baselines
 from mpt_core.errors import MptError
-from mpt_core.report import Cell, tables
-from mpt_core.results import read
+from mpt_core.harness import verdict
+from mpt_core.records import read
+from mpt_core.reporting.report import Cell, tables
 
 
 def register(subparsers) -> None:
@@ -53,7 +54,7 @@ def _cell(record, known: dict[tuple, float]) -> Cell:
     baseline = known.get((record.model, record.dataset, record.spec, record.metric))
     passed = None
     if baseline is not None:
-        passed = baselines.check(record.value, baseline).passed
+        passed = verdict.check(record.value, baseline).passed
     return Cell(
         record.model, record.dataset, record.spec, record.metric, record.value, baseline, passed
     )

@@ -11,8 +11,8 @@ import argparse
 from mpt_core.commands.common import add_model_arguments, describe, open_session
 from mpt_core.errors import MptError
 from mpt_core.evaluate.tasks import TASKS
+from mpt_core.records import append
 from mpt_core.registry import validate
-from mpt_core.results import append
 from mpt_core.spec import Spec
 
 

@@ -13,8 +13,8 @@ from tqdm import tqdm
 
 from mpt_core.commands.common import add_model_arguments, describe, open_session
 from mpt_core.errors import MptError
+from mpt_core.records import append, known_keys, point_key, read
 from mpt_core.registry import validate
-from mpt_core.results import append, known_keys, point_key, read
 from mpt_core.spec import Spec
 
 
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
 def run_adaptive(args: argparse.Namespace) -> int:
     """Measure ``--budget`` ratios, each proposed by ``adaptive.propose_next`` from the
     points measured so far (those already in ``--out`` count: the sweep resumes)."""
-    from mpt_core.adaptive import propose_next
+    from mpt_core.analysis.adaptive import propose_next
 
     lo, hi = _adaptive_range(args.ratios or "", args.budget)
     suffix = f"[{args.options}]" if args.options else ""

@@ -27,8 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mpt_core.layerwise import decoder_layers, linear_layers
-from mpt_core.lowrank.factorized import LowRankLinear
+from mpt_core.engine.layerwise import decoder_layers, linear_layers
 from mpt_core.registry import family_of
 from mpt_core.spec import Spec
 
@@ -40,6 +39,9 @@ SIMULATED = {
     "lowrank": "two thin dense GEMMs per factorised layer (LowRankLinear)",
 }
 
+# the low-rank methods' two-factor layer (mpt_core.lowrank.factorized), named, not imported:
+# evaluation imports no method
+FACTORIZED_CLASS = "LowRankLinear"
 # quantized linears whose forward is not one dense GEMM, by class name ({where}: device, dtype)
 MODULE_KERNELS = {
     "Linear4bit": "bitsandbytes Linear4bit ({where}; 4-bit weights dequantized per GEMM)",
@@ -185,7 +187,7 @@ def kernel_kind(spec: Spec, model: nn.Module) -> str:
     if spec.is_dense:
         return f"dense GEMM ({where})"
     families = {family_of(stage) for stage in spec.stages}
-    if any(isinstance(module, LowRankLinear) for module in model.modules()):
+    if FACTORIZED_CLASS in classes:
         families.add("lowrank")
     texts = [SIMULATED[family] for family in sorted(families) if family in SIMULATED]
     return "; ".join(texts) + f" ({where})"

@@ -33,9 +33,7 @@ import hashlib
 import torch
 from torch import nn
 
-from mpt_core.errors import SpecError
-from mpt_core.evaluate.footprint import TensorStorage
-from mpt_core.layerwise import (
+from mpt_core.engine.layerwise import (
     LayerInputs,
     capture_layer0_inputs,
     collect_stats,
@@ -43,9 +41,11 @@ from mpt_core.layerwise import (
     linear_layers,
     run_block,
 )
+from mpt_core.errors import SpecError
 from mpt_core.lowrank.factorized import check_ratio, replace_linear, split_sigma
 from mpt_core.prune.sleb import inputs_of_alive_blocks, loss_from
 from mpt_core.registry import Option, positive_int, register
+from mpt_core.storage import TensorStorage
 
 PARAM_RATIO_CANDIDATES = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 

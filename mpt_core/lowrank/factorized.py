@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from mpt_core.errors import SpecError
-from mpt_core.evaluate.footprint import TensorStorage
+from mpt_core.storage import TensorStorage
 
 
 class LowRankLinear(nn.Module):

@@ -40,18 +40,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mpt_core.errors import SpecError
-from mpt_core.evaluate.footprint import TensorStorage
-from mpt_core.layerwise import (
+from mpt_core.engine.layerwise import (
     LayerInputs,
     _fit_batch,
     capture_layer0_inputs,
     decoder_layers,
     linear_layers,
 )
+from mpt_core.errors import SpecError
 from mpt_core.lowrank.factorized import check_ratio, replace_linear
 from mpt_core.lowrank.svd import truncated_svd
 from mpt_core.registry import Option, positive_int, register
+from mpt_core.storage import TensorStorage
 
 LOSSES = ("teacher", "student", "teacher+student")
 

@@ -40,13 +40,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mpt_core.engine.layerwise import decoder_layers, linear_layers
+from mpt_core.engine.training import batches, training_only
 from mpt_core.errors import SpecError
-from mpt_core.evaluate.footprint import FP16_BITS, TensorStorage
-from mpt_core.layerwise import decoder_layers, linear_layers
 from mpt_core.lowrank.factorized import check_ratio
 from mpt_core.lowrank.svd import truncated_svd
 from mpt_core.registry import Option, positive_int, register
-from mpt_core.training import batches, training_only
+from mpt_core.storage import FP16_BITS, TensorStorage
 
 INITIAL_WARMUP = 675 / 12272  # fractions of the steps, from the reference's MNLI command
 FINAL_WARMUP = 5 * 675 / 12272

@@ -49,12 +49,12 @@ import math
 import torch
 from torch import nn
 
+from mpt_core.engine.layerwise import collect_stats, iterate_blocks, linear_layers
 from mpt_core.errors import SpecError
-from mpt_core.evaluate.footprint import TensorStorage
-from mpt_core.layerwise import collect_stats, iterate_blocks, linear_layers
 from mpt_core.lowrank.factorized import check_ratio
 from mpt_core.prune.shortgpt import block_influence
 from mpt_core.registry import Option, register
+from mpt_core.storage import TensorStorage
 
 # eigenvalue floor of C^{1/2} for the value-output SVD, relative to the mean eigenvalue: it
 # only keeps C^{-1/2} finite when the calibration tokens do not span the hidden space

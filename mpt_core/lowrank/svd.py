@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import torch
 
-from mpt_core.evaluate.footprint import TensorStorage
-from mpt_core.layerwise import decoder_layers, linear_layers
+from mpt_core.engine.layerwise import decoder_layers, linear_layers
 from mpt_core.lowrank.factorized import check_ratio, rank_for_ratio, replace_linear, split_sigma
 from mpt_core.registry import register
+from mpt_core.storage import TensorStorage
 
 
 def truncated_svd(W: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:

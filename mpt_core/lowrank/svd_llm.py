@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from mpt_core.evaluate.footprint import TensorStorage
-from mpt_core.layerwise import (
+from mpt_core.engine.layerwise import (
     LayerInputs,
     capture_layer0_inputs,
     collect_stats,
@@ -30,6 +29,7 @@ from mpt_core.layerwise import (
 )
 from mpt_core.lowrank.factorized import check_ratio, rank_for_ratio, replace_linear, split_sigma
 from mpt_core.registry import register
+from mpt_core.storage import TensorStorage
 
 
 class Gram:

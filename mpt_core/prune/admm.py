@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import torch
 
-from mpt_core.evaluate.footprint import TensorStorage
-from mpt_core.layerwise import compress_layerwise
+from mpt_core.engine.layerwise import compress_layerwise
 from mpt_core.prune.mask import nm_mask, unstructured_mask
 from mpt_core.registry import Option, positive_int, register
+from mpt_core.storage import TensorStorage
 
 
 def _positive_float(value: str) -> float:

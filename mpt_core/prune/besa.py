@@ -36,9 +36,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from mpt_core.errors import SpecError
-from mpt_core.evaluate.footprint import TensorStorage
-from mpt_core.layerwise import (
+from mpt_core.engine.layerwise import (
     LayerInputs,
     _fit_batch,
     collect_stats,
@@ -46,8 +44,10 @@ from mpt_core.layerwise import (
     linear_layers,
     run_block,
 )
+from mpt_core.errors import SpecError
 from mpt_core.prune.wanda import WandaStats, wanda_score
 from mpt_core.registry import Option, flag, positive_int, register
+from mpt_core.storage import TensorStorage
 
 ALLOCATIONS = ("row", "layer")
 

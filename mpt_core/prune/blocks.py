@@ -13,8 +13,8 @@ import math
 
 from torch import nn
 
+from mpt_core.engine.layerwise import decoder_layers
 from mpt_core.errors import SpecError
-from mpt_core.layerwise import decoder_layers
 
 
 def blocks_to_remove(model: nn.Module, ratio: float) -> int:

@@ -24,11 +24,11 @@ import math
 import torch
 import torch.nn.functional as F
 
-from mpt_core.evaluate.footprint import TensorStorage
-from mpt_core.layerwise import LayerInputs, capture_layer0_inputs, decoder_layers, run_block
-from mpt_core.lora import LORA_OPTIONS, MLP_PROJECTIONS, Budget, lora_finetune, recovery
+from mpt_core.engine.layerwise import LayerInputs, capture_layer0_inputs, decoder_layers, run_block
+from mpt_core.engine.lora import LORA_OPTIONS, MLP_PROJECTIONS, Budget, lora_finetune, recovery
 from mpt_core.prune.blocks import blocks_to_remove, remove_blocks
 from mpt_core.registry import Option, register
+from mpt_core.storage import TensorStorage
 
 
 def _metric(value: str) -> str:

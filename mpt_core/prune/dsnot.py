@@ -29,12 +29,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mpt_core.evaluate.footprint import TensorStorage
-from mpt_core.layerwise import compress_layerwise
+from mpt_core.engine.layerwise import compress_layerwise
 from mpt_core.prune.mask import select_mask
 from mpt_core.prune.sparsegpt import SparseGPTStats, sparsegpt_prune
 from mpt_core.prune.wanda import WandaStats, wanda_score
 from mpt_core.registry import Option, flag, positive_int, register
+from mpt_core.storage import TensorStorage
 
 INITS = ("wanda", "sparsegpt")
 SKIPS = ("mlp", "self_attn", "none")

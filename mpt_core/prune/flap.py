@@ -43,9 +43,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mpt_core.evaluate.footprint import TensorStorage
-from mpt_core.layerwise import decoder_layers, iterate_blocks, run_block
+from mpt_core.engine.layerwise import decoder_layers, iterate_blocks, run_block
 from mpt_core.registry import register
+from mpt_core.storage import TensorStorage
 
 SCORED = ("self_attn.o_proj", "mlp.down_proj")
 

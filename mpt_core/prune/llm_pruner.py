@@ -33,7 +33,7 @@ parameter count is nearest R·N. Whole heads make that count a step function of 
 the achieved fraction can miss R by up to half a step, where one step is one MLP
 channel in every pruned block or, where s crosses a head boundary, one head group in
 every pruned block. A ratio beyond what the pruned blocks hold is a SpecError.
-``recover=lora`` fine-tunes the pruned model with LoRA (``mpt_core.lora``), the
+``recover=lora`` fine-tunes the pruned model with LoRA (``mpt_core.engine.lora``), the
 paper's recovery stage; ``none`` gives the study's "w/o" rows.
 
 The model really becomes narrower: the projections lose rows and columns, and
@@ -49,11 +49,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from mpt_core.engine.layerwise import decoder_layers, linear_layers
+from mpt_core.engine.lora import LORA_OPTIONS, Budget, lora_finetune, recovery
 from mpt_core.errors import SpecError
-from mpt_core.evaluate.footprint import TensorStorage, dense_numel
-from mpt_core.layerwise import decoder_layers, linear_layers
-from mpt_core.lora import LORA_OPTIONS, Budget, lora_finetune, recovery
 from mpt_core.registry import Option, nonnegative_int, positive_int, register
+from mpt_core.storage import TensorStorage, dense_numel
 
 # (units in a block, root channels per unit, per-block ratio s) -> units removed
 RemovalCount = Callable[[int, int, float], int]

@@ -30,7 +30,7 @@ and each projection's score vector is normalized over those groups.
 ``R`` is the fraction of the model's parameters removed, turned into the final
 per-block ratio as LLM-Pruner here does (nearest achievable count, whole head groups,
 one head group and one channel kept per block). The fine-tuning budget is explicit:
-``steps``, ``rank``, ``lr`` (``mpt_core.lora``); data are the calibration windows.
+``steps``, ``rank``, ``lr`` (``mpt_core.engine.lora``); data are the calibration windows.
 """
 
 from __future__ import annotations
@@ -38,9 +38,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mpt_core.evaluate.footprint import TensorStorage
-from mpt_core.layerwise import decoder_layers
-from mpt_core.lora import (
+from mpt_core.engine.layerwise import decoder_layers
+from mpt_core.engine.lora import (
     LORA_OPTIONS,
     Budget,
     LoRALinear,
@@ -59,6 +58,7 @@ from mpt_core.prune.llm_pruner import (
     record_widths,
 )
 from mpt_core.registry import Option, positive_int, register
+from mpt_core.storage import TensorStorage
 
 PRUNE_EVERY = 10
 WARMUP, COOLDOWN = 0.1, 0.1

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import torch
 
-from mpt_core.evaluate.footprint import TensorStorage
-from mpt_core.layerwise import decoder_layers, linear_layers
+from mpt_core.engine.layerwise import decoder_layers, linear_layers
 from mpt_core.prune.mask import SCOPES, select_mask
 from mpt_core.registry import Option, register
+from mpt_core.storage import TensorStorage
 
 
 def _scope(value: str) -> str:

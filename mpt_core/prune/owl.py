@@ -23,10 +23,10 @@ import dataclasses
 import torch
 
 from mpt_core import registry
-from mpt_core.evaluate.footprint import TensorStorage
-from mpt_core.layerwise import collect_stats, iterate_blocks, linear_layers
+from mpt_core.engine.layerwise import collect_stats, iterate_blocks, linear_layers
 from mpt_core.prune import sparsegpt, wanda
 from mpt_core.registry import Option, register
+from mpt_core.storage import TensorStorage
 
 BASES = {
     "wanda": (wanda.WandaStats, wanda.prune_linear),

@@ -29,11 +29,11 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from mpt_core.evaluate.footprint import TensorStorage
-from mpt_core.layerwise import compress_layerwise
+from mpt_core.engine.layerwise import compress_layerwise
 from mpt_core.prune.mask import SCOPES, nm_mask, unstructured_mask
 from mpt_core.prune.wanda import WandaStats
 from mpt_core.registry import Option, flag, register
+from mpt_core.storage import TensorStorage
 
 
 def ria_score(W: torch.Tensor, scaler_row: torch.Tensor, alpha: float) -> torch.Tensor:

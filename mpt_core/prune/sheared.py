@@ -62,12 +62,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mpt_core.engine.layerwise import decoder_layers
+from mpt_core.engine.training import batches, training_only
 from mpt_core.errors import SpecError
-from mpt_core.evaluate.footprint import TensorStorage
-from mpt_core.layerwise import decoder_layers
 from mpt_core.prune.blocks import remove_blocks
 from mpt_core.registry import Option, nonnegative_int, positive_int, register
-from mpt_core.training import batches, training_only
+from mpt_core.storage import TensorStorage
 
 STRETCH = (-0.1, 1.1)  # (γ, ζ): the hard concrete's stretch interval
 TEMPERATURE = 2 / 3  # β

@@ -13,10 +13,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mpt_core.evaluate.footprint import TensorStorage
-from mpt_core.layerwise import LayerInputs, capture_layer0_inputs, decoder_layers, run_block
+from mpt_core.engine.layerwise import LayerInputs, capture_layer0_inputs, decoder_layers, run_block
 from mpt_core.prune.blocks import blocks_to_remove, remove_blocks
 from mpt_core.registry import register
+from mpt_core.storage import TensorStorage
 
 
 @torch.no_grad()

@@ -20,8 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mpt_core.evaluate.footprint import TensorStorage
-from mpt_core.layerwise import (
+from mpt_core.engine.layerwise import (
     LayerInputs,
     capture_layer0_inputs,
     decoder_layers,
@@ -29,6 +28,7 @@ from mpt_core.layerwise import (
 )
 from mpt_core.prune.blocks import blocks_to_remove, remove_blocks
 from mpt_core.registry import Option, nonnegative_int, register
+from mpt_core.storage import TensorStorage
 
 
 @torch.no_grad()

@@ -32,10 +32,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mpt_core.engine.layerwise import LayerInputs, capture_layer0_inputs, decoder_layers, run_block
 from mpt_core.errors import SpecError
-from mpt_core.evaluate.footprint import TensorStorage
-from mpt_core.layerwise import LayerInputs, capture_layer0_inputs, decoder_layers, run_block
 from mpt_core.registry import Option, positive_int, register
+from mpt_core.storage import TensorStorage
 
 PCA_DAMPING = 0.01
 

@@ -27,11 +27,11 @@ import math
 import torch
 from torch import nn
 
+from mpt_core.engine.layerwise import compress_layerwise
 from mpt_core.errors import SpecError
-from mpt_core.evaluate.footprint import TensorStorage
-from mpt_core.layerwise import compress_layerwise
 from mpt_core.prune.mask import nm_mask, unstructured_mask
 from mpt_core.registry import Option, positive_int, register
+from mpt_core.storage import TensorStorage
 
 
 class SparseGPTStats:

@@ -17,10 +17,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mpt_core.evaluate.footprint import TensorStorage
-from mpt_core.layerwise import compress_layerwise
+from mpt_core.engine.layerwise import compress_layerwise
 from mpt_core.prune.mask import select_mask
 from mpt_core.registry import register
+from mpt_core.storage import TensorStorage
 
 
 class WandaStats:

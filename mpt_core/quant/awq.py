@@ -26,8 +26,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mpt_core.evaluate.footprint import TensorStorage
-from mpt_core.layerwise import (
+from mpt_core.engine.layerwise import (
     LayerInputs,
     capture_layer0_inputs,
     collect_stats,
@@ -39,6 +38,7 @@ from mpt_core.quant import backends
 from mpt_core.quant.gptq import check_groups
 from mpt_core.quant.rtn import rtn_storage
 from mpt_core.registry import Option, positive_int, register
+from mpt_core.storage import TensorStorage
 
 N_GRID = 20
 MAX_SHRINK = 0.5

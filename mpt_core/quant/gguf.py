@@ -41,11 +41,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from mpt_core.engine.layerwise import CALIBRATION_BATCH, decoder_layers, linear_layers
 from mpt_core.errors import SpecError
-from mpt_core.evaluate.footprint import TensorStorage
-from mpt_core.layerwise import CALIBRATION_BATCH, decoder_layers, linear_layers
 from mpt_core.quant.gguf_convert import gguf_names, rotary_heads, unpermute, write_gguf
 from mpt_core.registry import Option, flag, register
+from mpt_core.storage import TensorStorage
 
 LOG = logging.getLogger(__name__)
 

@@ -24,12 +24,12 @@ import math
 import torch
 from torch import nn
 
-from mpt_core.evaluate.footprint import TensorStorage
-from mpt_core.layerwise import compress_layerwise, decoder_layers, linear_layers
+from mpt_core.engine.layerwise import compress_layerwise, decoder_layers, linear_layers
 from mpt_core.quant import backends
 from mpt_core.quant.grid import check_group, find_grid, quantize
 from mpt_core.quant.rtn import rtn_storage
 from mpt_core.registry import Option, flag, positive_int, register
+from mpt_core.storage import TensorStorage
 
 BLOCKSIZE = 128
 G_IDX_BITS = 32

@@ -26,11 +26,11 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from mpt_core.evaluate.footprint import TensorStorage
-from mpt_core.layerwise import decoder_layers, linear_layers
+from mpt_core.engine.layerwise import decoder_layers, linear_layers
 from mpt_core.quant import backends
 from mpt_core.quant.smoothquant import input_absmax, replace_linear
 from mpt_core.registry import Option, register
+from mpt_core.storage import TensorStorage
 
 THRESHOLD = 6.0
 Q_MAX = 127

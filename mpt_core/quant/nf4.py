@@ -21,10 +21,10 @@ import math
 
 import torch
 
-from mpt_core.evaluate.footprint import TensorStorage
-from mpt_core.layerwise import decoder_layers, linear_layers
+from mpt_core.engine.layerwise import decoder_layers, linear_layers
 from mpt_core.quant import backends
 from mpt_core.registry import Option, flag, register
+from mpt_core.storage import TensorStorage
 
 BLOCKSIZE = 64
 BLOCKSIZE2 = 256  # second-level blocks of absmaxes (double quantization)

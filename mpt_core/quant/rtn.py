@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import torch
 
-from mpt_core.evaluate.footprint import TensorStorage
-from mpt_core.layerwise import decoder_layers, linear_layers
+from mpt_core.engine.layerwise import decoder_layers, linear_layers
 from mpt_core.quant.grid import check_group, find_grid, quantize
 from mpt_core.registry import Option, flag, positive_int, register
+from mpt_core.storage import TensorStorage
 
 
 @register(

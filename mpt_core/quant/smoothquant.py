@@ -22,10 +22,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mpt_core.evaluate.footprint import TensorStorage
-from mpt_core.layerwise import collect_stats, decoder_layers, iterate_blocks, linear_layers
+from mpt_core.engine.layerwise import collect_stats, decoder_layers, iterate_blocks, linear_layers
 from mpt_core.quant import backends
 from mpt_core.registry import Option, register
+from mpt_core.storage import TensorStorage
 
 SMOOTHED = {
     "input_layernorm": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),

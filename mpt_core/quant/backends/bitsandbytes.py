@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from mpt_core.evaluate.footprint import TensorStorage
-from mpt_core.layerwise import decoder_layers, linear_layers
+from mpt_core.engine.layerwise import decoder_layers, linear_layers
 from mpt_core.quant.backends import require
+from mpt_core.storage import TensorStorage
 
 BLOCKSIZE = 64
 

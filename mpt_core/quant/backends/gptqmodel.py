@@ -9,8 +9,8 @@ packed in int32 (``qweight``), fp16 ``scales``, zero points packed like the valu
 
 from __future__ import annotations
 
-from mpt_core.evaluate.footprint import TensorStorage
 from mpt_core.quant.backends.venv import quantize_in_venv
+from mpt_core.storage import TensorStorage
 
 
 def apply(method: str, model, stage, settings: dict, calibration) -> dict[str, TensorStorage]:

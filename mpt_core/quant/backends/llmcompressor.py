@@ -11,8 +11,8 @@ footprint counts exactly those.
 from __future__ import annotations
 
 from mpt_core.errors import SpecError
-from mpt_core.evaluate.footprint import TensorStorage
 from mpt_core.quant.backends.venv import quantize_in_venv, venv_python
+from mpt_core.storage import TensorStorage
 
 METHODS = ("gptq", "awq")
 

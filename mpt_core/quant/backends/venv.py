@@ -28,11 +28,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from mpt_core.engine.layerwise import block_linear_names
 from mpt_core.errors import SpecError
-from mpt_core.evaluate.footprint import TensorStorage
-from mpt_core.layerwise import block_linear_names
 from mpt_core.models import cache_dir
 from mpt_core.quant.backends import BackendError
+from mpt_core.storage import TensorStorage
 
 REPOSITORY = Path(__file__).resolve().parents[3]
 RUNNER = Path(__file__).with_name("runner.py")

@@ -5,7 +5,7 @@ The study (``mpt-study.md``) prints its results as pipe tables, each after a cap
 (``**x**``, ``<u>x</u>``, ``*x*``) stripped; :func:`study_rows` maps every cell to rows of the
 baseline CSV schema (:data:`CSV_FIELDS`). ``baselines/study/README.md`` documents the mapping.
 
-Run ``python -m mpt_core.study_tables STUDY.md OUT_DIR`` to (re)write ``tableN.csv``.
+Run ``python -m mpt_core.study.tables STUDY.md OUT_DIR`` to (re)write ``tableN.csv``.
 """
 
 from __future__ import annotations

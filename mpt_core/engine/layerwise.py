@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mpt_core.evaluate.footprint import TensorStorage
+from mpt_core.storage import TensorStorage
 
 CALIBRATION_BATCH = 8
 

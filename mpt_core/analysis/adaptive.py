@@ -4,7 +4,7 @@ A uniform sweep spends most of its budget where the curve is boring. Here
 the first points lay a coarse scaffold (both ends, then the largest gaps);
 from then on each point bisects the knee: before the fitter can run, the gap
 across which log y climbs the most; once it can, the widest hole inside the
-current 95% interval of s0 (``mpt_core.fit``), which is where a measurement
+current 95% interval of s0 (``mpt_core.analysis.fit``), which is where a measurement
 moves the profile likelihood most. A sweep calls ``propose_next`` with every
 point measured so far, measures the returned level, and repeats.
 """
@@ -16,8 +16,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from mpt_core.analysis.fit import N_PARAMS, fit_phase_transition
 from mpt_core.errors import FitError
-from mpt_core.fit import N_PARAMS, fit_phase_transition
 
 SCAFFOLD = 4  # points laid evenly before the knee search starts
 MIN_STEP = 1e-3  # relative to hi - lo: closer levels are not worth measuring twice

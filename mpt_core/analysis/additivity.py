@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mpt_core.combine import FP16, Grid, safety
+from mpt_core.analysis.combine import FP16, Grid, safety
 from mpt_core.errors import FitError
 
 

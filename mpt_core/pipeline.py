@@ -1,8 +1,7 @@
 """The one door from the CLI and the plugin to the methods.
 
-Importing this module imports every module of ``mpt_core.prune``,
-``mpt_core.quant`` and ``mpt_core.lowrank`` (each method module registers itself;
-a new method needs no edit here). ``compress(model, spec, calibration)`` runs a
+The registry finds the methods (every module of ``mpt_core.prune``, ``mpt_core.quant``
+and ``mpt_core.lowrank`` registers itself). ``compress(model, spec, calibration)`` runs a
 pipeline stage by stage (each stage sees the previous stage's output, and calibration-based stages
 capture their activations from the model as it is then) and returns the
 footprint of the result.
@@ -11,33 +10,16 @@ footprint of the result.
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import pkgutil
 
 import torch
 
 from mpt_core import registry
-from mpt_core.data import calibration_windows, data_dir, load_text, tokenize
-from mpt_core.evaluate.footprint import Footprint, TensorStorage, dense_numel, measure
+from mpt_core.data import CALIBRATION_SPLITS, calibration_windows, data_dir, load_text, tokenize
 from mpt_core.quant import backends
 from mpt_core.spec import Spec
-
-METHOD_PACKAGES = ("mpt_core.prune", "mpt_core.quant", "mpt_core.lowrank")
-
-
-def _import_methods() -> None:
-    """Import every module of the method packages; each method module registers itself."""
-    for package_name in METHOD_PACKAGES:
-        package = importlib.import_module(package_name)
-        for module in pkgutil.iter_modules(package.__path__):
-            if not module.name.startswith("_"):
-                importlib.import_module(f"{package_name}.{module.name}")
-
-
-_import_methods()
+from mpt_core.storage import Footprint, TensorStorage, dense_numel, measure
 
 PRUNING_FAMILIES = ("unstructured", "semi")
-CALIBRATION_SPLITS = {"ptb": "validation", "wikitext2": "train", "c4": "train"}
 
 
 def default_calibration_set() -> str:

@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 
 from mpt_core.errors import MptError
-from mpt_core.results import append, read
+from mpt_core.records import append, read
 
 _SHARD = re.compile(r"^(\d+)/(\d+)$")
 _WORKER = re.compile(r"^gw(\d+)$")

@@ -174,7 +174,7 @@ def read_jsonl(path: Path) -> list[Point]:
 
 
 def point_from_record(record: dict, where: str) -> Point:
-    """Adapter for a results record (mpt_core.results.Record as a dict)."""
+    """Adapter for a results record (mpt_core.records.Record as a dict)."""
     missing = [key for key in ("model", "dataset", "spec", "metric", "value") if key not in record]
     if missing:
         raise ResultsError(f"{where}: record lacks {', '.join(missing)}")

@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mpt_core.evaluate.footprint import TensorStorage
-from mpt_core.layerwise import decoder_layers
+from mpt_core.engine.layerwise import decoder_layers
 from mpt_core.registry import Option, positive_int
+from mpt_core.storage import TensorStorage
 
 CHUNK = 128  # tokens per training sequence (the authors train on 256-token prompts)
 DROPOUT = 0.05

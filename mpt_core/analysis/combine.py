@@ -23,9 +23,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from mpt_core.curves import Point, stage_x
+from mpt_core.analysis.curves import Point, stage_x
+from mpt_core.analysis.fit import PhaseFit, fit_phase_transition
 from mpt_core.errors import FitError
-from mpt_core.fit import PhaseFit, fit_phase_transition
 
 FP16 = "fp16"
 

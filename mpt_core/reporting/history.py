@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from mpt_core.errors import ResultsError
-from mpt_core.results import Record, append, read
+from mpt_core.records import Record, append, read
 
 DEFAULT_RTOL = 0.02
 
@@ -112,9 +112,9 @@ def run_ptps(run: Run) -> dict[str, float]:
     """s0 of every fittable single-method curve of a run, by curve label."""
     from dataclasses import asdict
 
-    from mpt_core.curves import group_curves, point_from_record
+    from mpt_core.analysis.curves import group_curves, point_from_record
+    from mpt_core.analysis.fit import N_PARAMS, fit_phase_transition
     from mpt_core.errors import FitError
-    from mpt_core.fit import N_PARAMS, fit_phase_transition
 
     points = [point_from_record(asdict(record), run.name) for record in run.records]
     ptps = {}

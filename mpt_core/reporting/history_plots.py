@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from mpt_core.history import Run, point_label  # noqa: E402
+from mpt_core.reporting.history import Run, point_label  # noqa: E402
 
 
 def plot_history(

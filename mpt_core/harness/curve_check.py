@@ -2,7 +2,7 @@
 
 Point tolerances miss a knee that moves while every point stays inside its
 tolerance, and must treat points past the knee as chaos. Here the baseline
-curve and the measured curve are both fitted (``mpt_core.fit``) and their s0
+curve and the measured curve are both fitted (``mpt_core.analysis.fit``) and their s0
 compared: the verdict fails when the two 95% intervals stop overlapping, or when
 the shift exceeds ``ptp_tol`` if one is set, or when one curve has a transition
 and the other has none.
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mpt_core.fit import PhaseFit, fit_phase_transition
+from mpt_core.analysis.fit import PhaseFit, fit_phase_transition
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ import math
 from pathlib import Path
 
 from mpt_core.baselines import DOWNSTREAM_METRICS, HEADER, BaselineRow, task_limits
-from mpt_core.compress import CALIBRATION_SPLITS
+from mpt_core.data import CALIBRATION_SPLITS
 from mpt_core.errors import BaselineError, SpecError
-from mpt_core.results import Record, now, read
+from mpt_core.records import Record, now, read
 from mpt_core.spec import Spec
 
 CPU_DATASETS = ("wikitext2", "ptb")

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mpt_core.analysis.curves import Point, group_curves
+from mpt_core.analysis.fit import N_PARAMS
 from mpt_core.baselines import BaselineRow
-from mpt_core.curves import Point, group_curves
-from mpt_core.fit import N_PARAMS
 from mpt_core.spec import Spec
 
 

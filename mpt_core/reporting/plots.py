@@ -21,16 +21,16 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import numpy as np  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
-from mpt_core.combine import Grid, build_grid, pareto_front, select_setting  # noqa: E402
-from mpt_core.curves import (  # noqa: E402
+from mpt_core.analysis.combine import Grid, build_grid, pareto_front, select_setting  # noqa: E402
+from mpt_core.analysis.curves import (  # noqa: E402
     MeasuredCurve,
     Point,
     group_curves,
     read_points,
     scheme_bits,
 )
+from mpt_core.analysis.fit import fit_phase_transition  # noqa: E402
 from mpt_core.errors import FitError  # noqa: E402
-from mpt_core.fit import fit_phase_transition  # noqa: E402
 
 FORMATS = ("png", "svg")
 MIN_GRID_CELLS = 12

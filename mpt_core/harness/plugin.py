@@ -1,0 +1,130 @@
+"""The pytest plugin: baseline rows become parametrized tests, verdicts become asserts.
+
+A benchmark module names the families it holds (``MPT_FAMILIES = ("quant",)``)
+and defines ``test_ppl(mpt_row, mpt_measure)``; this plugin parametrizes
+``mpt_row`` with every baseline row of those families (study tier: marked
+``gpu``; CPU tier: marked ``cpu``), one test per row, id
+``<model>-<dataset>-<spec>``. ``mpt_measure(row)`` skips with one line when the
+method, metric, device, model or data is missing, else measures the point on a
+model loaded once per session and restored before each test, and returns the
+Verdict. At session end the plugin writes the markdown report.
+
+Accuracy rows (``acc``, ``acc_norm``: the downstream family) are measured through
+lm-eval on the local task files, at the limit their baseline file states.
+Throughput rows (``tokens_per_s``) skip: the study's come from llama.cpp on its own
+hardware; speed is guarded by ``benchmarks/test_speed_throughput.py``.
+
+Scale-out (``mpt_core.harness.scaleout``): ``--mpt-shard i/n`` keeps a deterministic
+n-th of the tests for one CI runner; under ``pytest -n N`` each xdist worker
+pins its own GPU and appends records to its own part file, and the controller
+merges records, report, history and baseline updates at session end.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from mpt_core.errors import MptError
+from mpt_core.harness import collection
+from mpt_core.harness.fixtures import mpt_measure, mpt_measure_curve  # noqa: F401 (registered here)
+from mpt_core.harness.scaleout import parse_shard, pin_worker_gpu
+from mpt_core.harness.state import MptState, worker_id
+from mpt_core.harness.verdict import DEFAULT_RTOL
+
+MARKERS = {
+    "quant": "quantization points (Tables 4-6)",
+    "unstructured": "unstructured pruning points (Tables 2-3)",
+    "semi": "N:M semi-structured pruning points (Tables 2-3)",
+    "structured": "structured pruning points (Table 1)",
+    "lowrank": "low-rank decomposition points (Table 7)",
+    "combined": "pipelines of two methods (Tables 8-10)",
+    "downstream": "zero-shot / few-shot accuracy points (Table 5)",
+    "speed": "throughput measurements",
+    "gpu": "the study tier: the study's models on a CUDA GPU",
+    "cpu": "the CPU tier: SmolLM2-135M, baselines produced by the harness",
+    "slow": "takes more than a few seconds on the CPU",
+    "curve": "a whole curve fitted: has the phase-transition point moved?",
+}
+DEFAULT_PTP_TOL = 0.05
+
+
+def pytest_addoption(parser) -> None:
+    group = parser.getgroup("mpt", "mpt regression harness")
+    group.addoption(
+        "--mpt-tier",
+        choices=("cpu", "gpu", "all"),
+        default="all",
+        help="which baseline tier to collect (default: all)",
+    )
+    group.addoption("--mpt-model", default="smollm2-135m", help="the CPU-tier model")
+    group.addoption("--mpt-data-dir", default=None, help="offline data (sets MPT_DATA_DIR)")
+    group.addoption(
+        "--mpt-windows",
+        type=int,
+        default=None,
+        help="evaluation windows (default: the baseline file's)",
+    )
+    group.addoption(
+        "--mpt-rtol",
+        type=float,
+        default=None,
+        help=f"relative tolerance before the collapse (default {DEFAULT_RTOL})",
+    )
+    group.addoption("--mpt-baselines", default=None, help="baselines folder (default: ./baselines)")
+    group.addoption("--mpt-results", default=None, help="append every record to this JSONL")
+    group.addoption("--mpt-report", default=None, help="write the markdown report here")
+    group.addoption(
+        "--mpt-ptp-tol",
+        type=float,
+        default=DEFAULT_PTP_TOL,
+        help=f"largest PTP shift a curve test accepts (default {DEFAULT_PTP_TOL})",
+    )
+    group.addoption("--mpt-history", default=None, help="write this run's records into DIR")
+    group.addoption(
+        "--mpt-smoke",
+        action="store_true",
+        help="keep only a few CPU-tier points per family (what CI runs)",
+    )
+    group.addoption(
+        "--mpt-shard",
+        default=None,
+        metavar="I/N",
+        help="keep shard I of N (1-based) of the collected tests: a CI matrix's share",
+    )
+    group.addoption(
+        "--mpt-device-map",
+        default=None,
+        choices=("auto",),
+        help="spread each model over every visible GPU (accelerate): models past one GPU",
+    )
+    group.addoption(
+        "--mpt-update-baselines",
+        action="store_true",
+        help="rewrite the CPU-tier CSVs from this run (never the study's)",
+    )
+
+
+def pytest_configure(config) -> None:
+    for name, text in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {text}")
+    if config.getoption("--mpt-data-dir"):
+        os.environ["MPT_DATA_DIR"] = str(Path(config.getoption("--mpt-data-dir")).resolve())
+    if config.getoption("--mpt-shard"):
+        try:
+            parse_shard(config.getoption("--mpt-shard"))
+        except MptError as error:
+            raise pytest.UsageError(str(error)) from None
+    if worker_id(config) and not config.getoption("--mpt-device-map"):
+        pin_worker_gpu(worker_id(config))
+    config.pluginmanager.register(MptState(config), "mpt-state")
+
+
+def pytest_generate_tests(metafunc) -> None:
+    collection.parametrize(metafunc)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    collection.select(config, items)

@@ -1,0 +1,85 @@
+"""What the harness decides about a baseline row before and around measuring it.
+
+Plain functions of a row (and the options that bear on it), so they are tested without
+pytest: why a row cannot be measured here, the protocol it is measured under, the
+tolerance its verdict uses, and the dense baseline of its table.
+"""
+
+from __future__ import annotations
+
+import math
+
+from mpt_core import baselines, registry
+from mpt_core.baselines import BaselineRow
+from mpt_core.harness.verdict import DEFAULT_RTOL
+from mpt_core.models import DEFAULT_STUDY_SEQLEN, STUDY_SEQLEN, study_checkpoint
+from mpt_core.spec import Spec
+
+DEFAULT_CPU_WINDOWS = 8
+DEFAULT_CPU_SEQLEN = 512
+TOKENS_PER_S_SKIP = (
+    "tokens/s rows not comparable: the study measured llama.cpp on its own hardware; "
+    "speed is guarded by benchmarks/test_speed_throughput.py (--benchmark-compare-fail)"
+)
+
+
+def skip_reason(row: BaselineRow) -> str | None:
+    """Why this row cannot be measured here, or None."""
+    import torch
+
+    for method in Spec.parse(row.spec).methods:
+        if method not in registry.names():
+            return f"method {method} not implemented"
+        if hint := registry.get(method).unavailable():
+            return hint
+    if row.metric == "tokens_per_s":
+        return TOKENS_PER_S_SKIP
+    if row.metric in baselines.DOWNSTREAM_METRICS:
+        from mpt_core.evaluate.zeroshot import INSTALL_HINT, lm_eval_available
+
+        if not lm_eval_available():
+            return INSTALL_HINT
+    elif row.metric != "ppl":
+        return f"metric {row.metric} not implemented"
+    if row.tier == "study" and not torch.cuda.is_available():
+        return (
+            f"GPU tier: needs a CUDA device and the model {study_checkpoint(row.model)}; "
+            "run `pytest benchmarks -m gpu` on a GPU runner"
+        )
+    return None
+
+
+def row_protocol(row: BaselineRow, windows_option: int | None) -> tuple[str, int, int | None]:
+    """(model to load, seqlen, evaluation windows) a row is measured with."""
+    if row.tier == "study":
+        seqlen = row.seqlen or STUDY_SEQLEN.get(row.model, DEFAULT_STUDY_SEQLEN)
+        return study_checkpoint(row.model), seqlen, windows_option
+    windows = windows_option or row.windows or DEFAULT_CPU_WINDOWS
+    return row.model, row.seqlen or DEFAULT_CPU_SEQLEN, windows
+
+
+def tolerance(row: BaselineRow, rtol_option: float | None) -> float:
+    """--mpt-rtol (default 2%); an accuracy on a few hundred questions moves in steps of
+    one question, so there it is at least one standard error of the baseline."""
+    rtol = rtol_option or DEFAULT_RTOL
+    stderr = row.stderr if row.stderr is not None and math.isfinite(row.stderr) else 0.0
+    if row.metric in baselines.DOWNSTREAM_METRICS and row.value:
+        return max(rtol, stderr / row.value)
+    return rtol
+
+
+class DenseBaselines:
+    """The dense baseline of each (tier, table, model, dataset, metric), indexed once."""
+
+    def __init__(self, rows: list[BaselineRow]):
+        self._values: dict[tuple, float | None] = {}
+        for row in rows:
+            if row.spec == "dense":
+                self._values.setdefault(self._key(row), row.value)
+
+    @staticmethod
+    def _key(row: BaselineRow) -> tuple:
+        return (row.tier, row.table, row.model, row.dataset, row.metric)
+
+    def of(self, row: BaselineRow) -> float | None:
+        return self._values.get(self._key(row))

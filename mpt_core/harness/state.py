@@ -1,0 +1,110 @@
+"""The session's measuring service: models loaded once, each point measured once, outcomes.
+
+``MptState`` is registered as a plugin object (``mpt-state``) by the plugin. It opens one
+``measure.Session`` per (model, seqlen), measures each (spec, dataset) once, appends every
+record to ``--mpt-results``, counts outcomes and skip reasons, and at session end hands what
+it gathered to ``mpt_core.harness.outputs`` (or, in an xdist worker, to the controller).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict
+
+import pytest
+
+from mpt_core.baselines import BaselineRow
+from mpt_core.harness import outputs
+from mpt_core.harness.scaleout import part_path
+from mpt_core.records import Record, append
+from mpt_core.reporting.report import Cell
+from mpt_core.spec import Spec
+
+
+def worker_id(config) -> str | None:
+    """This process's xdist worker id (``gw0``), None in a serial run or the controller."""
+    return getattr(config, "workerinput", {}).get("workerid")
+
+
+class MptState:
+    """Per-session state: loaded models, measured records, outcomes for the report."""
+
+    def __init__(self, config):
+        self.config = config
+        self.sessions: dict[tuple, object] = {}
+        self.records: dict[tuple, Record] = {}
+        self.cells: list[Cell] = []
+        self.measured_rows: list[tuple[BaselineRow, Record]] = []
+        self.outcomes: Counter = Counter()
+        self.skips: Counter = Counter()
+
+    def session_for(self, model: str, seqlen: int):
+        from mpt_core.measure import Session
+
+        key = (model, seqlen)
+        if key not in self.sessions:
+            device_map = self.config.getoption("--mpt-device-map")
+            self.sessions[key] = Session.open(model, seqlen, device_map=device_map)
+        return self.sessions[key]
+
+    def measure(self, model: str, seqlen: int, spec: str, dataset: str, windows: int | None):
+        key = (model, seqlen, spec, dataset, windows)
+        if key not in self.records:
+            record = self.session_for(model, seqlen).measure(Spec.parse(spec), dataset, windows)
+            self._keep(key, record)
+        return self.records[key]
+
+    def measure_accuracy(
+        self, model: str, seqlen: int, spec: str, task: str, limit: int | None, metric: str
+    ) -> Record:
+        """The ``metric`` record of ``task``; one lm-eval run gives all its metrics."""
+        key = (model, seqlen, spec, task, limit)
+        if (*key, metric) not in self.records:
+            session = self.session_for(model, seqlen)
+            for record in session.measure_tasks(Spec.parse(spec), {task: limit}):
+                self._keep((*key, record.metric), record)
+        return self.records[(*key, metric)]
+
+    def _keep(self, key: tuple, record: Record) -> None:
+        results = self.config.getoption("--mpt-results")
+        if results:
+            worker = worker_id(self.config)
+            append(part_path(results, worker) if worker else results, record)
+        self.records[key] = record
+
+    @pytest.hookimpl
+    def pytest_runtest_logreport(self, report) -> None:
+        if report.when == "call" or (report.when == "setup" and report.skipped):
+            if report.skipped:
+                reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else "skipped"
+                self.skips[reason.removeprefix("Skipped: ").split(":")[0]] += 1
+            else:
+                self.outcomes[report.outcome] += 1
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node, error) -> None:
+        """xdist controller: take over what a finished worker measured."""
+        payload = json.loads(getattr(node, "workeroutput", {}).get("mpt", "{}"))
+        self.cells += [Cell(**cell) for cell in payload.get("cells", [])]
+        for row, record in payload.get("measured", []):
+            self.measured_rows.append((BaselineRow(**row), Record.from_dict(json.loads(record))))
+        for text in payload.get("records", []):
+            record = Record.from_dict(json.loads(text))
+            self.records.setdefault(record.key, record)  # both workers measure dense
+
+    @pytest.hookimpl
+    def pytest_sessionfinish(self, session) -> None:
+        if worker_id(self.config):
+            self.config.workeroutput["mpt"] = self._payload()
+            return  # the controller writes the report, history and baselines
+        outputs.write_all(self.config, self)
+
+    def _payload(self) -> str:
+        return json.dumps(
+            {
+                "cells": [asdict(cell) for cell in self.cells],
+                "measured": [[asdict(row), record.to_json()] for row, record in self.measured_rows],
+                "records": [record.to_json() for record in self.records.values()],
+            }
+        )
