@@ -14,6 +14,7 @@ from mpt_core.engine.layerwise import (
     decoder_layers,
     iterate_blocks,
     linear_layers,
+    module_name,
 )
 from mpt_core.models import state_dict_hash
 
@@ -111,7 +112,7 @@ def test_statistics_hooks_see_every_calibration_token(tiny, windows):
     model = tiny.model
     counted = {}
     for index, block, inputs in iterate_blocks(model, windows):
-        stats = collect_stats(block, inputs, lambda _name, linear: TokenCounter(linear))
+        stats = collect_stats(block, inputs, lambda _site, linear: TokenCounter(linear), index)
         assert set(stats) == set(linear_layers(block)) and len(stats) == 7
         for name, counter in stats.items():
             assert counter.tokens == NSAMPLES * SEQLEN, (index, name)
@@ -131,9 +132,9 @@ def test_hooks_are_removed_when_statistics_fail(tiny, windows):
             raise RuntimeError("boom")
 
     model = tiny.model
-    _, block, inputs = next(iterate_blocks(model, windows))
+    index, block, inputs = next(iterate_blocks(model, windows))
     with pytest.raises(RuntimeError, match="boom"):
-        collect_stats(block, inputs, lambda _name, _linear: Exploding())
+        collect_stats(block, inputs, lambda _site, _linear: Exploding(), index)
     assert hooks_left(model) == 0
 
 
@@ -151,15 +152,66 @@ def test_compress_layerwise_noop_covers_every_linear_and_changes_nothing(tiny, w
     before = state_dict_hash(model)
     calls = []
 
-    def compress(name, linear, stats):
+    def compress(site, linear, stats):
         assert stats.tokens == NSAMPLES * SEQLEN
-        calls.append(name)
+        assert linear is model.get_submodule(site.path)
+        calls.append(site.weight)
         return TensorStorage(value_bits=8)
 
     storage = compress_layerwise(
-        model, windows, lambda _name, linear: TokenCounter(linear), compress
+        model, windows, lambda _site, linear: TokenCounter(linear), compress
     )
     assert sorted(storage) == sorted(block_linear_names(model))
-    assert len(calls) == 14 and all(s.value_bits == 8 for s in storage.values())
+    assert sorted(calls) == sorted(storage) and all(s.value_bits == 8 for s in storage.values())
     assert state_dict_hash(model) == before
     assert hooks_left(model) == 0
+
+
+def _block1_input_totals(model, windows, compress, propagate):
+    totals = {}
+
+    def keep(site, linear, stats):
+        totals[site.weight] = stats.total.clone()
+        return compress(linear)
+
+    compress_layerwise(model, windows, lambda _s, linear: TokenCounter(linear), keep, propagate)
+    return {key: value for key, value in totals.items() if key.startswith(module_name(1))}
+
+
+def test_dense_propagation_feeds_each_block_the_dense_activations(fresh_tiny, windows):
+    from mpt_core.storage import TensorStorage
+
+    model = fresh_tiny.model
+
+    def noop(_linear):
+        return TensorStorage()
+
+    def halve(linear):
+        linear.weight.data.mul_(0.5)
+        return TensorStorage()
+
+    before = state_dict_hash(model)
+    dense = _block1_input_totals(model, windows, noop, "compressed")
+    assert state_dict_hash(model) == before
+    seen_dense = _block1_input_totals(model, windows, halve, "dense")
+    for key, total in dense.items():
+        torch.testing.assert_close(seen_dense[key], total)
+
+
+def test_dense_propagation_differs_from_compressed_once_a_block_changes(fresh_tiny, windows):
+    from mpt_core.storage import TensorStorage
+
+    model = fresh_tiny.model
+    dense = _block1_input_totals(model, windows, lambda _l: TensorStorage(), "compressed")
+
+    def halve(linear):
+        linear.weight.data.mul_(0.5)
+        return TensorStorage()
+
+    seen = _block1_input_totals(model, windows, halve, "compressed")
+    assert any(not torch.allclose(seen[key], dense[key]) for key in dense)
+
+
+def test_a_bad_propagation_is_refused(tiny, windows):
+    with pytest.raises(ValueError, match="propagate"):
+        next(iterate_blocks(tiny.model, windows, "sideways"))

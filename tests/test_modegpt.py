@@ -262,8 +262,8 @@ def test_full_width_block_reproduces_the_model(fresh_tiny):
 
     model = fresh_tiny.model
     before = logits_of(model)
-    for _index, block, inputs in iterate_blocks(model, FixedCalibration().windows(None)):
-        stats = collect_stats(block, inputs, ModuleStats)
+    for index, block, inputs in iterate_blocks(model, FixedCalibration().windows(None)):
+        stats = collect_stats(block, inputs, lambda site, lin: ModuleStats(site.name, lin), index)
         width = widths(block, 1.0)
         compress_mlp(block, stats, width["mlp"], ridge=1e-2)
         compress_attention(block, stats, width)

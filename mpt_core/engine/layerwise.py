@@ -10,7 +10,12 @@
    compressed model's activations.
 
 Peak memory is one layer's activations for the calibration set. A method
-supplies only ``make_stats(name, linear)`` and ``compress(name, linear, stats)``.
+supplies only ``make_stats(site, linear)`` and ``compress(site, linear, stats)``; a
+``LinearSite`` carries the block index and the linear's name inside the block and in the
+model. ``propagate="dense"`` feeds each block the dense model's activations instead.
+
+This module is the one place that knows the blocks' parameter names
+(``model.layers.{index}``): methods name tensors through ``LinearSite`` and ``weight_name``.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -25,6 +31,8 @@ from torch import nn
 from mpt_core.storage import TensorStorage
 
 CALIBRATION_BATCH = 8
+BLOCKS = "model.layers"  # the parameter-name prefix of the decoder blocks
+Propagation = Literal["compressed", "dense"]
 
 
 class _Captured(Exception):
@@ -46,12 +54,45 @@ def linear_layers(block: nn.Module) -> dict[str, nn.Linear]:
     return {name: module for name, module in block.named_modules() if isinstance(module, nn.Linear)}
 
 
+@dataclass(frozen=True)
+class LinearSite:
+    """Where a linear sits: its block's index and its name inside the block."""
+
+    index: int
+    name: str  # inside the block, e.g. "self_attn.q_proj"
+
+    @property
+    def path(self) -> str:
+        """Its module name in the model, e.g. ``model.layers.3.self_attn.q_proj``."""
+        return module_name(self.index, self.name)
+
+    @property
+    def weight(self) -> str:
+        """Its weight's parameter name: the key of a method's storage."""
+        return f"{self.path}.weight"
+
+
+def module_name(index: int, name: str = "") -> str:
+    """The model-level name of block ``index`` (or of ``name`` inside it)."""
+    return f"{BLOCKS}.{index}.{name}" if name else f"{BLOCKS}.{index}"
+
+
+def weight_name(index: int, name: str) -> str:
+    """The parameter name of the weight of ``name`` inside block ``index``."""
+    return f"{module_name(index, name)}.weight"
+
+
+def block_linears(model: nn.Module) -> Iterator[tuple[LinearSite, nn.Linear]]:
+    """Every linear of every decoder block with its site: the loop of methods that need
+    no calibration data."""
+    for index, block in enumerate(decoder_layers(model)):
+        for name, linear in linear_layers(block).items():
+            yield LinearSite(index, name), linear
+
+
 def block_linear_names(model: nn.Module) -> list[str]:
     """Parameter names of every linear weight inside decoder blocks: what methods compress."""
-    names = []
-    for index, block in enumerate(decoder_layers(model)):
-        names += [f"model.layers.{index}.{name}.weight" for name in linear_layers(block)]
-    return names
+    return [site.weight for site, _ in block_linears(model)]
 
 
 @torch.no_grad()
@@ -102,20 +143,31 @@ def _fit_tensor(value, size: int):
 
 
 def iterate_blocks(
-    model: nn.Module, windows: torch.Tensor
+    model: nn.Module, windows: torch.Tensor, propagate: Propagation = "compressed"
 ) -> Iterator[tuple[int, nn.Module, LayerInputs]]:
-    """Yield (index, block, its calibration inputs); after each yield the outputs of the
-    (possibly compressed) block become the next block's inputs."""
+    """Yield (index, block, its calibration inputs). With ``propagate="compressed"`` the
+    outputs of the block as it is after the yield (compressed) feed the next block; with
+    ``"dense"``, its outputs before the yield (the dense model's activations)."""
+    if propagate not in ("compressed", "dense"):
+        raise ValueError(f"propagate must be 'compressed' or 'dense', not {propagate!r}")
     inputs = capture_layer0_inputs(model, windows)
     for index, block in enumerate(decoder_layers(model)):
+        dense_outputs = run_block(block, inputs) if propagate == "dense" else None
         yield index, block, inputs
-        inputs = LayerInputs(run_block(block, inputs), inputs.kwargs)
+        outputs = run_block(block, inputs) if dense_outputs is None else dense_outputs
+        inputs = LayerInputs(outputs, inputs.kwargs)
 
 
 @torch.no_grad()
-def collect_stats(block: nn.Module, inputs: LayerInputs, make_stats: Callable) -> dict[str, object]:
-    """Run the block once with a statistics object fed by a hook on each linear."""
-    stats = {name: make_stats(name, linear) for name, linear in linear_layers(block).items()}
+def collect_stats(
+    block: nn.Module, inputs: LayerInputs, make_stats: Callable, index: int
+) -> dict[str, object]:
+    """Run block ``index`` once with a statistics object, ``make_stats(site, linear)``, fed
+    by a hook on each linear; keyed by the linear's name inside the block."""
+    stats = {
+        name: make_stats(LinearSite(index, name), linear)
+        for name, linear in linear_layers(block).items()
+    }
     handles = [
         linear.register_forward_hook(_feeder(stats[name]))
         for name, linear in linear_layers(block).items()
@@ -138,14 +190,16 @@ def _feeder(stats) -> Callable:
 def compress_layerwise(
     model: nn.Module,
     windows: torch.Tensor,
-    make_stats: Callable[[str, nn.Linear], object],
-    compress: Callable[[str, nn.Linear, object], TensorStorage],
+    make_stats: Callable[[LinearSite, nn.Linear], object],
+    compress: Callable[[LinearSite, nn.Linear, object], TensorStorage],
+    propagate: Propagation = "compressed",
 ) -> dict[str, TensorStorage]:
     """Compress every linear of every decoder block from calibration statistics."""
     storage: dict[str, TensorStorage] = {}
-    for index, block, inputs in iterate_blocks(model, windows):
-        stats = collect_stats(block, inputs, make_stats)
+    for index, block, inputs in iterate_blocks(model, windows, propagate):
+        stats = collect_stats(block, inputs, make_stats, index)
         for name, linear in linear_layers(block).items():
-            storage[f"model.layers.{index}.{name}.weight"] = compress(name, linear, stats[name])
+            site = LinearSite(index, name)
+            storage[site.weight] = compress(site, linear, stats[name])
             stats[name] = None
     return storage

@@ -73,7 +73,9 @@ def activation_scales(model, windows: torch.Tensor) -> dict[tuple[int, str], tor
     scales = {}
     inputs = capture_layer0_inputs(model, windows)
     for index, block in enumerate(decoder_layers(model)):
-        stats = collect_stats(block, inputs, lambda _name, linear: AbsMean(linear.in_features))
+        stats = collect_stats(
+            block, inputs, lambda _site, linear: AbsMean(linear.in_features), index
+        )
         scales |= {(index, name): stat.scale for name, stat in stats.items()}
         inputs = LayerInputs(run_block(block, inputs), inputs.kwargs)
     return scales

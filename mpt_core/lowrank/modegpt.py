@@ -375,7 +375,9 @@ def modegpt(model, stage, settings, calibration) -> dict[str, TensorStorage]:
     )  # fmt: skip
     storage, layout = {}, []
     for index, block, inputs in iterate_blocks(model, windows):
-        stats = collect_stats(block, inputs, ModuleStats)
+        stats = collect_stats(
+            block, inputs, lambda site, linear: ModuleStats(site.name, linear), index
+        )
         width = widths(block, 1 - sparsity[index])
         compress_mlp(block, stats, width["mlp"], settings["ridge"])
         compress_attention(block, stats, width)

@@ -72,7 +72,7 @@ def svd_llm(model, stage, settings, calibration) -> dict[str, TensorStorage]:
     storage: dict[str, TensorStorage] = {}
     inputs = capture_layer0_inputs(model, calibration.windows(settings))
     for index, block in enumerate(decoder_layers(model)):
-        grams = collect_stats(block, inputs, lambda _name, linear: Gram(linear.in_features))
+        grams = collect_stats(block, inputs, lambda _site, linear: Gram(linear.in_features), index)
         inputs = LayerInputs(run_block(block, inputs), inputs.kwargs)
         for name, linear in linear_layers(block).items():
             rank = rank_for_ratio(*linear.weight.shape, stage.ratio)

@@ -105,10 +105,10 @@ def admm(model, stage, settings, calibration) -> dict[str, TensorStorage]:
     sparsity = stage.sparsity
     prune_iters = min(settings["prune_iters"], settings["iters"])
 
-    def make_stats(_name, linear):
+    def make_stats(_site, linear):
         return GramStats(linear.in_features)
 
-    def compress(_name, linear, stats):
+    def compress(_site, linear, stats):
         linear.weight.copy_(
             admm_prune(
                 linear.weight,

@@ -192,10 +192,12 @@ def masked_forward(block, linears, allocations, hidden, kwargs) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out
 
 
-def learn_block(block, inputs: LayerInputs, reference: torch.Tensor, stage, settings) -> None:
+def learn_block(
+    index: int, block, inputs: LayerInputs, reference: torch.Tensor, stage, settings
+) -> None:
     """Train the block's sparsity allocation, then prune it at the learned sparsities."""
     linears = linear_layers(block)
-    stats = collect_stats(block, inputs, lambda _name, linear: WandaStats(linear))
+    stats = collect_stats(block, inputs, lambda _site, linear: WandaStats(linear), index)
     candidates = sparsity_candidates(settings["step"])
     allocations = {
         name: SparsityAllocation(
@@ -265,7 +267,7 @@ def besa(model, stage, settings, calibration) -> dict[str, TensorStorage]:
             dense_inputs = LayerInputs(reference, inputs.kwargs)
         else:
             reference = run_block(block, inputs)  # the dense block on the pruned inputs
-        learn_block(block, inputs, reference, stage, settings)
+        learn_block(index, block, inputs, reference, stage, settings)
         for name in linear_layers(block):
             storage[f"model.layers.{index}.{name}.weight"] = TensorStorage()
     return storage

@@ -242,6 +242,6 @@ def dsnot_method(model, stage, settings, calibration) -> dict[str, TensorStorage
     return compress_layerwise(
         model,
         calibration.windows(settings),
-        lambda _name, linear: DSnoTStats(linear, settings["init"]),
-        lambda name, linear, stats: prune_linear(name, linear, stats, stage, settings),
+        lambda _site, linear: DSnoTStats(linear, settings["init"]),
+        lambda site, linear, stats: prune_linear(site.name, linear, stats, stage, settings),
     )

@@ -56,8 +56,10 @@ def owl_sparsities(lod: list[float], R: float, lam: float) -> list[float]:
 def outlier_ratios(model, windows: torch.Tensor, M: float) -> list[float]:
     """LOD of every decoder layer of the dense model (nothing is pruned in this pass)."""
     ratios = []
-    for _index, block, inputs in iterate_blocks(model, windows):
-        stats = collect_stats(block, inputs, lambda _name, linear: wanda.WandaStats(linear))
+    for index, block, inputs in iterate_blocks(model, windows):
+        stats = collect_stats(
+            block, inputs, lambda _site, linear: wanda.WandaStats(linear), index
+        )
         scores = [
             wanda.wanda_score(linear.weight.data, stats[name].scaler_row)
             for name, linear in linear_layers(block).items()
@@ -74,7 +76,7 @@ def prune_with_sparsities(model, windows, stage, base: str, sparsities: list[flo
     storage = {}
     for index, block, inputs in iterate_blocks(model, windows):
         layer_stage = dataclasses.replace(base_stage, ratio=sparsities[index])
-        stats = collect_stats(block, inputs, lambda _name, linear: make_stats(linear))
+        stats = collect_stats(block, inputs, lambda _site, linear: make_stats(linear), index)
         for name, linear in linear_layers(block).items():
             key = f"model.layers.{index}.{name}.weight"
             storage[key] = prune_linear(linear, stats.pop(name), layer_stage, base_settings)

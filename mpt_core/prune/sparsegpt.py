@@ -159,6 +159,6 @@ def sparsegpt(model, stage, settings, calibration) -> dict[str, TensorStorage]:
     return compress_layerwise(
         model,
         calibration.windows(settings),
-        lambda _name, linear: SparseGPTStats(linear),
-        lambda _name, linear, stats: prune_linear(linear, stats, stage, settings),
+        lambda _site, linear: SparseGPTStats(linear),
+        lambda _site, linear, stats: prune_linear(linear, stats, stage, settings),
     )

@@ -61,6 +61,6 @@ def wanda(model, stage, settings, calibration) -> dict[str, TensorStorage]:
     return compress_layerwise(
         model,
         calibration.windows(settings),
-        lambda _name, linear: WandaStats(linear),
-        lambda _name, linear, stats: prune_linear(linear, stats, stage, settings),
+        lambda _site, linear: WandaStats(linear),
+        lambda _site, linear, stats: prune_linear(linear, stats, stage, settings),
     )

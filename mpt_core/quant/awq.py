@@ -206,8 +206,8 @@ def auto_clip_block(block: nn.Module, features: dict, bits: int, groups) -> None
 def run_awq(model: nn.Module, windows: torch.Tensor, bits: int, groups: dict) -> None:
     """Scale and clip every block; each block's inputs come from the float blocks before it."""
     inputs = capture_layer0_inputs(model, windows)
-    for block in decoder_layers(model):
-        stats = collect_stats(block, inputs, InputFeatures)
+    for index, block in enumerate(decoder_layers(model)):
+        stats = collect_stats(block, inputs, InputFeatures, index)
         features = {name: stat.features() for name, stat in stats.items()}
         outputs = run_block(block, inputs)
         auto_scale_block(block, features, inputs.kwargs, bits, groups)

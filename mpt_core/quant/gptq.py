@@ -24,7 +24,12 @@ import math
 import torch
 from torch import nn
 
-from mpt_core.engine.layerwise import compress_layerwise, decoder_layers, linear_layers
+from mpt_core.engine.layerwise import (
+    LinearSite,
+    compress_layerwise,
+    decoder_layers,
+    linear_layers,
+)
 from mpt_core.quant import backends
 from mpt_core.quant.grid import check_group, find_grid, quantize
 from mpt_core.quant.rtn import rtn_storage
@@ -63,8 +68,8 @@ def gptq(model, stage, settings, calibration) -> dict[str, TensorStorage]:
         return backends.run("gptq", model, stage, settings, calibration)
     windows = calibration.windows(settings)
 
-    def compress(name: str, linear: nn.Linear, stats: GPTQ) -> TensorStorage:
-        group = groups[name]
+    def compress(site: LinearSite, linear: nn.Linear, stats: GPTQ) -> TensorStorage:
+        group = groups[site.name]
         linear.weight.copy_(
             stats.fasterquant(
                 linear.weight,
@@ -79,7 +84,7 @@ def gptq(model, stage, settings, calibration) -> dict[str, TensorStorage]:
         )
         return gptq_storage(stage.bits, group, linear.in_features, settings)
 
-    return compress_layerwise(model, windows, lambda _name, linear: GPTQ(linear), compress)
+    return compress_layerwise(model, windows, lambda _site, linear: GPTQ(linear), compress)
 
 
 def check_groups(model: nn.Module, group: int | None) -> dict[str, int]:

@@ -100,8 +100,8 @@ class InputAbsMax:
 def input_absmax(model: nn.Module, windows: torch.Tensor) -> list[dict[str, torch.Tensor]]:
     """Per block, per linear: max |x_j| of its inputs in the float model."""
     scales = []
-    for _index, block, inputs in iterate_blocks(model, windows):
-        stats = collect_stats(block, inputs, InputAbsMax)
+    for index, block, inputs in iterate_blocks(model, windows):
+        stats = collect_stats(block, inputs, InputAbsMax, index)
         scales.append({name: stat.max for name, stat in stats.items()})
     return scales
 
