@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import math
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -74,6 +75,58 @@ def nonnegative_int(value: str) -> int:
     if number < 0:
         raise ValueError("must be 0 or more")
     return number
+
+
+def _finite(value: str) -> float:
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError("must be a finite number")
+    return number
+
+
+def positive_float(value: str) -> float:
+    """Option parser: a finite number above zero."""
+    number = _finite(value)
+    if number <= 0:
+        raise ValueError("must be above 0")
+    return number
+
+
+def nonnegative_float(value: str) -> float:
+    """Option parser: a finite number, 0 or more."""
+    number = _finite(value)
+    if number < 0:
+        raise ValueError("must be 0 or more")
+    return number
+
+
+def float_in(
+    low: float, high: float, *, low_open: bool = False, high_open: bool = False, what: str = ""
+):
+    """Option parser factory: a finite number in the interval, e.g. ``float_in(0, 1,
+    high_open=True)`` for [0, 1); ``what`` names the quantity in the message."""
+    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+    def parse(value: str) -> float:
+        number = _finite(value)
+        below = number <= low if low_open else number < low
+        above = number >= high if high_open else number > high
+        if below or above:
+            raise ValueError(f"{what + ' ' if what else ''}must be in {interval}")
+        return number
+
+    return parse
+
+
+def one_of(choices, what: str = "") -> Callable[[str], str]:
+    """Option parser factory: one of ``choices``; ``what`` names the option in the message."""
+
+    def parse(value: str) -> str:
+        if value not in choices:
+            raise ValueError(f"{what + ' ' if what else ''}must be one of {', '.join(choices)}")
+        return value
+
+    return parse
 
 
 def flag(value: str) -> bool:

@@ -59,6 +59,11 @@ class Stage:
         return "none"
 
     @property
+    def nm(self) -> tuple[int, int] | None:
+        """(N, M) of an N:M level, else None."""
+        return (self.n, self.m) if self.level_kind == "nm" else None
+
+    @property
     def sparsity(self) -> float | None:
         """The fraction of weights this stage removes, for ratio and N:M levels."""
         if self.ratio is not None:
