@@ -17,9 +17,8 @@ import torch
 from mpt_core.data import load_text, tokenize
 from mpt_core.evaluate.perplexity import eval_windows, perplexity
 from mpt_core.models import LoadedModel, Snapshot, load_model
-from mpt_core.pipeline import Calibration, apply_stages, compress, resolved_settings
+from mpt_core.pipeline import Calibration, Plan, apply_stages, plan
 from mpt_core.records import Record, git_sha, library_versions, now
-from mpt_core.registry import validate
 from mpt_core.spec import Spec
 from mpt_core.storage import Footprint, dense_numel, measure
 
@@ -71,55 +70,59 @@ class Session:
             )
         return self._eval[dataset]
 
-    def measure(self, spec: Spec, dataset: str, windows: int | None = None) -> Record:
+    def measure(self, spec: Spec | Plan, dataset: str, windows: int | None = None) -> Record:
         """Compress a fresh copy of the model by ``spec`` and measure its perplexity."""
         return self.measure_datasets(spec, [dataset], windows)[0]
 
     def measure_datasets(
-        self, spec: Spec, datasets: list[str], windows: int | None = None
+        self, spec: Spec | Plan, datasets: list[str], windows: int | None = None
     ) -> list[Record]:
         """Compress once by ``spec`` and measure perplexity on each dataset: calibrated
-        methods cost minutes on a CPU, so a grid never compresses twice for one point."""
-        validate(spec)
+        methods cost minutes on a CPU, so a grid never compresses twice for one point.
+        The spec is resolved once (``pipeline.plan``); compression and records use that."""
+        resolved = plan(spec)
         streams = [self.eval_stream(dataset) for dataset in datasets]
         try:
             started = time.perf_counter()
-            footprint = self._compress(spec)
+            footprint = self._compress(resolved)
             compress_seconds = time.perf_counter() - started
             records = []
             for dataset, (ids, fingerprint) in zip(datasets, streams, strict=True):
                 started = time.perf_counter()
                 result = perplexity(self.loaded.model, ids, self.seqlen, windows)
                 seconds = {"compress": compress_seconds, "evaluate": time.perf_counter() - started}
-                records.append(self._record(spec, dataset, fingerprint, result, footprint, seconds))
+                records.append(
+                    self._record(resolved, dataset, fingerprint, result, footprint, seconds)
+                )
         finally:
             self.snapshot.restore(self.loaded.model)
         return records
 
-    def _compress(self, spec: Spec) -> Footprint:
-        if len(spec.stages) < 2:
-            return compress(self.loaded.model, spec, self.calibration)
-        first, rest = spec.stages[0], spec.stages[1:]
-        storage = self._after_first_stage(first)
-        storage = apply_stages(self.loaded.model, rest, self.calibration, storage)
+    def _compress(self, resolved: Plan) -> Footprint:
+        if len(resolved.stages) < 2:
+            storage = apply_stages(self.loaded.model, resolved.stages, self.calibration)
+        else:
+            first, rest = resolved.stages[0], resolved.stages[1:]
+            storage = self._after_first_stage(first)
+            storage = apply_stages(self.loaded.model, rest, self.calibration, storage)
         return measure(self.loaded.model, storage, self.dense_numel)
 
     def _after_first_stage(self, first) -> dict:
         """Bring the (dense) model to its state after ``first``, computed once per stage."""
         cached = self._first_stage
-        if cached is not None and cached.stage == str(first):
+        if cached is not None and cached.stage == str(first.stage):
             cached.snapshot.restore(self.loaded.model)
             return cached.storage
         self._first_stage = None  # its snapshot holds a whole model: free it first
         storage = apply_stages(self.loaded.model, (first,), self.calibration)
-        self._first_stage = FirstStage(str(first), Snapshot(self.loaded.model), storage)
+        self._first_stage = FirstStage(str(first.stage), Snapshot(self.loaded.model), storage)
         return storage
 
-    def _record(self, spec, dataset, fingerprint, result, footprint, seconds) -> Record:
+    def _record(self, resolved: Plan, dataset, fingerprint, result, footprint, seconds) -> Record:
         return Record(
             model=self.loaded.name,
             weights_hash=self.loaded.weights_hash,
-            spec=str(spec),
+            spec=str(resolved.spec),
             dataset=dataset,
             seqlen=self.seqlen,
             windows=result.windows,
@@ -131,7 +134,7 @@ class Session:
             device=str(self.loaded.device),
             dtype=str(self.loaded.dtype).removeprefix("torch."),
             fingerprint=fingerprint,
-            settings=resolved_settings(spec),
+            settings=resolved.settings(),
             versions=library_versions(),
             git_sha=git_sha(),
             created=now(),
@@ -143,18 +146,18 @@ class Session:
         return eval_windows(ids, self.seqlen, windows).shape[0]
 
     @contextmanager
-    def compressed(self, spec: Spec) -> Iterator[tuple[Footprint, float]]:
+    def compressed(self, spec: Spec | Plan) -> Iterator[tuple[Footprint, float]]:
         """The model compressed by ``spec`` inside the block, with its footprint and the
         seconds compression took; restored to the original weights after it."""
-        validate(spec)
+        resolved = plan(spec)
         try:
             started = time.perf_counter()
-            footprint = self._compress(spec)
+            footprint = self._compress(resolved)
             yield footprint, time.perf_counter() - started
         finally:
             self.snapshot.restore(self.loaded.model)
 
-    def measure_tasks(self, spec: Spec, limits: dict[str, int | None]) -> list[Record]:
+    def measure_tasks(self, spec: Spec | Plan, limits: dict[str, int | None]) -> list[Record]:
         """Compress once by ``spec`` and score each task through lm-eval
         (``mpt_core.evaluate.zeroshot``); ``limits`` maps a task to its lm-eval limit (None:
         every question). One record per task and metric, its ``windows`` the questions
@@ -164,25 +167,27 @@ class Session:
 
         zeroshot.require_lm_eval()
         zeroshot.check_tasks(list(limits))
+        resolved = plan(spec)
         records = []
-        with self.compressed(spec) as (footprint, compress_seconds):
+        with self.compressed(resolved) as (footprint, compress_seconds):
             for task, limit in limits.items():
                 started = time.perf_counter()
                 scores = zeroshot.evaluate(self.loaded.model, self.loaded.tokenizer, [task], limit)
                 seconds = {"compress": compress_seconds, "evaluate": time.perf_counter() - started}
                 source = fingerprint(task) | {"limit": limit}
                 records += [
-                    self._score_record(spec, score, source, footprint, seconds) for score in scores
+                    self._score_record(resolved, score, source, footprint, seconds)
+                    for score in scores
                 ]
         return records
 
-    def _score_record(self, spec, score, fingerprint, footprint, seconds) -> Record:
+    def _score_record(self, resolved: Plan, score, fingerprint, footprint, seconds) -> Record:
         from mpt_core.evaluate.zeroshot import lm_eval_version
 
         return Record(
             model=self.loaded.name,
             weights_hash=self.loaded.weights_hash,
-            spec=str(spec),
+            spec=str(resolved.spec),
             dataset=score.task,
             seqlen=self.seqlen,
             windows=score.samples,
@@ -195,7 +200,7 @@ class Session:
             dtype=str(self.loaded.dtype).removeprefix("torch."),
             fingerprint=fingerprint
             | {"num_fewshot": score.num_fewshot, "max_length": score.max_length},
-            settings=resolved_settings(spec),
+            settings=resolved.settings(),
             versions=library_versions() | {"lm-eval": lm_eval_version()},
             git_sha=git_sha(),
             created=now(),

@@ -1,10 +1,12 @@
 """The one door from the CLI and the plugin to the methods.
 
 The registry finds the methods (every module of ``mpt_core.prune``, ``mpt_core.quant``
-and ``mpt_core.lowrank`` registers itself). ``compress(model, spec, calibration)`` runs a
-pipeline stage by stage (each stage sees the previous stage's output, and calibration-based stages
-capture their activations from the model as it is then) and returns the
-footprint of the result.
+and ``mpt_core.lowrank`` registers itself). A spec is resolved once into a ``Plan``
+(``plan(spec)``: validated; each stage's method, settings with defaults, calibration set and
+library version); ``compress(model, plan, calibration)`` runs it stage by stage (each stage
+sees the previous stage's output, and calibration-based stages capture their activations
+from the model as it is then) and returns the footprint of the result; a record stores
+``plan.settings()``. One way down: parse, resolve, compress, record.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 from mpt_core import registry
 from mpt_core.data import CALIBRATION_SPLITS, calibration_windows, data_dir, load_text, tokenize
 from mpt_core.quant import backends
-from mpt_core.spec import Spec
+from mpt_core.spec import Spec, Stage
 from mpt_core.storage import Footprint, TensorStorage, dense_numel, measure
 
 PRUNING_FAMILIES = ("unstructured", "semi")
@@ -51,19 +53,64 @@ class Calibration:
         return self._ids[dataset]
 
 
+@dataclasses.dataclass(frozen=True)
+class StagePlan:
+    """One stage resolved: its method, its options parsed with defaults, the calibration set
+    it draws from and the library (with version) that does its work."""
+
+    stage: Stage
+    method: registry.Method
+    settings: dict  # what the method's apply receives
+    calibration_set: str | None  # None: the method needs no calibration
+    library: str | None  # "NAME VERSION", None for in-tree code
+
+    @property
+    def family(self) -> str:
+        """An N:M level makes any pruning method semi-structured."""
+        return "semi" if self.stage.level_kind == "nm" else self.method.family
+
+    def record(self) -> dict:
+        """What a record stores of this stage."""
+        values = dict(self.settings)
+        if self.calibration_set is not None:
+            values["calib"] = self.calibration_set
+        if self.library is not None:
+            values["library"] = self.library
+        return {"stage": str(self.stage), **values}
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """A spec validated and resolved once: compression runs from it, records are made from it."""
+
+    spec: Spec
+    stages: tuple[StagePlan, ...]
+
+    def settings(self) -> list[dict]:
+        return [stage.record() for stage in self.stages]
+
+
+def plan(spec: Spec | Plan) -> Plan:
+    """Validate ``spec`` and resolve every stage (SpecError names the bad part); a Plan
+    passes through unchanged."""
+    if isinstance(spec, Plan):
+        return spec
+    return Plan(spec, tuple(_plan_stage(stage) for stage in spec.stages))
+
+
+def _plan_stage(stage: Stage) -> StagePlan:
+    method, settings = registry.resolve(stage)
+    calibration_set = None
+    if method.needs_calibration:
+        calibration_set = settings.get("calib") or default_calibration_set()
+    library = stage_library(method, settings)
+    version = backends.library_version(library) if library is not None else None
+    return StagePlan(stage, method, settings, calibration_set, version)
+
+
 def resolved_settings(spec: Spec) -> list[dict]:
     """Each stage's options with defaults filled in: what a record stores."""
-    settings = []
-    for stage in spec.stages:
-        method = registry.get(stage.method)
-        values = method.settings(stage)
-        if method.needs_calibration and values.get("calib") is None:
-            values["calib"] = default_calibration_set()
-        library = stage_library(method, values)
-        if library is not None:
-            values["library"] = backends.library_version(library)
-        settings.append({"stage": str(stage), **values})
-    return settings
+    return plan(spec).settings()
 
 
 def stage_library(method: registry.Method, values: dict) -> str | None:
@@ -74,23 +121,25 @@ def stage_library(method: registry.Method, values: dict) -> str | None:
     return method.library
 
 
-def compress(model, spec: Spec, calibration: Calibration | None) -> Footprint:
+def compress(model, spec: Spec | Plan, calibration: Calibration | None) -> Footprint:
     """Apply ``spec`` to ``model`` in place and return what the result costs to store."""
-    registry.validate(spec)
+    resolved = plan(spec)
     reference = dense_numel(model)
-    return measure(model, apply_stages(model, spec.stages, calibration), reference)
+    return measure(model, apply_stages(model, resolved.stages, calibration), reference)
 
 
 def apply_stages(
-    model, stages, calibration: Calibration | None, storage: dict | None = None
+    model,
+    stages: tuple[StagePlan, ...],
+    calibration: Calibration | None,
+    storage: dict | None = None,
 ) -> dict[str, TensorStorage]:
-    """Apply ``stages`` in order; ``storage`` is what earlier stages left (a pipeline resumed
-    after its first stage). Returns every compressed tensor's storage."""
+    """Apply planned ``stages`` in order; ``storage`` is what earlier stages left (a pipeline
+    resumed after its first stage). Returns every compressed tensor's storage."""
     storage = dict(storage or {})
-    for stage in stages:
-        method = registry.get(stage.method)
-        stage_storage = method.apply(model, stage, method.settings(stage), calibration)
-        if registry.family_of(stage) in PRUNING_FAMILIES:
+    for planned in stages:
+        stage_storage = planned.method.apply(model, planned.stage, planned.settings, calibration)
+        if planned.family in PRUNING_FAMILIES:
             stage_storage = {
                 k: dataclasses.replace(v, sparse=True) for k, v in stage_storage.items()
             }

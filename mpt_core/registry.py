@@ -219,21 +219,27 @@ def get(name: str) -> Method:
     raise SpecError(f"unknown method {name!r}{hint} Known methods: {', '.join(names())}")
 
 
+def resolve(stage: Stage) -> tuple[Method, dict[str, object]]:
+    """The stage's method and its options parsed with defaults; SpecError names the bad part
+    (an unknown method, a level or option it does not take, a bad value)."""
+    method = get(stage.method)
+    if stage.level_kind not in method.levels:
+        allowed = ", ".join(sorted(method.levels))
+        raise SpecError(
+            f"{stage.method} does not take a {stage.level_kind!r} level (in {stage}); "
+            f"it takes: {allowed}"
+        )
+    unknown = [key for key, _ in stage.options if key not in method.options]
+    if unknown:
+        allowed = ", ".join(sorted(method.options)) or "none"
+        raise SpecError(
+            f"unknown option {unknown[0]!r} for {stage.method} (in {stage}); "
+            f"its options: {allowed}"
+        )
+    return method, method.settings(stage)
+
+
 def validate(spec: Spec) -> None:
     """Raise SpecError unless every stage names a known method at a level and options it takes."""
     for stage in spec.stages:
-        method = get(stage.method)
-        if stage.level_kind not in method.levels:
-            allowed = ", ".join(sorted(method.levels))
-            raise SpecError(
-                f"{stage.method} does not take a {stage.level_kind!r} level (in {stage}); "
-                f"it takes: {allowed}"
-            )
-        unknown = [key for key, _ in stage.options if key not in method.options]
-        if unknown:
-            allowed = ", ".join(sorted(method.options)) or "none"
-            raise SpecError(
-                f"unknown option {unknown[0]!r} for {stage.method} (in {stage}); "
-                f"its options: {allowed}"
-            )
-        method.settings(stage)
+        resolve(stage)

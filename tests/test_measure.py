@@ -14,9 +14,9 @@ def test_measure_datasets_compresses_once_and_matches_single_measurements(fresh_
     spec = Spec.parse("magnitude:0.5")
     single = [session.measure(spec, dataset, 3).value for dataset in ("wikitext2", "ptb")]
     calls = []
-    real_compress = measure.compress
+    real_apply = measure.apply_stages
     monkeypatch.setattr(
-        measure, "compress", lambda *args: calls.append(args) or real_compress(*args)
+        measure, "apply_stages", lambda *args: calls.append(args) or real_apply(*args)
     )
     both = session.measure_datasets(spec, ["wikitext2", "ptb"], 3)
     assert len(calls) == 1
@@ -44,7 +44,7 @@ def test_pipelines_sharing_a_first_stage_run_it_once_and_measure_the_same(
         measure,
         "apply_stages",
         lambda model, stages, *rest: (
-            stages_run.extend(map(str, stages)) or real_apply(model, stages, *rest)
+            stages_run.extend(str(planned.stage) for planned in stages) or real_apply(model, stages, *rest)
         ),
     )
     session = Session(fresh_tiny, seqlen=64)
@@ -56,3 +56,26 @@ def test_pipelines_sharing_a_first_stage_run_it_once_and_measure_the_same(
     assert session.measure(Spec.parse("dense"), "wikitext2", 3).value == pytest.approx(
         Session(tiny, seqlen=64).measure(Spec.parse("dense"), "wikitext2", 3).value, abs=0
     )
+
+
+def test_a_spec_is_validated_and_resolved_once_per_measurement(tiny, monkeypatch):
+    """Parse -> resolve (one Plan) -> compress -> record: the registry is asked once per
+    stage for a measurement on two datasets, not again by compression or by the records."""
+    from collections import Counter
+
+    from mpt_core import registry
+
+    calls = Counter()
+    real_resolve, real_get, real_settings = registry.resolve, registry.get, registry.Method.settings
+
+    def counting(name, real):
+        return lambda *args: calls.update([name]) or real(*args)
+
+    monkeypatch.setattr(registry, "resolve", counting("resolve", real_resolve))
+    monkeypatch.setattr(registry, "get", counting("get", real_get))
+    monkeypatch.setattr(registry.Method, "settings", counting("settings", real_settings))
+    records = Session(tiny, seqlen=64).measure_datasets(
+        Spec.parse("magnitude:0.5+rtn:4[group=16]"), ["wikitext2", "ptb"], 2
+    )
+    assert calls == {"resolve": 2, "get": 2, "settings": 2}
+    assert [stage["stage"] for stage in records[0].settings] == ["magnitude:0.5", "rtn:4[group=16]"]

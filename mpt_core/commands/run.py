@@ -11,8 +11,8 @@ import argparse
 from mpt_core.commands.common import add_model_arguments, describe, open_session
 from mpt_core.errors import MptError
 from mpt_core.evaluate.tasks import TASKS
+from mpt_core.pipeline import plan
 from mpt_core.records import append
-from mpt_core.registry import validate
 from mpt_core.spec import Spec
 
 
@@ -68,8 +68,7 @@ def describe_score(record) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    spec = Spec.parse(args.spec)
-    validate(spec)
+    spec = plan(Spec.parse(args.spec))  # validated and resolved once, before the model loads
     check_limit(args)
     tasks = task_list(args.task) if args.task else None
     if tasks:

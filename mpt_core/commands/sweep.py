@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from mpt_core.commands.common import add_model_arguments, describe, open_session
 from mpt_core.errors import MptError
+from mpt_core.pipeline import Plan, plan
 from mpt_core.records import append, known_keys, point_key, read
 from mpt_core.registry import validate
 from mpt_core.spec import Spec
@@ -57,7 +58,7 @@ def parse_ratios(text: str) -> list[float]:
         ) from None
 
 
-def sweep_specs(args: argparse.Namespace) -> list[Spec]:
+def sweep_specs(args: argparse.Namespace) -> list[Plan]:
     levels: list[str] = []
     if args.ratios:
         levels += [repr(ratio) for ratio in parse_ratios(args.ratios)]
@@ -67,10 +68,10 @@ def sweep_specs(args: argparse.Namespace) -> list[Spec]:
     if not levels:
         raise MptError("mpt sweep needs levels: give --ratios, --nm, --bits or --schemes")
     suffix = f"[{args.options}]" if args.options else ""
-    specs = [Spec.parse(f"{args.method}:{level}{suffix}") for level in levels]
-    for spec in specs:
-        validate(spec)
-    return ([Spec()] if args.dense else []) + specs
+    specs = ([Spec()] if args.dense else []) + [
+        Spec.parse(f"{args.method}:{level}{suffix}") for level in levels
+    ]
+    return [plan(spec) for spec in specs]  # validated and resolved once, before the model loads
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     todo = [
         spec
         for spec in specs
-        if point_key(session.loaded.name, str(spec), args.dataset, args.seqlen, windows, "ppl")
+        if point_key(session.loaded.name, str(spec.spec), args.dataset, args.seqlen, windows, "ppl")
         not in done
     ]
     if len(todo) < len(specs):
