@@ -44,7 +44,8 @@ def test_pipelines_sharing_a_first_stage_run_it_once_and_measure_the_same(
         measure,
         "apply_stages",
         lambda model, stages, *rest: (
-            stages_run.extend(str(planned.stage) for planned in stages) or real_apply(model, stages, *rest)
+            stages_run.extend(str(planned.stage) for planned in stages)
+            or real_apply(model, stages, *rest)
         ),
     )
     session = Session(fresh_tiny, seqlen=64)
