@@ -1,4 +1,4 @@
-"""Regression points of the lowrank family, one test per baseline row (see pytest_plugin)."""
+"""Regression points of the lowrank family, one test per baseline row (see mpt_core.harness)."""
 
 MPT_FAMILIES = ("lowrank",)
 
