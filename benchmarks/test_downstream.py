@@ -1,4 +1,4 @@
-"""Regression points of the downstream family, one test per baseline row (see mpt_core.harness).
+"""Regression points of the downstream family, one test per baseline row (mpt_core.harness).
 
 Accuracy rows (ARC-E, ARC-C: acc, acc_norm; MMLU: acc) are measured through lm-eval on
 the local task files, at the limit the baseline file states (``# limits:``; the study's

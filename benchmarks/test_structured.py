@@ -1,4 +1,4 @@
-"""Regression points of the structured family, one test per baseline row (see mpt_core.harness)."""
+"""Regression points of the structured family, one test per baseline row (mpt_core.harness)."""
 
 MPT_FAMILIES = ("structured",)
 

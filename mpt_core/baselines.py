@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mpt_core.errors import BaselineError
+from mpt_core.families import FILE_FAMILIES
 from mpt_core.spec import Spec
 
 HEADER = (
@@ -49,7 +50,6 @@ METHOD_FAMILIES = {
 
 DOWNSTREAM_METRICS = ("acc", "acc_norm")
 
-FAMILY_MODULES = ("quant", "unstructured", "semi", "structured", "lowrank", "combined")
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ class BaselineRow:
             return family
         # A dense row is the reference point of its own table (a CPU-tier file is one family).
         table_family = self.table.split("-")[0]  # CPU-tier files: <family>[-<methods>].csv
-        return table_family if self.tier == "cpu" and table_family in FAMILY_MODULES else "quant"
+        return table_family if self.tier == "cpu" and table_family in FILE_FAMILIES else "quant"
 
     @property
     def test_id(self) -> str:

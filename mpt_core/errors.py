@@ -25,5 +25,9 @@ class ResultsError(MptError):
     """A results JSONL file that is malformed beyond a torn last line."""
 
 
+class BackendError(MptError):
+    """A library backend that ran and failed; the message carries the library's last word."""
+
+
 class FitError(MptError, ValueError):
     """A curve the phase-transition fitter cannot fit."""

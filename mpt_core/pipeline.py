@@ -17,11 +17,10 @@ import torch
 
 from mpt_core import registry
 from mpt_core.data import CALIBRATION_SPLITS, calibration_windows, data_dir, load_text, tokenize
+from mpt_core.families import PRUNING_FAMILIES
 from mpt_core.quant import backends
 from mpt_core.spec import Spec, Stage
 from mpt_core.storage import Footprint, TensorStorage, dense_numel, measure
-
-PRUNING_FAMILIES = ("unstructured", "semi")
 
 
 def default_calibration_set() -> str:

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 from mpt_core.data import DATASETS
 from mpt_core.errors import SpecError
+from mpt_core.families import METHOD_FAMILIES
 from mpt_core.spec import Spec, Stage
 
-FAMILIES = ("unstructured", "semi", "structured", "quant", "lowrank")
 METHOD_PACKAGES = ("mpt_core.prune", "mpt_core.quant", "mpt_core.lowrank")
 
 
@@ -147,8 +147,8 @@ def register(
     missing: Callable[[], str | None] | None = None,
 ) -> Callable:
     """Decorate ``apply(model, stage, settings, calibration) -> list[TensorCost]``."""
-    if family not in FAMILIES:
-        raise ValueError(f"family {family!r} not in {FAMILIES}")
+    if family not in METHOD_FAMILIES:
+        raise ValueError(f"family {family!r} not in {METHOD_FAMILIES}")
 
     all_options = dict(CALIBRATION_OPTIONS if needs_calibration else {}) | dict(options or {})
 

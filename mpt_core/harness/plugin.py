@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from mpt_core.errors import MptError
+from mpt_core.families import FAMILY_TEXT
 from mpt_core.harness import collection
 from mpt_core.harness.fixtures import mpt_measure, mpt_measure_curve  # noqa: F401 (registered here)
 from mpt_core.harness.scaleout import parse_shard, pin_worker_gpu
@@ -35,14 +36,7 @@ from mpt_core.harness.state import MptState, worker_id
 from mpt_core.harness.verdict import DEFAULT_RTOL
 
 MARKERS = {
-    "quant": "quantization points (Tables 4-6)",
-    "unstructured": "unstructured pruning points (Tables 2-3)",
-    "semi": "N:M semi-structured pruning points (Tables 2-3)",
-    "structured": "structured pruning points (Table 1)",
-    "lowrank": "low-rank decomposition points (Table 7)",
-    "combined": "pipelines of two methods (Tables 8-10)",
-    "downstream": "zero-shot / few-shot accuracy points (Table 5)",
-    "speed": "throughput measurements",
+    **FAMILY_TEXT,
     "gpu": "the study tier: the study's models on a CUDA GPU",
     "cpu": "the CPU tier: SmolLM2-135M, baselines produced by the harness",
     "slow": "takes more than a few seconds on the CPU",

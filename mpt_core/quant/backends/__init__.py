@@ -20,7 +20,7 @@ import importlib
 import importlib.util
 from collections.abc import Callable
 
-from mpt_core.errors import MptError, SpecError
+from mpt_core.errors import SpecError
 
 IN_TREE = "mpt"
 
@@ -61,10 +61,6 @@ def run(method: str, model, stage, settings: dict, calibration) -> dict:
         raise SpecError(DEAD[name])
     module = importlib.import_module(f"mpt_core.quant.backends.{name}")
     return module.apply(method, model, stage, settings, calibration)
-
-
-class BackendError(MptError):
-    """A library backend that ran and failed; the message carries the library's last word."""
 
 
 VENV_LIBRARIES = ("gptqmodel", "llmcompressor")

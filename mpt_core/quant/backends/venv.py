@@ -29,9 +29,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mpt_core.engine.layerwise import block_linear_names
-from mpt_core.errors import SpecError
+from mpt_core.errors import BackendError, SpecError
 from mpt_core.models import cache_dir
-from mpt_core.quant.backends import BackendError
 from mpt_core.storage import TensorStorage
 
 REPOSITORY = Path(__file__).resolve().parents[3]
