@@ -42,7 +42,7 @@ FORBIDDEN = {
     "mpt_core.measure": HIGHER[3:],
     "mpt_core.analysis": ("mpt_core.engine", *METHOD_PACKAGES, *HIGHER[:4], *HIGHER[5:]),
     "mpt_core.reporting": ("mpt_core.engine", *METHOD_PACKAGES, *HIGHER[:4], *HIGHER[6:]),
-    "mpt_core.study": ("mpt_core.engine", *METHOD_PACKAGES, *HIGHER[:5], *HIGHER[7:]),
+    "mpt_core.study": ("mpt_core.engine", *METHOD_PACKAGES, *HIGHER[:4], *HIGHER[7:]),
     "mpt_core.harness": HIGHER[7:],
     "mpt_core.commands": (),
     "mpt_core.cli": (),
