@@ -92,7 +92,18 @@ class Session:
                 result = perplexity(self.loaded.model, ids, self.seqlen, windows)
                 seconds = {"compress": compress_seconds, "evaluate": time.perf_counter() - started}
                 records.append(
-                    self._record(resolved, dataset, fingerprint, result, footprint, seconds)
+                    self._record(
+                        resolved,
+                        footprint,
+                        seconds,
+                        dataset=dataset,
+                        windows=result.windows,
+                        metric="ppl",
+                        value=result.ppl,
+                        stderr=result.stderr,
+                        fingerprint=fingerprint,
+                        versions=library_versions(),
+                    )
                 )
         finally:
             self.snapshot.restore(self.loaded.model)
@@ -118,26 +129,23 @@ class Session:
         self._first_stage = FirstStage(str(first.stage), Snapshot(self.loaded.model), storage)
         return storage
 
-    def _record(self, resolved: Plan, dataset, fingerprint, result, footprint, seconds) -> Record:
+    def _record(self, resolved: Plan, footprint: Footprint, seconds: dict, **point) -> Record:
+        """A record of this session's model compressed by ``resolved``; ``point`` holds what
+        the evaluation measured (dataset, windows, metric, value, stderr, fingerprint,
+        versions)."""
         return Record(
             model=self.loaded.name,
             weights_hash=self.loaded.weights_hash,
             spec=str(resolved.spec),
-            dataset=dataset,
             seqlen=self.seqlen,
-            windows=result.windows,
-            metric="ppl",
-            value=result.ppl,
-            stderr=result.stderr,
             footprint=footprint.summary(),
             seconds=seconds,
             device=str(self.loaded.device),
             dtype=str(self.loaded.dtype).removeprefix("torch."),
-            fingerprint=fingerprint,
             settings=resolved.settings(),
-            versions=library_versions(),
             git_sha=git_sha(),
             created=now(),
+            **point,
         )
 
     def windows_for(self, dataset: str, windows: int | None) -> int:
@@ -176,32 +184,19 @@ class Session:
                 seconds = {"compress": compress_seconds, "evaluate": time.perf_counter() - started}
                 source = fingerprint(task) | {"limit": limit}
                 records += [
-                    self._score_record(resolved, score, source, footprint, seconds)
+                    self._record(
+                        resolved,
+                        footprint,
+                        seconds,
+                        dataset=score.task,
+                        windows=score.samples,
+                        metric=score.metric,
+                        value=score.value,
+                        stderr=score.stderr,
+                        fingerprint=source
+                        | {"num_fewshot": score.num_fewshot, "max_length": score.max_length},
+                        versions=library_versions() | {"lm-eval": zeroshot.lm_eval_version()},
+                    )
                     for score in scores
                 ]
         return records
-
-    def _score_record(self, resolved: Plan, score, fingerprint, footprint, seconds) -> Record:
-        from mpt_core.evaluate.zeroshot import lm_eval_version
-
-        return Record(
-            model=self.loaded.name,
-            weights_hash=self.loaded.weights_hash,
-            spec=str(resolved.spec),
-            dataset=score.task,
-            seqlen=self.seqlen,
-            windows=score.samples,
-            metric=score.metric,
-            value=score.value,
-            stderr=score.stderr,
-            footprint=footprint.summary(),
-            seconds=seconds,
-            device=str(self.loaded.device),
-            dtype=str(self.loaded.dtype).removeprefix("torch."),
-            fingerprint=fingerprint
-            | {"num_fewshot": score.num_fewshot, "max_length": score.max_length},
-            settings=resolved.settings(),
-            versions=library_versions() | {"lm-eval": lm_eval_version()},
-            git_sha=git_sha(),
-            created=now(),
-        )

@@ -61,22 +61,6 @@ class Method:
 _METHODS: dict[str, Method] = {}
 
 
-def positive_int(value: str) -> int:
-    """Option parser: an integer above zero."""
-    number = int(value)
-    if number <= 0:
-        raise ValueError("must be a positive integer")
-    return number
-
-
-def nonnegative_int(value: str) -> int:
-    """Option parser: an integer, 0 or more."""
-    number = int(value)
-    if number < 0:
-        raise ValueError("must be 0 or more")
-    return number
-
-
 def _finite(value: str) -> float:
     number = float(value)
     if not math.isfinite(number):
@@ -84,20 +68,30 @@ def _finite(value: str) -> float:
     return number
 
 
+def _bounded(number, at_least, strictly: bool, message: str):
+    if number < at_least or (strictly and number == at_least):
+        raise ValueError(message)
+    return number
+
+
+def positive_int(value: str) -> int:
+    """Option parser: an integer above zero."""
+    return _bounded(int(value), 0, True, "must be a positive integer")
+
+
+def nonnegative_int(value: str) -> int:
+    """Option parser: an integer, 0 or more."""
+    return _bounded(int(value), 0, False, "must be 0 or more")
+
+
 def positive_float(value: str) -> float:
     """Option parser: a finite number above zero."""
-    number = _finite(value)
-    if number <= 0:
-        raise ValueError("must be above 0")
-    return number
+    return _bounded(_finite(value), 0, True, "must be above 0")
 
 
 def nonnegative_float(value: str) -> float:
     """Option parser: a finite number, 0 or more."""
-    number = _finite(value)
-    if number < 0:
-        raise ValueError("must be 0 or more")
-    return number
+    return _bounded(_finite(value), 0, False, "must be 0 or more")
 
 
 def float_in(
