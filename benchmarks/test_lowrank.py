@@ -3,6 +3,5 @@
 MPT_FAMILIES = ("lowrank",)
 
 
-def test_ppl(mpt_row, mpt_measure):
-    verdict = mpt_measure(mpt_row)
-    assert verdict.passed, verdict.message
+def test_ppl(mpt_row, mpt_check):
+    mpt_check(mpt_row)

@@ -6,7 +6,7 @@ lines starting with ``#`` carry metadata (``# windows: 8``, ``# command: ...``).
 Study tables (``baselines/study``) are the GPU tier; harness-produced tables
 (``baselines/cpu/<model>``) are the CPU tier.
 
-The verdict a measurement gets against a row is ``mpt_core.harness.verdict``.
+The verdict a measurement gets against a row is ``mpt_core.verdict``.
 """
 
 from __future__ import annotations
@@ -187,3 +187,51 @@ def load_dir(directory: str | Path, tier: str) -> list[BaselineRow]:
     for path in sorted(Path(directory).glob("*.csv")):
         rows += load_file(path, tier)
     return rows
+
+
+def sidecar_path(csv_path: str | Path) -> Path:
+    """The records JSONL a harness-made CSV was written from (``quant.csv`` ->
+    ``quant.records.jsonl``): its full records, footprints included."""
+    path = Path(csv_path)
+    return path.with_name(f"{path.stem}.records.jsonl")
+
+
+class BaselineRecords:
+    """The full record behind each CPU-tier baseline row, read once per file.
+
+    A row's record has the row's (model, dataset, spec, metric, seqlen, and for perplexity
+    its windows); where a
+    point was recorded twice, the last record whose value prints as the row's value wins
+    (that is the one the CSV was written from)."""
+
+    def __init__(self):
+        self._files: dict[Path, dict[tuple, list]] = {}
+
+    def of(self, row: BaselineRow):
+        """The row's record, or None (a study row, or a CSV without its records file)."""
+        if row.tier != "cpu" or not row.file:
+            return None
+        key = (row.model, row.dataset, row.spec, row.metric, row.seqlen)
+        matches = [
+            record
+            for record in self._index(Path(row.file)).get(key, [])
+            if row.metric != "ppl" or row.windows in (None, record.windows)
+        ]
+        printed = [record for record in matches if _printed(record.value) == row.raw_value]
+        return (printed or matches or [None])[-1]
+
+    def _index(self, csv_path: Path) -> dict[tuple, list]:
+        from mpt_core.records import read
+
+        if csv_path not in self._files:
+            index: dict[tuple, list] = {}
+            for record in read(sidecar_path(csv_path)):
+                key = (record.model, record.dataset, record.spec, record.metric, record.seqlen)
+                index.setdefault(key, []).append(record)
+            self._files[csv_path] = index
+        return self._files[csv_path]
+
+
+def _printed(value: float) -> str:
+    """A value as the CSV writer prints it."""
+    return f"{value:.6g}" if math.isfinite(value) else "nan"

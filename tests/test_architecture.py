@@ -19,6 +19,7 @@ CORE = {
     "mpt_core.registry",
     "mpt_core.records",
     "mpt_core.baselines",
+    "mpt_core.verdict",
 }
 METHOD_PACKAGES = ("mpt_core.prune", "mpt_core.quant", "mpt_core.lowrank")
 # what each layer may not import (by module-name prefix)
@@ -149,9 +150,9 @@ def test_only_the_engine_knows_the_block_parameter_names():
 
 def test_the_rules_catch_a_violation(tmp_path, monkeypatch):
     """The checker itself can fail: a method importing the harness is reported."""
-    GRAPH["mpt_core.prune.wanda"].add("mpt_core.harness.verdict")
+    GRAPH["mpt_core.prune.wanda"].add("mpt_core.harness.policy")
     try:
         with pytest.raises(AssertionError, match="imports"):
             test_a_module_imports_nothing_its_layer_may_not("mpt_core.prune.wanda")
     finally:
-        GRAPH["mpt_core.prune.wanda"].discard("mpt_core.harness.verdict")
+        GRAPH["mpt_core.prune.wanda"].discard("mpt_core.harness.policy")

@@ -21,7 +21,7 @@ from mpt_core import baselines
 from mpt_core.errors import BaselineError
 from mpt_core.harness.curve_check import check_curve
 from mpt_core.harness.curve_rows import baseline_curves
-from mpt_core.harness.verdict import check
+from mpt_core.verdict import check, footprint_changes
 
 ROOT = Path(__file__).resolve().parent.parent
 SEQLEN, WINDOWS = 64, 4
@@ -209,20 +209,55 @@ def test_gpu_tier_collects_one_test_per_numeric_study_cell():
 
 
 @pytest.mark.parametrize(
-    ("measured", "baseline", "dense", "passed", "regime"),
+    ("measured", "baseline", "dense", "outcome", "regime"),
     [
-        (10.1, 10.0, 5.0, True, "stable"),
-        (10.3, 10.0, 5.0, False, "stable"),
-        (9.7, 10.0, 5.0, False, "stable"),
-        (float("inf"), 10.0, 5.0, False, "stable"),
-        (900.0, 400.0, 5.0, True, "collapsed"),
-        (float("inf"), 400.0, 5.0, True, "collapsed"),
-        (20.0, 400.0, 5.0, False, "collapsed"),
+        (10.1, 10.0, 5.0, "ok", "stable"),
+        (10.3, 10.0, 5.0, "regressed", "stable"),
+        (9.7, 10.0, 5.0, "improved", "stable"),
+        (float("inf"), 10.0, 5.0, "regressed", "stable"),
+        (float("nan"), 10.0, 5.0, "regressed", "stable"),
+        (900.0, 400.0, 5.0, "still collapsed", "collapsed"),
+        (150.0, 400.0, 5.0, "still collapsed", "collapsed"),
+        (5000.0, 400.0, 5.0, "regressed", "collapsed"),
+        (100.0, 400.0, 5.0, "improved", "collapsed"),
+        (float("inf"), 400.0, 5.0, "regressed", "collapsed"),
+        (float("nan"), 400.0, 5.0, "regressed", "collapsed"),
+        (20.0, 400.0, 5.0, "left collapse", "collapsed"),
+        (float("nan"), float("inf"), 5.0, "still collapsed", "collapsed"),
+        (900.0, float("inf"), 5.0, "still collapsed", "collapsed"),
+        (20.0, float("inf"), 5.0, "left collapse", "collapsed"),
     ],
 )
-def test_verdict_regimes(measured, baseline, dense, passed, regime):
+def test_verdict_regimes(measured, baseline, dense, outcome, regime):
     verdict = check(measured, baseline, dense_measured=dense, dense_baseline=dense)
-    assert (verdict.passed, verdict.regime) == (passed, regime)
+    assert (verdict.outcome, verdict.regime) == (outcome, regime)
+    assert verdict.passed == (outcome in ("ok", "still collapsed"))
+    assert verdict.message.startswith(outcome)
+
+
+def test_accuracy_is_better_when_higher_and_never_collapses():
+    assert check(0.50, 0.40, rtol=0.02, dense_baseline=0.6, higher_is_better=True).outcome == (
+        "improved"
+    )
+    assert check(0.30, 0.40, dense_baseline=0.04, higher_is_better=True).regime == "stable"
+
+
+def test_a_changed_footprint_fails_even_when_the_value_passes():
+    changes = footprint_changes(
+        {"bytes": 100.0, "bits_per_weight": 4.5, "sparsity": 0.0},
+        {"bytes": 100.0, "bits_per_weight": 4.25, "sparsity": 0.0},
+    )
+    assert changes == ("bits_per_weight 4.5 vs baseline 4.25",)
+    verdict = check(10.0, 10.0, footprint=changes)
+    assert not verdict.passed and verdict.outcome == "footprint changed"
+    assert "bits_per_weight 4.5 vs baseline 4.25" in verdict.message
+    assert footprint_changes(None, {"bytes": 1.0}) == ()
+
+
+def test_recovery_gate_fails_a_point_that_keeps_less_than_asked():
+    kept = check(10.1, 10.0, dense_measured=4.0, dense_baseline=5.0, min_recovery=0.9)
+    assert kept.outcome == "recovery below gate" and not kept.passed
+    assert check(10.1, 10.0, dense_measured=5.0, dense_baseline=5.0, min_recovery=0.9).passed
 
 
 def test_verdict_tells_library_shift_from_broken_compression():

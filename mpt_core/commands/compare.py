@@ -1,4 +1,10 @@
-"""``mpt compare RUN_A RUN_B``: what moved between two runs, beside the versions that differ."""
+"""``mpt compare RUN_A RUN_B``: what moved between two runs, beside the versions that differ.
+
+Each point of the later run is judged with the earlier run as its baseline, by the same
+verdict as the pytest plugin (``mpt_core.verdict``). ``--fail-on moved`` exits 1 when any
+point or knee moved, ``--fail-on regressed`` only when a point got worse: a CI step can use
+it after a library update.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +12,10 @@ import argparse
 
 from tabulate import tabulate
 
-from mpt_core.reporting.history import (
-    DEFAULT_RTOL,
-    load_run,
-    moved,
-    point_label,
-    run_ptps,
-    version_diff,
-)
+from mpt_core.reporting.history import judged, load_run, point_label, run_ptps, version_diff
+from mpt_core.verdict import DEFAULT_RTOL
+
+WORSE = ("regressed", "footprint changed", "recovery below gate")
 
 
 def register(subparsers) -> None:
@@ -21,6 +23,12 @@ def register(subparsers) -> None:
     parser.add_argument("run_a", help="a run file of a history folder (the earlier run)")
     parser.add_argument("run_b", help="a run file of a history folder (the later run)")
     parser.add_argument("--rtol", type=float, default=DEFAULT_RTOL)
+    parser.add_argument(
+        "--fail-on",
+        choices=("moved", "regressed"),
+        default=None,
+        help="exit 1 when a point or knee moved (moved) or a point got worse (regressed)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -30,22 +38,25 @@ def run(args: argparse.Namespace) -> int:
     change = ", ".join(f"{name} {old} → {new}" for name, (old, new) in versions.items())
     print(f"library versions: {change or 'identical'}")
     before, after = a.values(), b.values()
+    verdicts = {p: judged(a, b, p, args.rtol) for p in sorted(set(before) & set(after))}
     rows = [
         [
             point_label(p),
             f"{before[p].value:.4f}",
             f"{after[p].value:.4f}",
-            f"{after[p].value / before[p].value:.4f}",
+            f"{verdict.ratio:.4f}",
+            verdict.outcome,
         ]
-        for p in sorted(set(before) & set(after))
-        if moved(before[p], after[p], args.rtol)
+        for p, verdict in verdicts.items()
+        if not verdict.passed
     ]
     print(
-        f"\n{len(rows)} points moved beyond {args.rtol:g} (and 2 standard errors)"
+        f"\n{len(rows)} points moved (the regression suite's verdict, rtol {args.rtol:g})"
         + (f" with {change}" if change and rows else "")
     )
     if rows:
-        print(tabulate(rows, headers=["point", "before", "after", "ratio"], tablefmt="github"))
+        headers = ["point", "before", "after", "ratio", "verdict"]
+        print(tabulate(rows, headers=headers, tablefmt="github"))
     ptp_a, ptp_b = run_ptps(a), run_ptps(b)
     shifts = [
         [label, f"{ptp_a[label]:.3f}", f"{ptp_b[label]:.3f}"]
@@ -54,4 +65,14 @@ def run(args: argparse.Namespace) -> int:
     ]
     for label, old, new in shifts:
         print(f"{change or 'same versions'} moved the {label} knee from {old} to {new}")
+    return _exit_code(args.fail_on, [v.outcome for v in verdicts.values()], bool(shifts))
+
+
+def _exit_code(fail_on: str | None, outcomes: list[str], knee_moved: bool) -> int:
+    if fail_on == "moved" and (
+        knee_moved or any(o not in ("ok", "still collapsed") for o in outcomes)
+    ):
+        return 1
+    if fail_on == "regressed" and any(outcome in WORSE for outcome in outcomes):
+        return 1
     return 0

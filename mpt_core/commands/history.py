@@ -8,7 +8,8 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from mpt_core.reporting.history import DEFAULT_RTOL, load_runs, point_label, run_ptps, step_changes
+from mpt_core.reporting.history import load_runs, point_label, run_ptps, step_changes
+from mpt_core.verdict import DEFAULT_RTOL
 
 
 def register(subparsers) -> None:
@@ -35,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
         print("\nPTP (s0) per curve\n")
         print(tabulate(rows, headers=["curve", *headers[1:]], tablefmt="github"))
     print(
-        f"\n{len(runs)} runs; {len(steps)} step changes (marked *, beyond {args.rtol:g} and 2 se)"
+        f"\n{len(runs)} runs; {len(steps)} step changes (marked *: the regression suite's "
+        f"verdict fails, rtol {args.rtol:g})"
     )
     print("runs: " + ", ".join(f"{i + 1}={item.name}" for i, item in enumerate(runs)))
     if args.plot:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mpt_core import baselines
+from mpt_core import baselines, verdict
 from mpt_core.errors import MptError
-from mpt_core.harness import verdict
 from mpt_core.records import read
 from mpt_core.reporting.report import Cell, tables
 
@@ -30,8 +29,9 @@ def run(args: argparse.Namespace) -> int:
     records = read(args.results)
     if not records:
         raise MptError(f"{args.results} holds no records")
-    known = _baseline_values(args.baselines) if args.baselines else {}
-    cells = [_cell(record, known) for record in records]
+    rows = _baseline_rows(args.baselines) if args.baselines else {}
+    footprints = baselines.BaselineRecords()
+    cells = [_cell(record, records, rows, footprints) for record in records]
     text = tables(cells)
     if args.out:
         Path(args.out).write_text(text, encoding="utf-8")
@@ -40,21 +40,41 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _baseline_values(path: str) -> dict[tuple, float]:
+def _baseline_rows(path: str) -> dict[tuple, baselines.BaselineRow]:
     source = Path(path)
     rows = (
         baselines.load_dir(source, "cpu") if source.is_dir() else baselines.load_file(source, "cpu")
     )
-    return {
-        (row.model, row.dataset, row.spec, row.metric): row.value for row in rows if row.is_numeric
-    }
+    return {_key(row): row for row in rows if row.is_numeric}
 
 
-def _cell(record, known: dict[tuple, float]) -> Cell:
-    baseline = known.get((record.model, record.dataset, record.spec, record.metric))
-    passed = None
-    if baseline is not None:
-        passed = verdict.check(record.value, baseline).passed
+def _key(point) -> tuple:
+    return (point.model, point.dataset, point.spec, point.metric)
+
+
+def _cell(record, records: list, rows: dict, footprints: baselines.BaselineRecords) -> Cell:
+    """The record as a table cell; against a baseline row, judged by ``verdict.judge``."""
+    row = rows.get(_key(record))
+    if row is None:
+        return Cell(record.model, record.dataset, record.spec, record.metric, record.value)
+    dense = next(
+        (
+            other.value
+            for other in records
+            if _key(other) == (record.model, record.dataset, "dense", record.metric)
+            and (other.seqlen, other.windows) == (record.seqlen, record.windows)
+        ),
+        None,
+    )
+    dense_row = rows.get((record.model, record.dataset, "dense", record.metric))
+    baseline_record = footprints.of(row)
+    passed = verdict.judge(
+        record,
+        row.value,
+        dense_measured=dense,
+        dense_baseline=dense_row.value if dense_row else None,
+        baseline_footprint=baseline_record.footprint if baseline_record else None,
+    ).passed
     return Cell(
-        record.model, record.dataset, record.spec, record.metric, record.value, baseline, passed
+        record.model, record.dataset, record.spec, record.metric, record.value, row.value, passed
     )

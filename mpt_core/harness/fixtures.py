@@ -11,10 +11,10 @@ from mpt_core.harness import collection, policy
 from mpt_core.harness.curve_check import CurveVerdict, check_curve
 from mpt_core.harness.curve_rows import BaselineCurve
 from mpt_core.harness.state import MptState
-from mpt_core.harness.verdict import Verdict, check
-from mpt_core.reporting.report import Cell
+from mpt_core.verdict import Verdict, judge
 
 _DENSE = pytest.StashKey[policy.DenseBaselines]()
+_RECORDS = pytest.StashKey[baselines.BaselineRecords]()
 
 
 def _state(request) -> MptState:
@@ -26,6 +26,13 @@ def dense_baselines(config) -> policy.DenseBaselines:
     if _DENSE not in config.stash:
         config.stash[_DENSE] = policy.DenseBaselines(collection.rows(config))
     return config.stash[_DENSE]
+
+
+def baseline_records(config) -> baselines.BaselineRecords:
+    """The full records behind the CPU tier's rows (their footprints), read once per file."""
+    if _RECORDS not in config.stash:
+        config.stash[_RECORDS] = baselines.BaselineRecords()
+    return config.stash[_RECORDS]
 
 
 def measure_row(state: MptState, config, row: BaselineRow, spec: str | None = None):
@@ -44,29 +51,43 @@ def measure_row(state: MptState, config, row: BaselineRow, spec: str | None = No
         pytest.skip(f"missing input: {error}")
 
 
+def judge_row(state: MptState, config, row: BaselineRow) -> Verdict:
+    """Measure ``row`` and dense under its protocol and judge the point (value, regime,
+    recovery, footprint) with ``verdict.judge``; the outcome is kept for the report."""
+    record = measure_row(state, config, row)
+    dense = measure_row(state, config, row, "dense")
+    baseline_record = baseline_records(config).of(row)
+    verdict = judge(
+        record,
+        row.value,
+        rtol=policy.tolerance(row, config.getoption("--mpt-rtol")),
+        dense_measured=dense.value,
+        dense_baseline=dense_baselines(config).of(row),
+        baseline_footprint=baseline_record.footprint if baseline_record else None,
+    )
+    state.keep_verdict(row, record, verdict)
+    return verdict
+
+
 @pytest.fixture
 def mpt_measure(request):
     """Measure a baseline row (restored model, same protocol) and return its Verdict."""
     state, config = _state(request), request.config
+    return lambda row: judge_row(state, config, row)
 
-    def measure(row: BaselineRow) -> Verdict:
-        record = measure_row(state, config, row)
-        dense = measure_row(state, config, row, "dense")
-        verdict = check(
-            record.value,
-            row.value,
-            rtol=policy.tolerance(row, config.getoption("--mpt-rtol")),
-            dense_measured=dense.value,
-            dense_baseline=dense_baselines(config).of(row),
-        )
-        cell = Cell(
-            row.model, row.dataset, row.spec, row.metric, record.value, row.value, verdict.passed
-        )
-        state.cells.append(cell)
-        state.measured_rows.append((row, record))
+
+@pytest.fixture
+def mpt_check(request):
+    """Measure a baseline row and fail the test with the verdict's one-line message."""
+    state, config = _state(request), request.config
+
+    def check_row(row: BaselineRow) -> Verdict:
+        verdict = judge_row(state, config, row)
+        if not verdict.passed:
+            pytest.fail(f"{row.test_id}: {verdict.message}", pytrace=False)
         return verdict
 
-    return measure
+    return check_row
 
 
 @pytest.fixture

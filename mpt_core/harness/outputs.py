@@ -1,9 +1,11 @@
 """What a finished pytest session writes: merged results, updated CPU-tier baselines,
-a history run, and the markdown report (also into the GitHub step summary)."""
+a history run, the markdown report (also into the GitHub step summary), and the terminal
+summary of what was judged and what moved."""
 
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 
 from mpt_core.harness.scaleout import merge_parts
@@ -47,3 +49,28 @@ def write_report(path: Path, state) -> None:
     if summary:
         with open(summary, "a", encoding="utf-8") as handle:
             handle.write(text)
+
+
+def terminal_summary(write_line, state, config) -> None:
+    """Counts of the points judged by outcome, then each point that did not pass with its
+    baseline, measured value, ratio, recovery and the verdict's reason."""
+    outcomes = Counter(verdict.outcome for _row, verdict in state.verdicts)
+    counts = ", ".join(f"{count} {outcome}" for outcome, count in sorted(outcomes.items()))
+    write_line(f"mpt: {len(state.verdicts)} points judged: {counts}")
+    for row, verdict in state.verdicts:
+        if not verdict.passed:
+            recovery = verdict.recovery_ratio
+            write_line(
+                f"  {verdict.outcome.upper()} {row.test_id} ({row.table}): baseline "
+                f"{verdict.baseline:.4g}, measured {verdict.measured:.4g}, ratio "
+                f"{verdict.ratio:.4f}, recovery "
+                + (f"{recovery:.4f}" if recovery is not None else "-")
+                + f"; {verdict.rule}"
+                + (
+                    f"; footprint changed: {', '.join(verdict.footprint)}"
+                    if verdict.footprint
+                    else ""
+                )
+            )
+    if config.getoption("--mpt-report"):
+        write_line(f"mpt: report written to {config.getoption('--mpt-report')}")

@@ -29,11 +29,15 @@ import pytest
 
 from mpt_core.errors import MptError
 from mpt_core.families import FAMILY_TEXT
-from mpt_core.harness import collection
-from mpt_core.harness.fixtures import mpt_measure, mpt_measure_curve  # noqa: F401 (registered here)
+from mpt_core.harness import collection, outputs
+from mpt_core.harness.fixtures import (  # noqa: F401 (fixtures registered with the plugin)
+    mpt_check,
+    mpt_measure,
+    mpt_measure_curve,
+)
 from mpt_core.harness.scaleout import parse_shard, pin_worker_gpu
 from mpt_core.harness.state import MptState, worker_id
-from mpt_core.harness.verdict import DEFAULT_RTOL
+from mpt_core.verdict import DEFAULT_RTOL
 
 MARKERS = {
     **FAMILY_TEXT,
@@ -122,3 +126,9 @@ def pytest_generate_tests(metafunc) -> None:
 
 def pytest_collection_modifyitems(config, items) -> None:
     collection.select(config, items)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    state = config.pluginmanager.get_plugin("mpt-state")
+    if state is not None and state.verdicts:
+        outputs.terminal_summary(terminalreporter.write_line, state, config)

@@ -11,9 +11,9 @@ import math
 
 from mpt_core import baselines, registry
 from mpt_core.baselines import BaselineRow
-from mpt_core.harness.verdict import DEFAULT_RTOL
 from mpt_core.models import DEFAULT_STUDY_SEQLEN, STUDY_SEQLEN, study_checkpoint
 from mpt_core.spec import Spec
+from mpt_core.verdict import DEFAULT_RTOL
 
 DEFAULT_CPU_WINDOWS = 8
 DEFAULT_CPU_SEQLEN = 512

@@ -20,6 +20,7 @@ from mpt_core.harness.scaleout import part_path
 from mpt_core.records import Record, append
 from mpt_core.reporting.report import Cell
 from mpt_core.spec import Spec
+from mpt_core.verdict import Verdict
 
 
 def worker_id(config) -> str | None:
@@ -36,6 +37,7 @@ class MptState:
         self.records: dict[tuple, Record] = {}
         self.cells: list[Cell] = []
         self.measured_rows: list[tuple[BaselineRow, Record]] = []
+        self.verdicts: list[tuple[BaselineRow, object]] = []
         self.outcomes: Counter = Counter()
         self.skips: Counter = Counter()
 
@@ -66,6 +68,22 @@ class MptState:
                 self._keep((*key, record.metric), record)
         return self.records[(*key, metric)]
 
+    def keep_verdict(self, row: BaselineRow, record: Record, verdict) -> None:
+        """A judged point, for the report, the terminal summary and baseline updates."""
+        self.cells.append(
+            Cell(
+                row.model,
+                row.dataset,
+                row.spec,
+                row.metric,
+                record.value,
+                row.value,
+                verdict.passed,
+            )
+        )
+        self.measured_rows.append((row, record))
+        self.verdicts.append((row, verdict))
+
     def _keep(self, key: tuple, record: Record) -> None:
         results = self.config.getoption("--mpt-results")
         if results:
@@ -89,6 +107,8 @@ class MptState:
         self.cells += [Cell(**cell) for cell in payload.get("cells", [])]
         for row, record in payload.get("measured", []):
             self.measured_rows.append((BaselineRow(**row), Record.from_dict(json.loads(record))))
+        for row, verdict in payload.get("verdicts", []):
+            self.verdicts.append((BaselineRow(**row), Verdict(**_tuples(verdict))))
         for text in payload.get("records", []):
             record = Record.from_dict(json.loads(text))
             self.records.setdefault(record.key, record)  # both workers measure dense
@@ -106,5 +126,11 @@ class MptState:
                 "cells": [asdict(cell) for cell in self.cells],
                 "measured": [[asdict(row), record.to_json()] for row, record in self.measured_rows],
                 "records": [record.to_json() for record in self.records.values()],
+                "verdicts": [[asdict(row), asdict(verdict)] for row, verdict in self.verdicts],
             }
         )
+
+
+def _tuples(fields: dict) -> dict:
+    """JSON turned the verdict's tuple of footprint differences into a list: turn it back."""
+    return {**fields, "footprint": tuple(fields.get("footprint", ()))}

@@ -3,22 +3,21 @@
 A run file is named ``run-<UTC time>-<git sha>.jsonl`` and holds that run's
 records (each carries its library versions and git sha), so a CI artifact of the
 folder is the whole history. ``step_changes`` flags, per point, the runs whose
-value left the previous run's by more than the tolerance and by more than two
-standard errors (the change-point view asv takes, on perplexities); ``compare``
-lists what moved between two runs next to the library versions that differ.
+value the verdict (``mpt_core.verdict.judge``: the same rule as the pytest plugin, with
+the earlier run as the baseline) no longer passes; ``compare`` lists what moved between two
+runs next to every library version that differs (the core libraries and each stage's own:
+llama-cpp-python, gptqmodel, llmcompressor, bitsandbytes, lm-eval).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from mpt_core.errors import ResultsError
 from mpt_core.records import Record, append, read
-
-DEFAULT_RTOL = 0.02
+from mpt_core.verdict import DEFAULT_RTOL, Verdict, judge
 
 
 @dataclass(frozen=True)
@@ -28,7 +27,14 @@ class Run:
 
     @property
     def versions(self) -> dict[str, str]:
-        return self.records[0].versions if self.records else {}
+        """Every library version any record of the run names (values joined by " | " where
+        records of one run disagree)."""
+        seen: dict[str, list[str]] = {}
+        for record in self.records:
+            for name, version in record_versions(record).items():
+                if version not in seen.setdefault(name, []):
+                    seen[name].append(version)
+        return {name: " | ".join(versions) for name, versions in seen.items()}
 
     @property
     def created(self) -> str:
@@ -36,6 +42,16 @@ class Run:
 
     def values(self) -> dict[tuple, Record]:
         return {_point(record): record for record in self.records}
+
+
+def record_versions(record: Record) -> dict[str, str]:
+    """The record's versions map and the library (``NAME VERSION``) of each of its stages."""
+    versions = dict(record.versions)
+    for stage in record.settings:
+        name, _, version = str(stage.get("library", "")).partition(" ")
+        if name:
+            versions[name] = version or "unknown"
+    return versions
 
 
 def _point(record: Record) -> tuple:
@@ -75,26 +91,32 @@ def load_runs(directory: str | Path) -> list[Run]:
     return sorted(runs, key=lambda run: (run.created, run.name))
 
 
-def moved(before: Record, after: Record, rtol: float = DEFAULT_RTOL) -> bool:
-    """After differs from before beyond rtol and beyond two combined standard errors."""
-    a, b = before.value, after.value
-    if not (math.isfinite(a) and math.isfinite(b)):
-        return math.isfinite(a) != math.isfinite(b)
-    noise = 2 * math.hypot(_finite(before.stderr), _finite(after.stderr))
-    return abs(b / a - 1) > rtol and abs(b - a) > noise
+def judged(before: Run, after: Run, point: tuple, rtol: float = DEFAULT_RTOL) -> Verdict:
+    """The verdict of ``point`` in ``after`` with ``before`` as its baseline: the pytest
+    plugin's rule, each run's dense point of the same protocol as its dense reference."""
+    earlier, later = before.values(), after.values()
+    dense_point = (*point[:2], "dense", *point[3:])
+    dense_before, dense_after = earlier.get(dense_point), later.get(dense_point)
+    return judge(
+        later[point],
+        earlier[point].value,
+        rtol=rtol,
+        dense_measured=dense_after.value if dense_after else None,
+        dense_baseline=dense_before.value if dense_before else None,
+        baseline_footprint=earlier[point].footprint,
+    )
 
 
-def _finite(value: float) -> float:
-    return value if math.isfinite(value) else 0.0
+def moved(before: Run, after: Run, point: tuple, rtol: float = DEFAULT_RTOL) -> bool:
+    return not judged(before, after, point, rtol).passed
 
 
 def step_changes(runs: list[Run], rtol: float = DEFAULT_RTOL) -> list[tuple[tuple, str, str]]:
     """(point, run before, run after) for every step a point took between consecutive runs."""
     steps = []
     for earlier, later in zip(runs, runs[1:]):
-        before, after = earlier.values(), later.values()
-        for point in sorted(set(before) & set(after)):
-            if moved(before[point], after[point], rtol):
+        for point in sorted(set(earlier.values()) & set(later.values())):
+            if moved(earlier, later, point, rtol):
                 steps.append((point, earlier.name, later.name))
     return steps
 

@@ -1,0 +1,194 @@
+"""The verdict a measured point gets against its baseline: the one place that decides.
+
+The pytest plugin, ``mpt report --baselines``, ``mpt compare`` and ``mpt history`` all
+judge through ``check`` (and ``footprint_changes`` where both sides carry a footprint),
+so they cannot disagree.
+
+- **Stable regime** (the baseline below ``COLLAPSE_FACTOR`` × dense): the measured value
+  must be within ``rtol`` of the baseline (two-sided: a baseline that no longer describes
+  the method is a change to look at, in either direction). Non-finite fails.
+- **Collapsed regime** (baseline ≥ ``COLLAPSE_FACTOR`` × dense, or non-finite): the numbers
+  are chaotic, so the value must stay within a factor ``COLLAPSE_BAND`` of the baseline
+  ("still collapsed"); a point that drifts further, that turns NaN or infinite while its
+  baseline was finite, or that left the collapse (an improvement) is a change and fails.
+  A non-finite measurement passes only against a non-finite baseline.
+- **Footprint**: bytes, bits per weight and measured sparsity are arithmetic, so a
+  measured point must equal its baseline's exactly; any difference fails with both numbers.
+- **Recovery** (llm-compressor's idea): measured/dense-measured against baseline/dense-
+  baseline tells a library shift that moves dense alike from broken compression; reported
+  for every point, and a gate when ``min_recovery`` is given.
+
+Words: ``ok``, ``still collapsed``, ``regressed``, ``improved``, ``left collapse``,
+``footprint changed``, ``recovery below gate``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from mpt_core.baselines import DOWNSTREAM_METRICS
+
+DEFAULT_RTOL = 0.02
+COLLAPSE_FACTOR = 10.0  # a PPL this many times the dense one is the collapsed regime
+COLLAPSE_BAND = 3.0  # inside the collapse a point may move by this factor ("still collapsed")
+FOOTPRINT_FIELDS = ("bytes", "bits_per_weight", "sparsity")
+HIGHER_IS_BETTER = DOWNSTREAM_METRICS  # accuracies; perplexity is better lower
+
+
+@dataclass(frozen=True)
+class Verdict:
+    measured: float
+    baseline: float
+    rtol: float
+    regime: str  # "stable" or "collapsed"
+    outcome: str  # one of the words in the module docstring
+    dense_measured: float | None = None
+    dense_baseline: float | None = None
+    footprint: tuple[str, ...] = ()  # the footprint fields that differ, with both numbers
+    min_recovery: float | None = None
+    higher_is_better: bool = False
+
+    @property
+    def passed(self) -> bool:
+        return self.outcome in ("ok", "still collapsed")
+
+    @property
+    def ratio(self) -> float:
+        return self.measured / self.baseline if self.baseline else math.inf
+
+    @property
+    def recovery_ratio(self) -> float | None:
+        """(measured / dense measured) / (baseline / dense baseline)."""
+        if not (self.dense_measured and self.dense_baseline and self.baseline):
+            return None
+        return (self.measured / self.dense_measured) / (self.baseline / self.dense_baseline)
+
+    @property
+    def rule(self) -> str:
+        if self.regime == "collapsed":
+            return f"collapsed regime: within {COLLAPSE_BAND:g}x of the baseline"
+        return f"|ratio-1| <= {self.rtol:g}"
+
+    @property
+    def message(self) -> str:
+        text = (
+            f"{self.outcome}: measured {self.measured:.4f} vs baseline {self.baseline:.4f}, "
+            f"ratio {self.ratio:.4f}, tolerance {self.rule}"
+        )
+        recovery = self.recovery_ratio
+        if recovery is not None:
+            moved = "dense moved alike" if abs(recovery - 1) <= self.rtol else "compression moved"
+            text += (
+                f"; recovery vs dense {recovery:.4f} (dense measured "
+                f"{self.dense_measured:.4f}, baseline {self.dense_baseline:.4f}: {moved})"
+            )
+        if self.footprint:
+            text += "; footprint changed: " + ", ".join(self.footprint)
+        return text
+
+
+def check(
+    measured: float,
+    baseline: float,
+    *,
+    rtol: float = DEFAULT_RTOL,
+    dense_measured: float | None = None,
+    dense_baseline: float | None = None,
+    footprint: tuple[str, ...] = (),
+    min_recovery: float | None = None,
+    higher_is_better: bool = False,
+) -> Verdict:
+    """The verdict of a measured value against its baseline (see the module docstring)."""
+    reference = dense_baseline or dense_measured
+    collapsed = not math.isfinite(baseline) or (
+        not higher_is_better and reference is not None and baseline > COLLAPSE_FACTOR * reference
+    )
+    regime = "collapsed" if collapsed else "stable"
+    verdict = Verdict(
+        measured, baseline, rtol, regime, "ok", dense_measured, dense_baseline,
+        footprint, min_recovery, higher_is_better,
+    )  # fmt: skip
+    outcome = _value_outcome(verdict, dense_measured or reference)
+    if outcome in ("ok", "still collapsed") and footprint:
+        outcome = "footprint changed"
+    if outcome == "ok" and _below_gate(verdict):
+        outcome = "recovery below gate"
+    return Verdict(**{**verdict.__dict__, "outcome": outcome})
+
+
+def _value_outcome(verdict: Verdict, dense: float | None) -> str:
+    measured, baseline = verdict.measured, verdict.baseline
+    if verdict.regime == "collapsed":
+        return _collapsed_outcome(measured, baseline, dense)
+    if not math.isfinite(measured):
+        return "regressed"
+    # an accuracy can be 0: there only the same 0 is within a relative tolerance
+    if measured == baseline or (baseline != 0 and abs(measured / baseline - 1) <= verdict.rtol):
+        return "ok"
+    better = measured > baseline if verdict.higher_is_better else measured < baseline
+    return "improved" if better else "regressed"
+
+
+def _collapsed_outcome(measured: float, baseline: float, dense: float | None) -> str:
+    if not math.isfinite(baseline):
+        return "still collapsed" if not math.isfinite(measured) else _left_or_band(measured, dense)
+    if not math.isfinite(measured):
+        return "regressed"
+    if dense is not None and measured < COLLAPSE_FACTOR * dense:
+        return "left collapse"
+    if abs(math.log(measured / baseline)) <= math.log(COLLAPSE_BAND):
+        return "still collapsed"
+    return "improved" if measured < baseline else "regressed"
+
+
+def _left_or_band(measured: float, dense: float | None) -> str:
+    """A finite value against a non-finite baseline: collapsed still, or out of it."""
+    if dense is not None and measured < COLLAPSE_FACTOR * dense:
+        return "left collapse"
+    return "still collapsed"
+
+
+def _below_gate(verdict: Verdict) -> bool:
+    """Recovery gating: compressed/dense must keep ``min_recovery`` of the baseline's."""
+    recovery = verdict.recovery_ratio
+    if verdict.min_recovery is None or recovery is None:
+        return False
+    kept = recovery if verdict.higher_is_better else 1 / recovery
+    return kept < verdict.min_recovery
+
+
+def footprint_changes(measured: dict | None, baseline: dict | None) -> tuple[str, ...]:
+    """The footprint fields (bytes, bits per weight, sparsity) that differ, each with both
+    numbers; nothing where either side has no footprint."""
+    if not measured or not baseline:
+        return ()
+    return tuple(
+        f"{field} {measured[field]!r} vs baseline {baseline[field]!r}"
+        for field in FOOTPRINT_FIELDS
+        if field in measured and field in baseline and measured[field] != baseline[field]
+    )
+
+
+def judge(
+    record,
+    baseline: float,
+    *,
+    rtol: float = DEFAULT_RTOL,
+    dense_measured: float | None = None,
+    dense_baseline: float | None = None,
+    baseline_footprint: dict | None = None,
+    min_recovery: float | None = None,
+) -> Verdict:
+    """A measured record against a baseline value (and the baseline's footprint, where
+    known): what every judge of mpt calls."""
+    return check(
+        record.value,
+        baseline,
+        rtol=rtol,
+        dense_measured=dense_measured,
+        dense_baseline=dense_baseline,
+        footprint=footprint_changes(record.footprint, baseline_footprint),
+        min_recovery=min_recovery,
+        higher_is_better=record.metric in HIGHER_IS_BETTER,
+    )
