@@ -51,7 +51,6 @@ METHOD_FAMILIES = {
 DOWNSTREAM_METRICS = ("acc", "acc_norm")
 
 
-
 @dataclass(frozen=True)
 class BaselineRow:
     model: str
@@ -69,6 +68,7 @@ class BaselineRow:
     windows: int | None = None
     file: str = ""
     limit: int | None = None  # accuracy rows: lm-eval's limit (None: every question)
+    rtol: float | None = None  # the file's declared tolerance (``# rtol:``), if any
 
     @property
     def value(self) -> float | None:
@@ -124,8 +124,20 @@ def load_file(path: str | Path, tier: str) -> list[BaselineRow]:
         raise BaselineError(f"{path}: header must be {','.join(HEADER)}; found {','.join(header)}")
     windows = int(meta["windows"]) if "windows" in meta else None
     rows = [_row(path, number, cells, tier, windows) for number, cells in enumerate(reader, 2)]
+    if "rtol" in meta:
+        rows = [replace(row, rtol=_declared_rtol(meta["rtol"], path)) for row in rows]
     limits = task_limits(meta.get("limits", ""), where=f"{path}: # limits")
     return [replace(row, limit=limits.get(row.dataset)) for row in rows] if limits else rows
+
+
+def _declared_rtol(text: str, path: Path) -> float:
+    try:
+        rtol = float(text)
+    except ValueError:
+        rtol = math.nan
+    if not (math.isfinite(rtol) and rtol >= 0):
+        raise BaselineError(f"{path}: # rtol: {text!r} must be a number, 0 or more")
+    return rtol
 
 
 def task_limits(text: str, where: str = "tasks") -> dict[str, int | None]:
@@ -235,3 +247,46 @@ class BaselineRecords:
 def _printed(value: float) -> str:
     """A value as the CSV writer prints it."""
     return f"{value:.6g}" if math.isfinite(value) else "nan"
+
+
+NOISE_HEADER = ("model", "dataset", "spec", "metric", "spread", "values")
+
+
+def noise_path(csv_path: str | Path) -> Path:
+    """The noise floors of a CPU-tier CSV (``quant.csv`` -> ``quant.noise.csv``)."""
+    path = Path(csv_path)
+    return path.with_name(f"{path.stem}.noise.csv")
+
+
+class NoiseFloors:
+    """Each CPU-tier point's spread under float-order perturbations (threads, calibration
+    batch), from the CSV's ``.noise.csv`` written by ``mpt baselines noise``; read once."""
+
+    def __init__(self):
+        self._files: dict[Path, dict[tuple, float]] = {}
+
+    def of(self, row: BaselineRow) -> float | None:
+        if row.tier != "cpu" or not row.file:
+            return None
+        path = noise_path(row.file)
+        if path not in self._files:
+            self._files[path] = _read_noise(path) if path.is_file() else {}
+        return self._files[path].get((row.model, row.dataset, row.spec, row.metric))
+
+
+def _read_noise(path: Path) -> dict[tuple, float]:
+    body = [
+        line for line in path.read_text(encoding="utf-8").splitlines() if not line.startswith("#")
+    ]
+    reader = csv.reader(body)
+    if tuple(next(reader, ())) != NOISE_HEADER:
+        raise BaselineError(f"{path}: header must be {','.join(NOISE_HEADER)}")
+    floors = {}
+    for number, cells in enumerate(reader, 2):
+        if len(cells) != len(NOISE_HEADER):
+            raise BaselineError(f"{path}:{number}: expected {len(NOISE_HEADER)} cells")
+        try:
+            floors[tuple(cells[:4])] = float(cells[4])
+        except ValueError:
+            raise BaselineError(f"{path}:{number}: spread {cells[4]!r} is not a number") from None
+    return floors

@@ -33,6 +33,8 @@ DEFAULT_RTOL = 0.02
 COLLAPSE_FACTOR = 10.0  # a PPL this many times the dense one is the collapsed regime
 COLLAPSE_BAND = 3.0  # inside the collapse a point may move by this factor ("still collapsed")
 FOOTPRINT_FIELDS = ("bytes", "bits_per_weight", "sparsity")
+NOISE_MULTIPLE = 3.0  # a tolerance is never below this multiple of the point's noise floor
+CHAOTIC = 0.05  # a noise floor above this: the point is chaotic (float order alone moves it)
 HIGHER_IS_BETTER = DOWNSTREAM_METRICS  # accuracies; perplexity is better lower
 
 

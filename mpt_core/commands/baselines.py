@@ -12,9 +12,11 @@ from tqdm import tqdm
 from mpt_core.baselines import DOWNSTREAM_METRICS, task_limits
 from mpt_core.commands.common import add_model_arguments, describe, open_session
 from mpt_core.commands.run import describe_score
+from mpt_core.errors import MptError
 from mpt_core.harness.baseline_record import (
     GRIDS_DIR,
     grid_datasets,
+    grid_rtol,
     grid_tasks,
     read_grid,
     write_csv,
@@ -52,6 +54,25 @@ def register(subparsers) -> None:
         help="resumable JSONL of the measurements (default: beside the CSV)",
     )
     record.set_defaults(func=run_record, dataset=None)
+    noise = actions.add_parser(
+        "noise", help="re-measure a CSV's points under float-order perturbations (noise floors)"
+    )
+    add_model_arguments(noise)
+    noise.add_argument("--csv", required=True, help="a CPU-tier baseline CSV of that model")
+    noise.set_defaults(func=run_noise, dataset=None)
+
+
+def run_noise(args: argparse.Namespace) -> int:
+    """Write ``<csv>.noise.csv``: each point's spread over threads 1/2 and calibration
+    batch 1/8 (``mpt_core.harness.noise``)."""
+    from mpt_core.harness.noise import measure_noise
+
+    csv_path = Path(args.csv)
+    if not csv_path.is_file():
+        raise MptError(f"--csv {csv_path} does not exist")
+    path = measure_noise(open_session(args), csv_path, args.windows)
+    print(f"wrote {path}")
+    return 0
 
 
 def run_record(args: argparse.Namespace) -> int:
@@ -61,6 +82,7 @@ def run_record(args: argparse.Namespace) -> int:
     records_path = Path(args.records or out.with_suffix(".records.jsonl"))
     grid = Path(args.grid) if args.grid else GRIDS_DIR / f"{args.family}.txt"
     specs = read_grid(grid)
+    rtol = grid_rtol(grid)
     datasets = (
         [name.strip() for name in args.datasets.split(",") if name.strip()]
         if args.datasets
@@ -81,8 +103,8 @@ def run_record(args: argparse.Namespace) -> int:
         for record in session.measure_datasets(Spec.parse(spec), missing, args.windows):
             append(records_path, record)
             tqdm.write(describe(record))
-        write_csv(records_path, out, args.family, command, specs)
-    count = write_csv(records_path, out, args.family, command, specs)
+        write_csv(records_path, out, args.family, command, specs, rtol)
+    count = write_csv(records_path, out, args.family, command, specs, rtol)
     print(f"wrote {count} rows to {out}")
     return 0
 

@@ -49,6 +49,18 @@ def grid_datasets(path: Path) -> list[str]:
     return list(CPU_DATASETS)
 
 
+def grid_rtol(path: Path) -> float | None:
+    """The tolerance a grid declares for its rows (``# rtol: 0.001``): deterministic tiers
+    set a tight one; None leaves the harness default."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("# rtol:"):
+            try:
+                return float(line.removeprefix("# rtol:"))
+            except ValueError:
+                raise BaselineError(f"{path}: # rtol: must be a number") from None
+    return None
+
+
 def grid_tasks(path: Path) -> dict[str, int | None]:
     """A downstream grid's tasks and lm-eval limits: its ``# tasks: arc_easy=200,mmlu=5``
     line ({} for a perplexity grid)."""
@@ -58,7 +70,7 @@ def grid_tasks(path: Path) -> dict[str, int | None]:
     return {}
 
 
-def csv_text(records: list[Record], family: str, command: str) -> str:
+def csv_text(records: list[Record], family: str, command: str, rtol: float | None = None) -> str:
     """The baseline CSV of ``records`` with its metadata lines."""
     first = records[0]
     versions = ", ".join(f"{name} {version}" for name, version in sorted(first.versions.items()))
@@ -71,6 +83,7 @@ def csv_text(records: list[Record], family: str, command: str) -> str:
             if first.metric in DOWNSTREAM_METRICS
             else _ppl_protocol(records)
         ),
+        *([f"# rtol: {rtol:g}"] if rtol is not None else []),
     ]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -143,7 +156,12 @@ def _number(value: float) -> str:
 
 
 def write_csv(
-    records_path: Path, csv_path: Path, family: str, command: str, specs: list[str]
+    records_path: Path,
+    csv_path: Path,
+    family: str,
+    command: str,
+    specs: list[str],
+    rtol: float | None = None,
 ) -> int:
     """Write the CSV of the grid's points found in ``records_path``; returns the row count."""
     records = [record for record in read(records_path) if record.spec in specs]
@@ -152,7 +170,7 @@ def write_csv(
         key=lambda record: (record.dataset != "wikitext2", record.dataset, order[record.spec])
     )
     csv_path.parent.mkdir(parents=True, exist_ok=True)
-    csv_path.write_text(csv_text(records, family, command), encoding="utf-8")
+    csv_path.write_text(csv_text(records, family, command, rtol), encoding="utf-8")
     return len(records)
 
 

@@ -28,6 +28,9 @@ SMOKE_SPECS = {
     "wanda:0.5+gguf:Q4_K_M",
 }
 SMOKE_DATASET = "wikitext2"
+# The tiny tier: every registered method on tiny-llama, seconds a point; --mpt-smoke keeps
+# all of it (scripts/record_tiny_tier.sh records it).
+TINY_MODELS = ("tiny-llama",)
 _ROWS = pytest.StashKey[list]()
 
 
@@ -48,9 +51,10 @@ def _read_rows(config) -> list[BaselineRow]:
     found = []
     if tier in ("gpu", "all") and (root / "study").is_dir():
         found += baselines.load_dir(root / "study", "study")
-    cpu_dir = root / "cpu" / config.getoption("--mpt-model")
-    if tier in ("cpu", "all") and cpu_dir.is_dir():
-        found += baselines.load_dir(cpu_dir, "cpu")
+    for model in filter(None, config.getoption("--mpt-model").split(",")):
+        cpu_dir = root / "cpu" / model.strip()
+        if tier in ("cpu", "all") and cpu_dir.is_dir():
+            found += baselines.load_dir(cpu_dir, "cpu")
     return [row for row in found if row.is_numeric]
 
 
@@ -118,13 +122,15 @@ def _deselect(config, items, keep_if) -> None:
 
 
 def in_smoke(item) -> bool:
-    """Everything but the CPU tier's curves and its points outside SMOKE_SPECS."""
+    """Everything but the CPU tier's curves and its points outside SMOKE_SPECS; the tiny
+    tier whole."""
     params = item.callspec.params if hasattr(item, "callspec") else {}
     row, curve = params.get("mpt_row"), params.get("mpt_curve")
     if curve is not None:
-        return curve.rows[0].tier != "cpu"
+        return curve.rows[0].tier != "cpu" or curve.rows[0].model in TINY_MODELS
     return (
         row is None
         or row.tier != "cpu"
+        or row.model in TINY_MODELS
         or (row.spec in SMOKE_SPECS and row.dataset == SMOKE_DATASET)
     )

@@ -15,6 +15,7 @@ from mpt_core.verdict import Verdict, judge
 
 _DENSE = pytest.StashKey[policy.DenseBaselines]()
 _RECORDS = pytest.StashKey[baselines.BaselineRecords]()
+_NOISE = pytest.StashKey[baselines.NoiseFloors]()
 
 
 def _state(request) -> MptState:
@@ -33,6 +34,13 @@ def baseline_records(config) -> baselines.BaselineRecords:
     if _RECORDS not in config.stash:
         config.stash[_RECORDS] = baselines.BaselineRecords()
     return config.stash[_RECORDS]
+
+
+def noise_floors(config) -> baselines.NoiseFloors:
+    """The CPU tier's measured noise floors, read once per file."""
+    if _NOISE not in config.stash:
+        config.stash[_NOISE] = baselines.NoiseFloors()
+    return config.stash[_NOISE]
 
 
 def measure_row(state: MptState, config, row: BaselineRow, spec: str | None = None):
@@ -60,7 +68,7 @@ def judge_row(state: MptState, config, row: BaselineRow) -> Verdict:
     verdict = judge(
         record,
         row.value,
-        rtol=policy.tolerance(row, config.getoption("--mpt-rtol")),
+        rtol=policy.tolerance(row, config.getoption("--mpt-rtol"), noise_floors(config).of(row)),
         dense_measured=dense.value,
         dense_baseline=dense_baselines(config).of(row),
         baseline_footprint=baseline_record.footprint if baseline_record else None,

@@ -57,7 +57,11 @@ def pytest_addoption(parser) -> None:
         default="all",
         help="which baseline tier to collect (default: all)",
     )
-    group.addoption("--mpt-model", default="smollm2-135m", help="the CPU-tier model")
+    group.addoption(
+        "--mpt-model",
+        default="smollm2-135m,tiny-llama",
+        help="the CPU tier's models, comma-separated (default: smollm2-135m,tiny-llama)",
+    )
     group.addoption("--mpt-data-dir", default=None, help="offline data (sets MPT_DATA_DIR)")
     group.addoption(
         "--mpt-windows",

@@ -13,7 +13,7 @@ from mpt_core import baselines, registry
 from mpt_core.baselines import BaselineRow
 from mpt_core.models import DEFAULT_STUDY_SEQLEN, STUDY_SEQLEN, study_checkpoint
 from mpt_core.spec import Spec
-from mpt_core.verdict import DEFAULT_RTOL
+from mpt_core.verdict import DEFAULT_RTOL, NOISE_MULTIPLE
 
 DEFAULT_CPU_WINDOWS = 8
 DEFAULT_CPU_SEQLEN = 512
@@ -58,10 +58,14 @@ def row_protocol(row: BaselineRow, windows_option: int | None) -> tuple[str, int
     return row.model, row.seqlen or DEFAULT_CPU_SEQLEN, windows
 
 
-def tolerance(row: BaselineRow, rtol_option: float | None) -> float:
-    """--mpt-rtol (default 2%); an accuracy on a few hundred questions moves in steps of
-    one question, so there it is at least one standard error of the baseline."""
-    rtol = rtol_option or DEFAULT_RTOL
+def tolerance(row: BaselineRow, rtol_option: float | None, noise: float | None = None) -> float:
+    """--mpt-rtol if given (0 means 0), else the file's declared ``# rtol:``, else 2%; never
+    below ``NOISE_MULTIPLE`` times the point's measured noise floor. An accuracy on a few
+    hundred questions moves in steps of one question, so there it is at least one standard
+    error of the baseline."""
+    rtol = next(value for value in (rtol_option, row.rtol, DEFAULT_RTOL) if value is not None)
+    if noise is not None and math.isfinite(noise):
+        rtol = max(rtol, NOISE_MULTIPLE * noise)
     stderr = row.stderr if row.stderr is not None and math.isfinite(row.stderr) else 0.0
     if row.metric in baselines.DOWNSTREAM_METRICS and row.value:
         return max(rtol, stderr / row.value)
