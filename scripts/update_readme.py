@@ -6,8 +6,10 @@ A section looks like::
     ...output of the command...
     <!-- END generated -->
 
-Usage: ``python scripts/update_readme.py README.md [docs/other.md ...]``. Each
-command runs from the repository root; its stdout replaces the section body.
+Usage: ``python scripts/update_readme.py [FILE ...]``; without files, README.md and every
+``docs/results/*.md``. Each command runs from the repository root under bash with
+``pipefail`` (a failing stage of a pipe fails the section); its stdout replaces the
+section body.
 """
 
 from __future__ import annotations
@@ -24,19 +26,36 @@ SECTION = re.compile(
 )
 
 
+def default_paths() -> list[str]:
+    """README.md and the result pages under docs/results/."""
+    results = sorted((ROOT / "docs" / "results").glob("*.md"))
+    return ["README.md", *(str(path.relative_to(ROOT)) for path in results)]
+
+
+def run(command: str) -> str:
+    result = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", command],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise SystemExit(
+            f"generated section failed (exit {result.returncode}): {command}\n{result.stderr}"
+        )
+    return result.stdout
+
+
 def regenerate(text: str) -> str:
     def replace(match: re.Match) -> str:
-        command = match.group("command")
-        result = subprocess.run(
-            command, shell=True, cwd=ROOT, capture_output=True, text=True, check=True
-        )
-        return match.group(1) + result.stdout.rstrip() + "\n" + match.group(4)
+        output = run(match.group("command"))
+        return match.group(1) + output.rstrip() + "\n" + match.group(4)
 
     return SECTION.sub(replace, text)
 
 
 def main(paths: list[str]) -> int:
-    for path in paths or ["README.md"]:
+    for path in paths or default_paths():
         target = ROOT / path
         target.write_text(regenerate(target.read_text(encoding="utf-8")), encoding="utf-8")
     return 0
