@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from mpt_core.engine.signals import InputNormStats, wanda_score
 from mpt_core.errors import SpecError
 from mpt_core.prune.mask import unstructured_mask
 from mpt_core.prune.sparsegpt import SparseGPTStats, sparsegpt_prune
-from mpt_core.prune.wanda import WandaStats, wanda_score
 
 SETTINGS = settings(max_examples=20, deadline=None)
 
@@ -106,7 +106,7 @@ def test_dead_inputs_are_pruned_and_the_rest_still_solved():
 def test_obs_update_beats_magnitude_and_wanda_at_the_same_budget(ratio):
     X = correlated_inputs(128, 1024, seed=7)
     W = torch.randn(64, 128, generator=torch.Generator().manual_seed(8))
-    stats = WandaStats(nn.Linear(128, 64))
+    stats = InputNormStats(nn.Linear(128, 64))
     stats.add_batch(X.unsqueeze(0), None)
     magnitude = W.masked_fill(unstructured_mask(W.abs(), ratio), 0)
     wanda = W.masked_fill(unstructured_mask(wanda_score(W, stats.scaler_row), ratio, "row"), 0)

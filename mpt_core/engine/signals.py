@@ -1,6 +1,9 @@
-"""Calibration signals several methods share: the layer Hessian, its damped inverse
-factor, a block's influence and the loss of the model's tail.
+"""Calibration signals several methods share: the input norms, the layer Hessian, its
+damped inverse factor, a block's influence and the loss of the model's tail.
 
+- ``InputNormStats``: ‖X_j‖₂² per input column as a running mean over samples, Wanda's
+  ``scaler_row`` (``wanda/lib/layerwrapper.py::WrappedGPT``); with ``wanda_score``,
+  |W_ij| · ‖X_j‖₂, the statistic of Wanda, RIA, BESA, DSnoT and OWL.
 - ``HessianStats``: H = 2/n · Σ x xᵀ over calibration samples as a running mean, the
   statistic of GPTQ (``gptq.py::GPTQ.add_batch``) and SparseGPT (``sparsegpt.py``) alike.
 - ``inverse_hessian_cholesky``: the upper Cholesky factor of (H + λI)⁻¹ both sweeps use.
@@ -19,6 +22,28 @@ import torch.nn.functional as F
 from torch import nn
 
 from mpt_core.engine.layerwise import LayerInputs, capture_layer0_inputs, decoder_layers, run_block
+
+
+class InputNormStats:
+    """‖X_j‖₂² per input column j of one linear, averaged over calibration samples as
+    Wanda's WrappedGPT does (``scaler_row``)."""
+
+    def __init__(self, linear: nn.Linear):
+        self.scaler_row = torch.zeros(linear.weight.shape[1], device=linear.weight.device)
+        self.nsamples = 0
+
+    def add_batch(self, inp: torch.Tensor, _out: torch.Tensor | None = None) -> None:
+        batch = inp.shape[0] if inp.dim() == 3 else 1
+        X = inp.reshape(-1, inp.shape[-1]).t().float()  # (columns, tokens)
+        # a running mean, so that the statistic does not depend on the batch split
+        self.scaler_row *= self.nsamples / (self.nsamples + batch)
+        self.nsamples += batch
+        self.scaler_row += torch.norm(X, p=2, dim=1) ** 2 / self.nsamples
+
+
+def wanda_score(W: torch.Tensor, scaler_row: torch.Tensor) -> torch.Tensor:
+    """|W_ij| · ‖X_j‖₂ (Wanda's Eq. 1), ``scaler_row`` from ``InputNormStats``."""
+    return W.abs().float() * torch.sqrt(scaler_row.reshape(1, -1))
 
 
 class HessianStats:

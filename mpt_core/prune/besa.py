@@ -44,8 +44,8 @@ from mpt_core.engine.layerwise import (
     linear_layers,
     run_block,
 )
+from mpt_core.engine.signals import InputNormStats, wanda_score
 from mpt_core.errors import SpecError
-from mpt_core.prune.wanda import WandaStats, wanda_score
 from mpt_core.registry import Option, flag, positive_int, register
 from mpt_core.storage import TensorStorage
 
@@ -197,7 +197,7 @@ def learn_block(
 ) -> None:
     """Train the block's sparsity allocation, then prune it at the learned sparsities."""
     linears = linear_layers(block)
-    stats = collect_stats(block, inputs, lambda _site, linear: WandaStats(linear), index)
+    stats = collect_stats(block, inputs, lambda _site, linear: InputNormStats(linear), index)
     candidates = sparsity_candidates(settings["step"])
     allocations = {
         name: SparsityAllocation(

@@ -24,12 +24,13 @@ import torch
 
 from mpt_core import registry
 from mpt_core.engine.layerwise import collect_stats, iterate_blocks, linear_layers
+from mpt_core.engine.signals import InputNormStats, wanda_score
 from mpt_core.prune import sparsegpt, wanda
 from mpt_core.registry import Option, register
 from mpt_core.storage import TensorStorage
 
 BASES = {
-    "wanda": (wanda.WandaStats, wanda.prune_linear),
+    "wanda": (InputNormStats, wanda.prune_linear),
     "sparsegpt": (sparsegpt.SparseGPTStats, sparsegpt.prune_linear),
 }
 MIN_SPARSITY = 0.01  # the reference's floor for a layer mapped to no sparsity
@@ -57,11 +58,9 @@ def outlier_ratios(model, windows: torch.Tensor, M: float) -> list[float]:
     """LOD of every decoder layer of the dense model (nothing is pruned in this pass)."""
     ratios = []
     for index, block, inputs in iterate_blocks(model, windows):
-        stats = collect_stats(
-            block, inputs, lambda _site, linear: wanda.WandaStats(linear), index
-        )
+        stats = collect_stats(block, inputs, lambda _site, linear: InputNormStats(linear), index)
         scores = [
-            wanda.wanda_score(linear.weight.data, stats[name].scaler_row)
+            wanda_score(linear.weight.data, stats[name].scaler_row)
             for name, linear in linear_layers(block).items()
         ]
         ratios.append(layer_outlier_ratio(scores, M))

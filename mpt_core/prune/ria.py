@@ -30,8 +30,8 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from mpt_core.engine.layerwise import compress_layerwise
+from mpt_core.engine.signals import InputNormStats
 from mpt_core.prune.mask import SCOPES, nm_mask, unstructured_mask
-from mpt_core.prune.wanda import WandaStats
 from mpt_core.registry import Option, flag, register
 from mpt_core.storage import TensorStorage
 
@@ -105,7 +105,7 @@ def ria_mask(score: torch.Tensor, stage, settings: dict) -> tuple[torch.Tensor, 
 
 
 @torch.no_grad()
-def prune_linear(linear: nn.Linear, stats: WandaStats, stage, settings: dict) -> TensorStorage:
+def prune_linear(linear: nn.Linear, stats: InputNormStats, stage, settings: dict) -> TensorStorage:
     W = linear.weight.data
     mask, permutation_bits = ria_mask(
         ria_score(W, stats.scaler_row, settings["alpha"]), stage, settings
@@ -136,6 +136,6 @@ def ria(model, stage, settings, calibration) -> dict[str, TensorStorage]:
     return compress_layerwise(
         model,
         calibration.windows(settings),
-        lambda _site, linear: WandaStats(linear),
+        lambda _site, linear: InputNormStats(linear),
         lambda _site, linear, stats: prune_linear(linear, stats, stage, settings),
     )
