@@ -30,9 +30,9 @@ import torch
 from torch import nn
 
 from mpt_core.engine.layerwise import compress_layerwise
-from mpt_core.engine.signals import InputNormStats, wanda_score
+from mpt_core.engine.signals import HessianStats, InputNormStats, wanda_score
 from mpt_core.prune.mask import select_mask
-from mpt_core.prune.sparsegpt import SparseGPTStats, sparsegpt_prune
+from mpt_core.prune.sparsegpt import sparsegpt_prune
 from mpt_core.registry import Option, flag, positive_int, register
 from mpt_core.storage import TensorStorage
 
@@ -63,7 +63,7 @@ class DSnoTStats:
     def __init__(self, linear: nn.Linear, init: str):
         columns = linear.in_features
         self.wanda = InputNormStats(linear)
-        self.sparsegpt = SparseGPTStats(linear) if init == "sparsegpt" else None
+        self.sparsegpt = HessianStats(linear) if init == "sparsegpt" else None
         self.sum_metric_row = torch.zeros(columns)
         self.var = torch.zeros(columns)
         self.nsamples = 0

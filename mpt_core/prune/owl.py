@@ -24,14 +24,14 @@ import torch
 
 from mpt_core import registry
 from mpt_core.engine.layerwise import collect_stats, iterate_blocks, linear_layers
-from mpt_core.engine.signals import InputNormStats, wanda_score
+from mpt_core.engine.signals import HessianStats, InputNormStats, wanda_score
 from mpt_core.prune import sparsegpt, wanda
 from mpt_core.registry import Option, register
 from mpt_core.storage import TensorStorage
 
 BASES = {
     "wanda": (InputNormStats, wanda.prune_linear),
-    "sparsegpt": (sparsegpt.SparseGPTStats, sparsegpt.prune_linear),
+    "sparsegpt": (HessianStats, sparsegpt.prune_linear),
 }
 MIN_SPARSITY = 0.01  # the reference's floor for a layer mapped to no sparsity
 
