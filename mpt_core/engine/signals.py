@@ -9,8 +9,9 @@ damped inverse factor, a block's influence and the loss of the model's tail.
 - ``inverse_hessian_cholesky``: the upper Cholesky factor of (H + λI)⁻¹ both sweeps use.
 - ``block_influence``: ShortGPT's Block Influence, 1 − cos(input, output) per block
   (used by ShortGPT and MoDeGPT).
-- ``loss_from``: next-token NLL of the calibration windows through a tail of blocks and the
-  head (SLEB's and ASVD's sensitivity signal).
+- ``inputs_of_alive_blocks`` and ``loss_from``: what each remaining block receives with
+  others skipped, and the next-token NLL of the calibration windows through a tail of
+  blocks and the head (SLEB's and ASVD's sensitivity signal).
 """
 
 from __future__ import annotations
@@ -84,6 +85,20 @@ def block_influence(model: nn.Module, windows: torch.Tensor) -> list[float]:
         influence.append(1 - cosine.mean().item())
         inputs = LayerInputs(outputs, inputs.kwargs)
     return influence
+
+
+@torch.no_grad()
+def inputs_of_alive_blocks(
+    model: nn.Module, alive: list[int], windows: torch.Tensor
+) -> list[LayerInputs]:
+    """What each block of ``alive`` receives when the other blocks are skipped."""
+    blocks = decoder_layers(model)
+    inputs = capture_layer0_inputs(model, windows)
+    entering = []
+    for index in alive:
+        entering.append(inputs)
+        inputs = LayerInputs(run_block(blocks[index], inputs), inputs.kwargs)
+    return entering
 
 
 @torch.no_grad()
