@@ -48,7 +48,7 @@ from mpt_core.engine.lora import (
     merge_adapters,
     seeded,
 )
-from mpt_core.prune.llm_pruner import (
+from mpt_core.prune.structure import (
     BlockShape,
     block_shape,
     keep_channels,
