@@ -46,23 +46,10 @@ from mpt_core.engine.layerwise import (
 )
 from mpt_core.engine.signals import InputNormStats, wanda_score
 from mpt_core.errors import SpecError
-from mpt_core.registry import Option, flag, positive_int, register
+from mpt_core.registry import Option, flag, one_of, positive_float, positive_int, register
 from mpt_core.storage import TensorStorage
 
 ALLOCATIONS = ("row", "layer")
-
-
-def _allocation(value: str) -> str:
-    if value not in ALLOCATIONS:
-        raise ValueError(f"must be one of {', '.join(ALLOCATIONS)}")
-    return value
-
-
-def _positive_float(value: str) -> float:
-    number = float(value)
-    if number <= 0:
-        raise ValueError("must be above 0")
-    return number
 
 
 def sparsity_candidates(step: float) -> torch.Tensor:
@@ -245,11 +232,11 @@ def check_reachable(stage, settings) -> None:
     levels={"ratio"},
     needs_calibration=True,
     options={
-        "alloc": Option(_allocation, "row", "sparsity learned per row or per layer"),
+        "alloc": Option(one_of(ALLOCATIONS), "row", "sparsity learned per row or per layer"),
         "epochs": Option(positive_int, 1, "passes over the calibration samples per block"),
-        "step": Option(_positive_float, 0.01, "spacing of the candidate sparsities"),
-        "beta": Option(_positive_float, 5.0, "weight of the target-sparsity penalty"),
-        "d_coef": Option(_positive_float, 5.0, "Prodigy's step-size coefficient"),
+        "step": Option(positive_float, 0.01, "spacing of the candidate sparsities"),
+        "beta": Option(positive_float, 5.0, "weight of the target-sparsity penalty"),
+        "d_coef": Option(positive_float, 5.0, "Prodigy's step-size coefficient"),
         "sigmoid": Option(flag, True, "softmax over sigmoid of the logits (the reference's)"),
     },
 )

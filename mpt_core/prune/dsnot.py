@@ -33,27 +33,11 @@ from mpt_core.engine.layerwise import compress_layerwise
 from mpt_core.engine.signals import HessianStats, InputNormStats, wanda_score
 from mpt_core.prune.mask import select_mask
 from mpt_core.prune.sparsegpt import sparsegpt_prune
-from mpt_core.registry import Option, flag, positive_int, register
+from mpt_core.registry import Option, flag, nonnegative_float, one_of, positive_int, register
 from mpt_core.storage import TensorStorage
 
 INITS = ("wanda", "sparsegpt")
 SKIPS = ("mlp", "self_attn", "none")
-
-
-def _choice(allowed: tuple[str, ...]):
-    def parse(value: str) -> str:
-        if value not in allowed:
-            raise ValueError(f"must be one of {', '.join(allowed)}")
-        return value
-
-    return parse
-
-
-def _non_negative_float(value: str) -> float:
-    number = float(value)
-    if number < 0:
-        raise ValueError("must be 0 or more")
-    return number
 
 
 class DSnoTStats:
@@ -230,12 +214,12 @@ def dsnot(W, W_hat, stats: DSnoTStats, nm, settings) -> torch.Tensor:
     levels={"ratio", "nm"},
     needs_calibration=True,
     options={
-        "init": Option(_choice(INITS), "wanda", "initial mask: wanda or sparsegpt"),
+        "init": Option(one_of(INITS), "wanda", "initial mask: wanda or sparsegpt"),
         "max_cycle": Option(positive_int, 50, "maximum pruning-and-growing cycles"),
-        "threshold": Option(_non_negative_float, 0.1, "stop a row once |ε| is at most this"),
-        "pow_var": Option(_non_negative_float, 1.0, "power of Var(x) in the growing criterion"),
+        "threshold": Option(nonnegative_float, 0.1, "stop a row once |ε| is at most this"),
+        "pow_var": Option(nonnegative_float, 1.0, "power of Var(x) in the growing criterion"),
         "same_sign": Option(flag, True, "reject a swap that flips the sign of ε"),
-        "skip": Option(_choice(SKIPS), "mlp", "linears left at the initial mask"),
+        "skip": Option(one_of(SKIPS), "mlp", "linears left at the initial mask"),
     },
 )
 def dsnot_method(model, stage, settings, calibration) -> dict[str, TensorStorage]:

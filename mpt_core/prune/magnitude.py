@@ -12,21 +12,15 @@ import torch
 
 from mpt_core.engine.layerwise import decoder_layers, linear_layers
 from mpt_core.prune.mask import SCOPES, select_mask
-from mpt_core.registry import Option, register
+from mpt_core.registry import Option, one_of, register
 from mpt_core.storage import TensorStorage
-
-
-def _scope(value: str) -> str:
-    if value not in SCOPES:
-        raise ValueError(f"scope must be one of {', '.join(SCOPES)}")
-    return value
 
 
 @register(
     "magnitude",
     family="unstructured",
     levels={"ratio", "nm"},
-    options={"scope": Option(_scope, "layer", "layer or row")},
+    options={"scope": Option(one_of(SCOPES, "scope"), "layer", "layer or row")},
 )
 @torch.no_grad()
 def magnitude(model, stage, settings, calibration) -> dict[str, TensorStorage]:

@@ -26,7 +26,7 @@ from mpt_core import registry
 from mpt_core.engine.layerwise import collect_stats, iterate_blocks, linear_layers
 from mpt_core.engine.signals import HessianStats, InputNormStats, wanda_score
 from mpt_core.prune import sparsegpt, wanda
-from mpt_core.registry import Option, register
+from mpt_core.registry import Option, one_of, register
 from mpt_core.storage import TensorStorage
 
 BASES = {
@@ -82,19 +82,17 @@ def prune_with_sparsities(model, windows, stage, base: str, sparsities: list[flo
     return storage
 
 
-def _base(value: str) -> str:
-    if value not in BASES:
-        raise ValueError(f"base must be one of {', '.join(BASES)}")
-    return value
-
-
 @register(
     "owl",
     family="unstructured",
     levels={"ratio"},
     needs_calibration=True,
     options={
-        "base": Option(_base, "wanda", "method that prunes each layer: wanda or sparsegpt"),
+        "base": Option(
+            one_of(tuple(BASES), "base"),
+            "wanda",
+            "method that prunes each layer: wanda or sparsegpt",
+        ),
         "m": Option(float, 5.0, "outlier threshold M, a multiple of the mean score"),
         "lam": Option(float, 0.08, "λ: the layer sparsities span 2λ"),
     },

@@ -32,7 +32,7 @@ from torch import nn
 from mpt_core.engine.layerwise import compress_layerwise
 from mpt_core.engine.signals import InputNormStats
 from mpt_core.prune.mask import SCOPES, nm_mask, unstructured_mask
-from mpt_core.registry import Option, flag, register
+from mpt_core.registry import Option, flag, one_of, register
 from mpt_core.storage import TensorStorage
 
 
@@ -115,12 +115,6 @@ def prune_linear(linear: nn.Linear, stats: InputNormStats, stage, settings: dict
     return TensorStorage(nm=nm, extra_bits=permutation_bits)
 
 
-def _scope(value: str) -> str:
-    if value not in SCOPES:
-        raise ValueError(f"scope must be one of {', '.join(SCOPES)}")
-    return value
-
-
 @register(
     "ria",
     family="unstructured",
@@ -128,7 +122,9 @@ def _scope(value: str) -> str:
     needs_calibration=True,
     options={
         "alpha": Option(float, 0.5, "exponent a of the activation norm"),
-        "scope": Option(_scope, "layer", "comparison group: layer (theirs) or row"),
+        "scope": Option(
+            one_of(SCOPES, "scope"), "layer", "comparison group: layer (theirs) or row"
+        ),
         "permute": Option(flag, True, "N:M channel permutation (reallocation + LSA)"),
     },
 )

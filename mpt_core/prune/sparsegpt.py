@@ -30,7 +30,7 @@ from mpt_core.engine.layerwise import compress_layerwise
 from mpt_core.engine.signals import HessianStats, inverse_hessian_cholesky
 from mpt_core.errors import SpecError
 from mpt_core.prune.mask import nm_mask, unstructured_mask
-from mpt_core.registry import Option, positive_int, register
+from mpt_core.registry import Option, float_in, positive_int, register
 from mpt_core.storage import TensorStorage
 
 
@@ -112,13 +112,6 @@ def prune_linear(linear: nn.Linear, stats: HessianStats, stage, settings: dict) 
     return TensorStorage(nm=nm)
 
 
-def _fraction(value: str) -> float:
-    number = float(value)
-    if not 0 <= number < 1:
-        raise ValueError("must be in [0, 1)")
-    return number
-
-
 @register(
     "sparsegpt",
     family="unstructured",
@@ -126,7 +119,11 @@ def _fraction(value: str) -> float:
     needs_calibration=True,
     options={
         "blocksize": Option(positive_int, 128, "columns per lazy-update block"),
-        "damp": Option(_fraction, 0.01, "dampening, a fraction of the mean Hessian diagonal"),
+        "damp": Option(
+            float_in(0, 1, high_open=True),
+            0.01,
+            "dampening, a fraction of the mean Hessian diagonal",
+        ),
     },
 )
 def sparsegpt(model, stage, settings, calibration) -> dict[str, TensorStorage]:
