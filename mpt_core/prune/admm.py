@@ -94,7 +94,7 @@ def admm_prune(
 )
 @torch.no_grad()
 def admm(model, stage, settings, calibration) -> dict[str, TensorStorage]:
-    nm = (stage.n, stage.m) if stage.level_kind == "nm" else None
+    nm = stage.nm
     sparsity = stage.sparsity
     prune_iters = min(settings["prune_iters"], settings["iters"])
 

@@ -176,7 +176,7 @@ def dsnot_nm(W, W_hat, pruned, mean, var, score, m, max_cycle, threshold):
 def initial_sparse(W: torch.Tensor, stats: DSnoTStats, stage) -> torch.Tensor:
     """The initial sparse weights Ŵ: Wanda's mask, or SparseGPT's mask and update."""
     if stats.sparsegpt is not None:
-        n, m = (stage.n, stage.m) if stage.level_kind == "nm" else (0, 0)
+        n, m = stage.nm or (0, 0)
         return sparsegpt_prune(W, stats.sparsegpt.H, stage.ratio or 0.0, n, m)
     pruned = select_mask(wanda_score(W, stats.wanda.scaler_row), stage, scope="row")
     return W.masked_fill(pruned, 0)
@@ -184,7 +184,7 @@ def initial_sparse(W: torch.Tensor, stats: DSnoTStats, stage) -> torch.Tensor:
 
 @torch.no_grad()
 def prune_linear(name: str, linear: nn.Linear, stats: DSnoTStats, stage, settings) -> TensorStorage:
-    nm = (stage.n, stage.m) if stage.level_kind == "nm" else None
+    nm = stage.nm
     W = linear.weight.float()
     W_hat = initial_sparse(W, stats, stage)
     if name.split(".")[0] != settings["skip"]:

@@ -25,7 +25,7 @@ from mpt_core.storage import TensorStorage
 @torch.no_grad()
 def magnitude(model, stage, settings, calibration) -> dict[str, TensorStorage]:
     storage = {}
-    nm = (stage.n, stage.m) if stage.level_kind == "nm" else None
+    nm = stage.nm
     for index, block in enumerate(decoder_layers(model)):
         for name, linear in linear_layers(block).items():
             weight = linear.weight

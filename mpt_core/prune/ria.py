@@ -93,7 +93,7 @@ def channel_permutation(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
 
 def ria_mask(score: torch.Tensor, stage, settings: dict) -> tuple[torch.Tensor, int]:
     """The mask (True = pruned) and the bits of the channel permutation it needs."""
-    if stage.level_kind != "nm":
+    if stage.nm is None:
         return unstructured_mask(score, stage.ratio, settings["scope"]), 0
     if not settings["permute"]:
         return nm_mask(score, stage.n, stage.m), 0
@@ -111,8 +111,7 @@ def prune_linear(linear: nn.Linear, stats: InputNormStats, stage, settings: dict
         ria_score(W, stats.scaler_row, settings["alpha"]), stage, settings
     )
     W[mask] = 0
-    nm = (stage.n, stage.m) if stage.level_kind == "nm" else None
-    return TensorStorage(nm=nm, extra_bits=permutation_bits)
+    return TensorStorage(nm=stage.nm, extra_bits=permutation_bits)
 
 
 @register(

@@ -97,8 +97,7 @@ def prune_block(
 
 @torch.no_grad()
 def prune_linear(linear: nn.Linear, stats: HessianStats, stage, settings: dict) -> TensorStorage:
-    nm = (stage.n, stage.m) if stage.level_kind == "nm" else None
-    n, m = nm or (0, 0)
+    n, m = stage.nm or (0, 0)
     W = sparsegpt_prune(
         linear.weight.data,
         stats.H,
@@ -109,7 +108,7 @@ def prune_linear(linear: nn.Linear, stats: HessianStats, stage, settings: dict) 
         settings["damp"],
     )
     linear.weight.data.copy_(W)
-    return TensorStorage(nm=nm)
+    return TensorStorage(nm=stage.nm)
 
 
 @register(

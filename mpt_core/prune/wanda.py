@@ -25,16 +25,12 @@ from mpt_core.registry import register
 from mpt_core.storage import TensorStorage
 
 
-def storage_of(stage) -> TensorStorage:
-    return TensorStorage(nm=(stage.n, stage.m) if stage.level_kind == "nm" else None)
-
-
 @torch.no_grad()
 def prune_linear(linear: nn.Linear, stats: InputNormStats, stage, settings: dict) -> TensorStorage:
     """Zero the lowest-scored weights of each output row (or of each N:M group)."""
     W = linear.weight.data
     W[select_mask(wanda_score(W, stats.scaler_row), stage, scope="row")] = 0
-    return storage_of(stage)
+    return TensorStorage(nm=stage.nm)
 
 
 @register("wanda", family="unstructured", levels={"ratio", "nm"}, needs_calibration=True)
