@@ -43,6 +43,7 @@ from mpt_core.engine.layerwise import (
     iterate_blocks,
     linear_layers,
     run_block,
+    weight_name,
 )
 from mpt_core.engine.signals import InputNormStats, wanda_score
 from mpt_core.errors import SpecError
@@ -256,5 +257,5 @@ def besa(model, stage, settings, calibration) -> dict[str, TensorStorage]:
             reference = run_block(block, inputs)  # the dense block on the pruned inputs
         learn_block(index, block, inputs, reference, stage, settings)
         for name in linear_layers(block):
-            storage[f"model.layers.{index}.{name}.weight"] = TensorStorage()
+            storage[weight_name(index, name)] = TensorStorage()
     return storage

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from mpt_core.engine.layerwise import decoder_layers, linear_layers
+from mpt_core.engine.layerwise import block_linears
 from mpt_core.prune.mask import SCOPES, select_mask
 from mpt_core.registry import Option, one_of, register
 from mpt_core.storage import TensorStorage
@@ -25,11 +25,8 @@ from mpt_core.storage import TensorStorage
 @torch.no_grad()
 def magnitude(model, stage, settings, calibration) -> dict[str, TensorStorage]:
     storage = {}
-    nm = stage.nm
-    for index, block in enumerate(decoder_layers(model)):
-        for name, linear in linear_layers(block).items():
-            weight = linear.weight
-            mask = select_mask(weight.abs().float(), stage, settings["scope"])
-            weight[mask] = 0
-            storage[f"model.layers.{index}.{name}.weight"] = TensorStorage(nm=nm)
+    for site, linear in block_linears(model):
+        weight = linear.weight
+        weight[select_mask(weight.abs().float(), stage, settings["scope"])] = 0
+        storage[site.weight] = TensorStorage(nm=stage.nm)
     return storage

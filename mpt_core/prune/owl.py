@@ -23,7 +23,12 @@ import dataclasses
 import torch
 
 from mpt_core import registry
-from mpt_core.engine.layerwise import collect_stats, iterate_blocks, linear_layers
+from mpt_core.engine.layerwise import (
+    collect_stats,
+    compress_layerwise,
+    iterate_blocks,
+    linear_layers,
+)
 from mpt_core.engine.signals import HessianStats, InputNormStats, wanda_score
 from mpt_core.prune import sparsegpt, wanda
 from mpt_core.registry import Option, one_of, register
@@ -72,14 +77,15 @@ def prune_with_sparsities(model, windows, stage, base: str, sparsities: list[flo
     make_stats, prune_linear = BASES[base]
     base_stage = dataclasses.replace(stage, method=base, options=())
     base_settings = registry.get(base).settings(base_stage)
-    storage = {}
-    for index, block, inputs in iterate_blocks(model, windows):
-        layer_stage = dataclasses.replace(base_stage, ratio=sparsities[index])
-        stats = collect_stats(block, inputs, lambda _site, linear: make_stats(linear), index)
-        for name, linear in linear_layers(block).items():
-            key = f"model.layers.{index}.{name}.weight"
-            storage[key] = prune_linear(linear, stats.pop(name), layer_stage, base_settings)
-    return storage
+    layer_stages = [dataclasses.replace(base_stage, ratio=ratio) for ratio in sparsities]
+    return compress_layerwise(
+        model,
+        windows,
+        lambda _site, linear: make_stats(linear),
+        lambda site, linear, stats: prune_linear(
+            linear, stats, layer_stages[site.index], base_settings
+        ),
+    )
 
 
 @register(

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mpt_core.engine.layerwise import decoder_layers, linear_layers
+from mpt_core.engine.layerwise import decoder_layers, linear_layers, weight_name
 from mpt_core.errors import SpecError
 from mpt_core.storage import TensorStorage, dense_numel
 
@@ -156,7 +156,7 @@ def record_widths(model: nn.Module) -> None:
 def projection_storage(blocks: Sequence[tuple[int, nn.Module]]) -> dict[str, TensorStorage]:
     """Dense storage for every linear weight of ``blocks`` (their shapes changed)."""
     return {
-        f"model.layers.{index}.{name}.weight": TensorStorage()
+        weight_name(index, name): TensorStorage()
         for index, block in blocks
         for name in linear_layers(block)
     }
