@@ -26,6 +26,8 @@ Sigmoid smoothing bounds the ratio of any two probabilities by e, so the expecte
 sparsity cannot exceed ``max_expected_sparsity`` (0.624 for step 0.01): a higher target
 needs ``sigmoid=false``. N:M is not a BESA level: with M fixed there is nothing to
 allocate (their N:M path is plain Wanda N:M).
+
+Keeps its own block loop: each block's sparsity allocation is learned against its outputs.
 """
 
 from __future__ import annotations

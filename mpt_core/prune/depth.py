@@ -15,6 +15,8 @@ calibration windows, for the budget given by ``steps``/``rank``/``lr``.
 
 The paper has no official code. Only its angular criterion is implemented
 (``metric=angular``); Kim et al.'s Taylor+ and PPL criteria (Shortened LLaMA) are not.
+
+Keeps its own block loop: it records the stream after every block, the last one's included.
 """
 
 from __future__ import annotations

@@ -22,6 +22,8 @@ Their ``--without_same_sign`` is ``type=bool`` and so always true; ``same_sign=t
 their code as run. Their ``init=sparsegpt`` path never accumulates the Hessian; here
 it is SparseGPT itself (mask and weight update, ``sparsegpt_prune``), after which a
 grown weight gets its dense value and ε_r counts the update (W − Ŵ).
+
+Imports sparsegpt_prune: DSnoT's init=sparsegpt runs on SparseGPT's mask and update by design.
 """
 
 from __future__ import annotations

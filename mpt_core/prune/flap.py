@@ -34,6 +34,8 @@ the reference's 1024 WikiText-2 windows of 128 tokens.
 ``R`` is the fraction of the decoder blocks' linear parameters removed (the reference's
 ``pruning_ratio``); embeddings, norms and the head stay, and the added biases (d per
 pruned projection) are counted in the footprint.
+
+Keeps its own block loop: the fluctuation metric scores every dense block before any is cut.
 """
 
 from __future__ import annotations

@@ -40,6 +40,8 @@ The model really becomes narrower: the projections lose rows and columns, and
 ``config.layer_widths`` records every block's heads, key/value heads and MLP width
 (LLaMA's config has one width for all blocks). The coupled structures, the per-block
 ratio solver and the cutting are ``mpt_core.prune.structure``, shared with LoRAPrune.
+
+Keeps its own block loop: whole-model gradients score the heads and channels each block loses.
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ Mapping to the authors' code (luuyin/OWL, ``lib/prune_all.py::prune_wanda_outlie
 0.01, as theirs, which then lifts the mean above R; that needs R < 2λ). Defaults are
 their LLaMA settings: M = 5 (``--Hyper_m 5``), λ = 0.08. OWL is unstructured only:
 their N:M branch ignores the layer ratios.
+
+Imports wanda and sparsegpt: OWL's algorithm runs its base method layer by layer by design.
 """
 
 from __future__ import annotations

@@ -25,6 +25,8 @@ subtraction there.
 ``R`` is the fraction of the embedding dimension removed (the paper's "slicing"); the
 parameter saving is smaller than R because the shortcut matrices and the untied head
 are stored too, as in the paper's own parameter counts.
+
+Keeps its own block loop: each block is rotated into its own PCA basis, the next reads it.
 """
 
 from __future__ import annotations
