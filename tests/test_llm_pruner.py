@@ -19,15 +19,13 @@ from mpt_core.models import Snapshot, state_dict_hash
 from mpt_core.pipeline import compress
 from mpt_core.prune.llm_pruner import (
     accumulate_gradients,
-    block_shape,
     channel_importance,
     head_group_importance,
-    per_block_ratio,
     pruned_blocks,
     reference_count,
-    removed_params,
     survivors,
 )
+from mpt_core.prune.structure import block_shape, per_block_ratio, removed_params
 from mpt_core.spec import Spec
 from mpt_core.storage import dense_numel
 

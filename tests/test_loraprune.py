@@ -13,7 +13,6 @@ from mpt_core.engine.layerwise import decoder_layers
 from mpt_core.engine.lora import LoRALinear, add_adapters, merge_adapters
 from mpt_core.models import Snapshot, state_dict_hash
 from mpt_core.pipeline import compress
-from mpt_core.prune.llm_pruner import block_shape, removed_params
 from mpt_core.prune.loraprune import (
     BlockMasks,
     IterativePruner,
@@ -25,6 +24,7 @@ from mpt_core.prune.loraprune import (
     sparsity_at,
     weight_sensitivity,
 )
+from mpt_core.prune.structure import block_shape, removed_params
 from mpt_core.spec import Spec
 from mpt_core.storage import dense_numel
 

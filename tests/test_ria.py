@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from mpt_core.engine.signals import InputNormStats
 from mpt_core.prune.mask import nm_mask
 from mpt_core.prune.ria import (
     channel_permutation,
@@ -19,7 +20,6 @@ from mpt_core.prune.ria import (
     reallocation,
     ria_score,
 )
-from mpt_core.prune.wanda import WandaStats
 from mpt_core.spec import parse_stage
 
 SETTINGS = settings(max_examples=20, deadline=None)
@@ -31,7 +31,7 @@ def linear_with_stats(rows: int, columns: int, seed: int):
     linear = nn.Linear(columns, rows, bias=False)
     with torch.no_grad():
         linear.weight.copy_(torch.randn(rows, columns, generator=generator))
-    stats = WandaStats(linear)
+    stats = InputNormStats(linear)
     stats.add_batch(torch.randn(3, 4, columns, generator=generator) * 3, None)
     return linear, stats
 

@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from mpt_core.engine.signals import HessianStats, InputNormStats, wanda_score
 from mpt_core.errors import SpecError
 from mpt_core.prune.mask import unstructured_mask
-from mpt_core.prune.sparsegpt import SparseGPTStats, sparsegpt_prune
-from mpt_core.prune.wanda import WandaStats, wanda_score
+from mpt_core.prune.sparsegpt import sparsegpt_prune
 
 SETTINGS = settings(max_examples=20, deadline=None)
 
@@ -32,14 +32,14 @@ def correlated_inputs(columns: int, tokens: int, seed: int) -> torch.Tensor:
 
 def hessian(X: torch.Tensor) -> torch.Tensor:
     linear = nn.Linear(X.shape[1], 1, bias=False)
-    stats = SparseGPTStats(linear)
+    stats = HessianStats(linear)
     stats.add_batch(X.unsqueeze(0), None)
     return stats.H
 
 
 def test_hessian_is_two_over_n_x_xt_by_hand():
     X = torch.randn(3, 7, 5)
-    stats = SparseGPTStats(nn.Linear(5, 2))
+    stats = HessianStats(nn.Linear(5, 2))
     for sample in X.split(1):  # one sample at a time, as the reference
         stats.add_batch(sample, None)
     tokens = X.reshape(-1, 5)
@@ -106,7 +106,7 @@ def test_dead_inputs_are_pruned_and_the_rest_still_solved():
 def test_obs_update_beats_magnitude_and_wanda_at_the_same_budget(ratio):
     X = correlated_inputs(128, 1024, seed=7)
     W = torch.randn(64, 128, generator=torch.Generator().manual_seed(8))
-    stats = WandaStats(nn.Linear(128, 64))
+    stats = InputNormStats(nn.Linear(128, 64))
     stats.add_batch(X.unsqueeze(0), None)
     magnitude = W.masked_fill(unstructured_mask(W.abs(), ratio), 0)
     wanda = W.masked_fill(unstructured_mask(wanda_score(W, stats.scaler_row), ratio, "row"), 0)

@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from mpt_core.prune.wanda import WandaStats, prune_linear, wanda_score
+from mpt_core.engine.signals import InputNormStats, wanda_score
+from mpt_core.prune.wanda import prune_linear
 from mpt_core.spec import parse_stage
 
 SETTINGS = settings(max_examples=25, deadline=None)
@@ -20,7 +21,7 @@ def linear_with_stats(rows: int, columns: int, seed: int, batches: int = 3):
     linear = nn.Linear(columns, rows, bias=False)
     with torch.no_grad():
         linear.weight.copy_(torch.randn(rows, columns, generator=generator))
-    stats = WandaStats(linear)
+    stats = InputNormStats(linear)
     inputs = [torch.randn(2, 5, columns, generator=generator) for _ in range(batches)]
     for inp in inputs:
         stats.add_batch(inp, linear(inp))
@@ -40,7 +41,7 @@ def test_score_is_weight_magnitude_times_input_norm_by_hand():
 
 def test_statistics_do_not_depend_on_the_batch_split():
     linear, whole, X = linear_with_stats(4, 8, seed=2, batches=1)
-    split = WandaStats(linear)
+    split = InputNormStats(linear)
     for sample in X.reshape(2, 5, 8).split(1):
         split.add_batch(sample, None)
     torch.testing.assert_close(split.scaler_row, whole.scaler_row)

@@ -50,9 +50,9 @@ import torch
 from torch import nn
 
 from mpt_core.engine.layerwise import collect_stats, iterate_blocks, linear_layers
+from mpt_core.engine.signals import block_influence
 from mpt_core.errors import SpecError
 from mpt_core.lowrank.factorized import check_ratio
-from mpt_core.prune.shortgpt import block_influence
 from mpt_core.registry import Option, register
 from mpt_core.storage import TensorStorage
 

@@ -23,15 +23,8 @@ import torch
 
 from mpt_core.engine.layerwise import compress_layerwise
 from mpt_core.prune.mask import nm_mask, unstructured_mask
-from mpt_core.registry import Option, positive_int, register
+from mpt_core.registry import Option, positive_float, positive_int, register
 from mpt_core.storage import TensorStorage
-
-
-def _positive_float(value: str) -> float:
-    number = float(value)
-    if number <= 0:
-        raise ValueError("must be above 0")
-    return number
 
 
 class GramStats:
@@ -95,13 +88,13 @@ def admm_prune(
     options={
         "iters": Option(positive_int, 20, "ADMM iterations"),
         "prune_iters": Option(positive_int, 15, "iterations over which the mask follows s_t"),
-        "rho": Option(_positive_float, 1.0, "ADMM penalty"),
-        "percdamp": Option(_positive_float, 0.1, "dampening, fraction of the mean Gram diagonal"),
+        "rho": Option(positive_float, 1.0, "ADMM penalty"),
+        "percdamp": Option(positive_float, 0.1, "dampening, fraction of the mean Gram diagonal"),
     },
 )
 @torch.no_grad()
 def admm(model, stage, settings, calibration) -> dict[str, TensorStorage]:
-    nm = (stage.n, stage.m) if stage.level_kind == "nm" else None
+    nm = stage.nm
     sparsity = stage.sparsity
     prune_iters = min(settings["prune_iters"], settings["iters"])
 

@@ -26,6 +26,8 @@ Sigmoid smoothing bounds the ratio of any two probabilities by e, so the expecte
 sparsity cannot exceed ``max_expected_sparsity`` (0.624 for step 0.01): a higher target
 needs ``sigmoid=false``. N:M is not a BESA level: with M fixed there is nothing to
 allocate (their N:M path is plain Wanda N:M).
+
+Keeps its own block loop: each block's sparsity allocation is learned against its outputs.
 """
 
 from __future__ import annotations
@@ -43,26 +45,14 @@ from mpt_core.engine.layerwise import (
     iterate_blocks,
     linear_layers,
     run_block,
+    weight_name,
 )
+from mpt_core.engine.signals import InputNormStats, wanda_score
 from mpt_core.errors import SpecError
-from mpt_core.prune.wanda import WandaStats, wanda_score
-from mpt_core.registry import Option, flag, positive_int, register
+from mpt_core.registry import Option, flag, one_of, positive_float, positive_int, register
 from mpt_core.storage import TensorStorage
 
 ALLOCATIONS = ("row", "layer")
-
-
-def _allocation(value: str) -> str:
-    if value not in ALLOCATIONS:
-        raise ValueError(f"must be one of {', '.join(ALLOCATIONS)}")
-    return value
-
-
-def _positive_float(value: str) -> float:
-    number = float(value)
-    if number <= 0:
-        raise ValueError("must be above 0")
-    return number
 
 
 def sparsity_candidates(step: float) -> torch.Tensor:
@@ -197,7 +187,7 @@ def learn_block(
 ) -> None:
     """Train the block's sparsity allocation, then prune it at the learned sparsities."""
     linears = linear_layers(block)
-    stats = collect_stats(block, inputs, lambda _site, linear: WandaStats(linear), index)
+    stats = collect_stats(block, inputs, lambda _site, linear: InputNormStats(linear), index)
     candidates = sparsity_candidates(settings["step"])
     allocations = {
         name: SparsityAllocation(
@@ -245,11 +235,11 @@ def check_reachable(stage, settings) -> None:
     levels={"ratio"},
     needs_calibration=True,
     options={
-        "alloc": Option(_allocation, "row", "sparsity learned per row or per layer"),
+        "alloc": Option(one_of(ALLOCATIONS), "row", "sparsity learned per row or per layer"),
         "epochs": Option(positive_int, 1, "passes over the calibration samples per block"),
-        "step": Option(_positive_float, 0.01, "spacing of the candidate sparsities"),
-        "beta": Option(_positive_float, 5.0, "weight of the target-sparsity penalty"),
-        "d_coef": Option(_positive_float, 5.0, "Prodigy's step-size coefficient"),
+        "step": Option(positive_float, 0.01, "spacing of the candidate sparsities"),
+        "beta": Option(positive_float, 5.0, "weight of the target-sparsity penalty"),
+        "d_coef": Option(positive_float, 5.0, "Prodigy's step-size coefficient"),
         "sigmoid": Option(flag, True, "softmax over sigmoid of the logits (the reference's)"),
     },
 )
@@ -269,5 +259,5 @@ def besa(model, stage, settings, calibration) -> dict[str, TensorStorage]:
             reference = run_block(block, inputs)  # the dense block on the pruned inputs
         learn_block(index, block, inputs, reference, stage, settings)
         for name in linear_layers(block):
-            storage[f"model.layers.{index}.{name}.weight"] = TensorStorage()
+            storage[weight_name(index, name)] = TensorStorage()
     return storage

@@ -15,6 +15,8 @@ calibration windows, for the budget given by ``steps``/``rank``/``lr``.
 
 The paper has no official code. Only its angular criterion is implemented
 (``metric=angular``); Kim et al.'s Taylor+ and PPL criteria (Shortened LLaMA) are not.
+
+Keeps its own block loop: it records the stream after every block, the last one's included.
 """
 
 from __future__ import annotations
@@ -27,14 +29,10 @@ import torch.nn.functional as F
 from mpt_core.engine.layerwise import LayerInputs, capture_layer0_inputs, decoder_layers, run_block
 from mpt_core.engine.lora import LORA_OPTIONS, MLP_PROJECTIONS, Budget, lora_finetune, recovery
 from mpt_core.prune.blocks import blocks_to_remove, remove_blocks
-from mpt_core.registry import Option, register
+from mpt_core.registry import Option, one_of, register
 from mpt_core.storage import TensorStorage
 
-
-def _metric(value: str) -> str:
-    if value != "angular":
-        raise ValueError("must be angular (Kim et al.'s taylor and ppl are not implemented)")
-    return value
+METRICS = ("angular",)  # Kim et al.'s Taylor+ and PPL criteria are not implemented
 
 
 @torch.no_grad()
@@ -70,7 +68,11 @@ def block_distances(states: torch.Tensor, count: int) -> list[float]:
     levels={"ratio"},
     needs_calibration=True,
     options={
-        "metric": Option(_metric, "angular", "block criterion: angular (Gromov et al.)"),
+        "metric": Option(
+            one_of(METRICS, "metric (Kim et al.'s taylor and ppl are not implemented)"),
+            "angular",
+            "block criterion: angular (Gromov et al.)",
+        ),
         "heal": Option(recovery, "none", "LoRA healing of the MLPs after removal: none or lora"),
     }
     | LORA_OPTIONS,

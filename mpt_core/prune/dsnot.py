@@ -22,6 +22,8 @@ Their ``--without_same_sign`` is ``type=bool`` and so always true; ``same_sign=t
 their code as run. Their ``init=sparsegpt`` path never accumulates the Hessian; here
 it is SparseGPT itself (mask and weight update, ``sparsegpt_prune``), after which a
 grown weight gets its dense value and ε_r counts the update (W − Ŵ).
+
+Imports sparsegpt_prune: DSnoT's init=sparsegpt runs on SparseGPT's mask and update by design.
 """
 
 from __future__ import annotations
@@ -30,30 +32,14 @@ import torch
 from torch import nn
 
 from mpt_core.engine.layerwise import compress_layerwise
+from mpt_core.engine.signals import HessianStats, InputNormStats, wanda_score
 from mpt_core.prune.mask import select_mask
-from mpt_core.prune.sparsegpt import SparseGPTStats, sparsegpt_prune
-from mpt_core.prune.wanda import WandaStats, wanda_score
-from mpt_core.registry import Option, flag, positive_int, register
+from mpt_core.prune.sparsegpt import sparsegpt_prune
+from mpt_core.registry import Option, flag, nonnegative_float, one_of, positive_int, register
 from mpt_core.storage import TensorStorage
 
 INITS = ("wanda", "sparsegpt")
 SKIPS = ("mlp", "self_attn", "none")
-
-
-def _choice(allowed: tuple[str, ...]):
-    def parse(value: str) -> str:
-        if value not in allowed:
-            raise ValueError(f"must be one of {', '.join(allowed)}")
-        return value
-
-    return parse
-
-
-def _non_negative_float(value: str) -> float:
-    number = float(value)
-    if number < 0:
-        raise ValueError("must be 0 or more")
-    return number
 
 
 class DSnoTStats:
@@ -62,8 +48,8 @@ class DSnoTStats:
 
     def __init__(self, linear: nn.Linear, init: str):
         columns = linear.in_features
-        self.wanda = WandaStats(linear)
-        self.sparsegpt = SparseGPTStats(linear) if init == "sparsegpt" else None
+        self.wanda = InputNormStats(linear)
+        self.sparsegpt = HessianStats(linear) if init == "sparsegpt" else None
         self.sum_metric_row = torch.zeros(columns)
         self.var = torch.zeros(columns)
         self.nsamples = 0
@@ -192,7 +178,7 @@ def dsnot_nm(W, W_hat, pruned, mean, var, score, m, max_cycle, threshold):
 def initial_sparse(W: torch.Tensor, stats: DSnoTStats, stage) -> torch.Tensor:
     """The initial sparse weights Ŵ: Wanda's mask, or SparseGPT's mask and update."""
     if stats.sparsegpt is not None:
-        n, m = (stage.n, stage.m) if stage.level_kind == "nm" else (0, 0)
+        n, m = stage.nm or (0, 0)
         return sparsegpt_prune(W, stats.sparsegpt.H, stage.ratio or 0.0, n, m)
     pruned = select_mask(wanda_score(W, stats.wanda.scaler_row), stage, scope="row")
     return W.masked_fill(pruned, 0)
@@ -200,7 +186,7 @@ def initial_sparse(W: torch.Tensor, stats: DSnoTStats, stage) -> torch.Tensor:
 
 @torch.no_grad()
 def prune_linear(name: str, linear: nn.Linear, stats: DSnoTStats, stage, settings) -> TensorStorage:
-    nm = (stage.n, stage.m) if stage.level_kind == "nm" else None
+    nm = stage.nm
     W = linear.weight.float()
     W_hat = initial_sparse(W, stats, stage)
     if name.split(".")[0] != settings["skip"]:
@@ -230,12 +216,12 @@ def dsnot(W, W_hat, stats: DSnoTStats, nm, settings) -> torch.Tensor:
     levels={"ratio", "nm"},
     needs_calibration=True,
     options={
-        "init": Option(_choice(INITS), "wanda", "initial mask: wanda or sparsegpt"),
+        "init": Option(one_of(INITS), "wanda", "initial mask: wanda or sparsegpt"),
         "max_cycle": Option(positive_int, 50, "maximum pruning-and-growing cycles"),
-        "threshold": Option(_non_negative_float, 0.1, "stop a row once |ε| is at most this"),
-        "pow_var": Option(_non_negative_float, 1.0, "power of Var(x) in the growing criterion"),
+        "threshold": Option(nonnegative_float, 0.1, "stop a row once |ε| is at most this"),
+        "pow_var": Option(nonnegative_float, 1.0, "power of Var(x) in the growing criterion"),
         "same_sign": Option(flag, True, "reject a swap that flips the sign of ε"),
-        "skip": Option(_choice(SKIPS), "mlp", "linears left at the initial mask"),
+        "skip": Option(one_of(SKIPS), "mlp", "linears left at the initial mask"),
     },
 )
 def dsnot_method(model, stage, settings, calibration) -> dict[str, TensorStorage]:

@@ -34,6 +34,8 @@ the reference's 1024 WikiText-2 windows of 128 tokens.
 ``R`` is the fraction of the decoder blocks' linear parameters removed (the reference's
 ``pruning_ratio``); embeddings, norms and the head stay, and the added biases (d per
 pruned projection) are counted in the footprint.
+
+Keeps its own block loop: the fluctuation metric scores every dense block before any is cut.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mpt_core.engine.layerwise import decoder_layers, iterate_blocks, run_block
+from mpt_core.engine.layerwise import decoder_layers, iterate_blocks, module_name, run_block
+from mpt_core.engine.modules import forward_hooks
 from mpt_core.registry import register
 from mpt_core.storage import TensorStorage
 
@@ -104,15 +107,8 @@ def block_fluctuations(block: nn.Module, inputs) -> dict[str, Fluctuation]:
     """Fluctuation of the inputs of o_proj and down_proj while the block runs on ``inputs``."""
     modules = {name: block.get_submodule(name) for name in SCORED}
     stats = {name: Fluctuation(module.in_features) for name, module in modules.items()}
-    handles = [
-        module.register_forward_hook(lambda _m, args, _out, s=stats[name]: s.add_batch(args[0]))
-        for name, module in modules.items()
-    ]
-    try:
+    with forward_hooks(modules, lambda name: lambda _m, args, _out: stats[name].add_batch(args[0])):
         run_block(block, inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
     return stats
 
 
@@ -253,7 +249,7 @@ def flap(model, stage, settings, calibration) -> dict[str, TensorStorage]:
         prune_mlp(block, keep_channels, layer.mlp_mean)
     record_shapes(model, masks)
     return {
-        f"model.layers.{index}.{name}": TensorStorage()
+        module_name(index, name): TensorStorage()
         for index, block in enumerate(decoder_layers(model))
         for name, _ in block.named_parameters()
         if "norm" not in name

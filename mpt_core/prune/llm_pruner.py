@@ -38,107 +38,38 @@ paper's recovery stage; ``none`` gives the study's "w/o" rows.
 
 The model really becomes narrower: the projections lose rows and columns, and
 ``config.layer_widths`` records every block's heads, key/value heads and MLP width
-(LLaMA's config has one width for all blocks).
+(LLaMA's config has one width for all blocks). The coupled structures, the per-block
+ratio solver and the cutting are ``mpt_core.prune.structure``, shared with LoRAPrune.
+
+Keeps its own block loop: whole-model gradients score the heads and channels each block loses.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from mpt_core.engine.layerwise import decoder_layers, linear_layers
+from mpt_core.engine.layerwise import decoder_layers
 from mpt_core.engine.lora import LORA_OPTIONS, Budget, lora_finetune, recovery
-from mpt_core.errors import SpecError
+from mpt_core.prune.structure import (
+    block_shape,
+    keep_channels,
+    keep_head_groups,
+    per_block_ratio,
+    projection_storage,
+    record_widths,
+    removal,
+)
 from mpt_core.registry import Option, nonnegative_int, positive_int, register
-from mpt_core.storage import TensorStorage, dense_numel
-
-# (units in a block, root channels per unit, per-block ratio s) -> units removed
-RemovalCount = Callable[[int, int, float], int]
-
-
-@dataclass(frozen=True)
-class BlockShape:
-    """What one block can lose: key/value-head groups and MLP channels, and their sizes."""
-
-    groups: int
-    group_params: int  # q rows of its query heads, its k and v rows, its o_proj columns
-    head_dim: int
-    channels: int
-    channel_params: int  # its gate and up rows and its down_proj column
-
-
-def _row_params(linear: nn.Linear) -> int:
-    bias = linear.bias.numel() if linear.bias is not None else 0
-    return linear.weight.numel() + bias
-
-
-def block_shape(block: nn.Module) -> BlockShape:
-    attention, mlp = block.self_attn, block.mlp
-    groups = attention.k_proj.out_features // attention.head_dim
-    channels = mlp.gate_proj.out_features
-    query_key_value = (attention.q_proj, attention.k_proj, attention.v_proj)
-    attention_params = sum(map(_row_params, query_key_value)) + attention.o_proj.weight.numel()
-    mlp_params = _row_params(mlp.gate_proj) + _row_params(mlp.up_proj)
-    mlp_params += mlp.down_proj.weight.numel()
-    return BlockShape(
-        groups=groups,
-        group_params=attention_params // groups,
-        head_dim=attention.head_dim,
-        channels=channels,
-        channel_params=mlp_params // channels,
-    )
+from mpt_core.storage import TensorStorage
 
 
 def reference_count(units: int, unit_size: int, ratio: float) -> int:
     """Units LLM-Pruner's MetaPruner removes: n = C − int(C·(1 − s)) root channels, whole units."""
     channels = units * unit_size
     return (channels - int(channels * (1 - ratio))) // unit_size
-
-
-def removal(shape: BlockShape, ratio: float, count: RemovalCount) -> tuple[int, int]:
-    """(head groups, channels) a block loses at per-block ratio ``ratio``; one of each stays."""
-    groups = min(count(shape.groups, shape.head_dim, ratio), shape.groups - 1)
-    channels = min(count(shape.channels, 1, ratio), shape.channels - 1)
-    return groups, channels
-
-
-def removed_params(shapes: Sequence[BlockShape], ratio: float, count: RemovalCount) -> int:
-    total = 0
-    for shape in shapes:
-        groups, channels = removal(shape, ratio, count)
-        total += groups * shape.group_params + channels * shape.channel_params
-    return total
-
-
-def per_block_ratio(
-    model: nn.Module, blocks: Sequence[nn.Module], stage, count: RemovalCount
-) -> float:
-    """The per-block ratio s whose removed parameter count is nearest R·N."""
-    shapes = [block_shape(block) for block in blocks]
-    total = dense_numel(model)
-    target = stage.ratio * total
-    most = removed_params(shapes, 1.0, count)
-    if target > most:
-        raise SpecError(
-            f"{stage} would remove {stage.ratio:.0%} of the parameters, but the "
-            f"{len(shapes)} pruned blocks hold at most {most / total:.1%} (one head group and "
-            f"one channel stay in each); use a smaller ratio"
-        )
-    low, high = 0.0, 1.0  # removed(low) < target <= removed(high), unless target is 0
-    if removed_params(shapes, low, count) >= target:
-        return low
-    for _ in range(60):
-        middle = (low + high) / 2
-        if removed_params(shapes, middle, count) >= target:
-            high = middle
-        else:
-            low = middle
-    above = removed_params(shapes, high, count) - target
-    below = target - removed_params(shapes, low, count)
-    return high if above <= below else low
 
 
 def pruned_blocks(model: nn.Module, first: int, last: int) -> list[tuple[int, nn.Module]]:
@@ -219,71 +150,10 @@ def channel_importance(mlp: nn.Module) -> torch.Tensor:
     return rows + _column_sums(mlp.down_proj, channels)
 
 
-def _keep_rows(linear: nn.Linear, rows: torch.Tensor) -> None:
-    rows = rows.to(linear.weight.device)
-    linear.weight = nn.Parameter(linear.weight.detach()[rows].clone())
-    if linear.bias is not None:
-        linear.bias = nn.Parameter(linear.bias.detach()[rows].clone())
-    linear.out_features = len(rows)
-
-
-def _keep_columns(linear: nn.Linear, columns: torch.Tensor) -> None:
-    columns = columns.to(linear.weight.device)
-    linear.weight = nn.Parameter(linear.weight.detach()[:, columns].clone())
-    linear.in_features = len(columns)
-
-
-def _expand(units: torch.Tensor, size: int) -> torch.Tensor:
-    """Indices of the ``size`` consecutive rows of each unit in ``units``."""
-    return (units[:, None] * size + torch.arange(size)).flatten()
-
-
-def keep_head_groups(attention: nn.Module, keep: torch.Tensor) -> None:
-    """Keep only the key/value-head groups ``keep`` (sorted) and their query heads."""
-    head_dim = attention.head_dim
-    query_rows = _expand(keep, attention.num_key_value_groups * head_dim)
-    kv_rows = _expand(keep, head_dim)
-    _keep_rows(attention.q_proj, query_rows)
-    _keep_rows(attention.k_proj, kv_rows)
-    _keep_rows(attention.v_proj, kv_rows)
-    _keep_columns(attention.o_proj, query_rows)
-
-
-def keep_channels(mlp: nn.Module, keep: torch.Tensor) -> None:
-    """Keep only the intermediate channels ``keep`` (sorted)."""
-    _keep_rows(mlp.gate_proj, keep)
-    _keep_rows(mlp.up_proj, keep)
-    _keep_columns(mlp.down_proj, keep)
-
-
 def survivors(importance: torch.Tensor, count: int) -> torch.Tensor:
     """Sorted indices of the units that stay when the ``count`` least important go."""
     order = torch.argsort(importance.cpu(), stable=True)
     return order[count:].sort().values
-
-
-def record_widths(model: nn.Module) -> None:
-    """Every block's heads, key/value heads and MLP width, in ``config.layer_widths``."""
-    widths = []
-    for block in decoder_layers(model):
-        attention, head_dim = block.self_attn, block.self_attn.head_dim
-        widths.append(
-            {
-                "num_attention_heads": attention.q_proj.out_features // head_dim,
-                "num_key_value_heads": attention.k_proj.out_features // head_dim,
-                "intermediate_size": block.mlp.gate_proj.out_features,
-            }
-        )
-    model.config.layer_widths = widths
-
-
-def projection_storage(blocks: Sequence[tuple[int, nn.Module]]) -> dict[str, TensorStorage]:
-    """Dense storage for every linear weight of ``blocks`` (their shapes changed)."""
-    return {
-        f"model.layers.{index}.{name}.weight": TensorStorage()
-        for index, block in blocks
-        for name in linear_layers(block)
-    }
 
 
 def prune_block(block: nn.Module, ratio: float) -> None:

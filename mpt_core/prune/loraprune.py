@@ -31,6 +31,8 @@ and each projection's score vector is normalized over those groups.
 per-block ratio as LLM-Pruner here does (nearest achievable count, whole head groups,
 one head group and one channel kept per block). The fine-tuning budget is explicit:
 ``steps``, ``rank``, ``lr`` (``mpt_core.engine.lora``); data are the calibration windows.
+
+Keeps its own block loop: structures are scored and masked during whole-model LoRA tuning.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from mpt_core.engine.lora import (
     merge_adapters,
     seeded,
 )
-from mpt_core.prune.llm_pruner import (
+from mpt_core.prune.structure import (
     BlockShape,
     block_shape,
     keep_channels,

@@ -10,32 +10,23 @@ from __future__ import annotations
 
 import torch
 
-from mpt_core.engine.layerwise import decoder_layers, linear_layers
+from mpt_core.engine.layerwise import block_linears
 from mpt_core.prune.mask import SCOPES, select_mask
-from mpt_core.registry import Option, register
+from mpt_core.registry import Option, one_of, register
 from mpt_core.storage import TensorStorage
-
-
-def _scope(value: str) -> str:
-    if value not in SCOPES:
-        raise ValueError(f"scope must be one of {', '.join(SCOPES)}")
-    return value
 
 
 @register(
     "magnitude",
     family="unstructured",
     levels={"ratio", "nm"},
-    options={"scope": Option(_scope, "layer", "layer or row")},
+    options={"scope": Option(one_of(SCOPES, "scope"), "layer", "layer or row")},
 )
 @torch.no_grad()
 def magnitude(model, stage, settings, calibration) -> dict[str, TensorStorage]:
     storage = {}
-    nm = (stage.n, stage.m) if stage.level_kind == "nm" else None
-    for index, block in enumerate(decoder_layers(model)):
-        for name, linear in linear_layers(block).items():
-            weight = linear.weight
-            mask = select_mask(weight.abs().float(), stage, settings["scope"])
-            weight[mask] = 0
-            storage[f"model.layers.{index}.{name}.weight"] = TensorStorage(nm=nm)
+    for site, linear in block_linears(model):
+        weight = linear.weight
+        weight[select_mask(weight.abs().float(), stage, settings["scope"])] = 0
+        storage[site.weight] = TensorStorage(nm=stage.nm)
     return storage

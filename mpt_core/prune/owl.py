@@ -14,6 +14,8 @@ Mapping to the authors' code (luuyin/OWL, ``lib/prune_all.py::prune_wanda_outlie
 0.01, as theirs, which then lifts the mean above R; that needs R < 2λ). Defaults are
 their LLaMA settings: M = 5 (``--Hyper_m 5``), λ = 0.08. OWL is unstructured only:
 their N:M branch ignores the layer ratios.
+
+Imports wanda and sparsegpt: OWL's algorithm runs its base method layer by layer by design.
 """
 
 from __future__ import annotations
@@ -23,14 +25,20 @@ import dataclasses
 import torch
 
 from mpt_core import registry
-from mpt_core.engine.layerwise import collect_stats, iterate_blocks, linear_layers
+from mpt_core.engine.layerwise import (
+    collect_stats,
+    compress_layerwise,
+    iterate_blocks,
+    linear_layers,
+)
+from mpt_core.engine.signals import HessianStats, InputNormStats, wanda_score
 from mpt_core.prune import sparsegpt, wanda
-from mpt_core.registry import Option, register
+from mpt_core.registry import Option, one_of, register
 from mpt_core.storage import TensorStorage
 
 BASES = {
-    "wanda": (wanda.WandaStats, wanda.prune_linear),
-    "sparsegpt": (sparsegpt.SparseGPTStats, sparsegpt.prune_linear),
+    "wanda": (InputNormStats, wanda.prune_linear),
+    "sparsegpt": (HessianStats, sparsegpt.prune_linear),
 }
 MIN_SPARSITY = 0.01  # the reference's floor for a layer mapped to no sparsity
 
@@ -57,11 +65,9 @@ def outlier_ratios(model, windows: torch.Tensor, M: float) -> list[float]:
     """LOD of every decoder layer of the dense model (nothing is pruned in this pass)."""
     ratios = []
     for index, block, inputs in iterate_blocks(model, windows):
-        stats = collect_stats(
-            block, inputs, lambda _site, linear: wanda.WandaStats(linear), index
-        )
+        stats = collect_stats(block, inputs, lambda _site, linear: InputNormStats(linear), index)
         scores = [
-            wanda.wanda_score(linear.weight.data, stats[name].scaler_row)
+            wanda_score(linear.weight.data, stats[name].scaler_row)
             for name, linear in linear_layers(block).items()
         ]
         ratios.append(layer_outlier_ratio(scores, M))
@@ -73,20 +79,15 @@ def prune_with_sparsities(model, windows, stage, base: str, sparsities: list[flo
     make_stats, prune_linear = BASES[base]
     base_stage = dataclasses.replace(stage, method=base, options=())
     base_settings = registry.get(base).settings(base_stage)
-    storage = {}
-    for index, block, inputs in iterate_blocks(model, windows):
-        layer_stage = dataclasses.replace(base_stage, ratio=sparsities[index])
-        stats = collect_stats(block, inputs, lambda _site, linear: make_stats(linear), index)
-        for name, linear in linear_layers(block).items():
-            key = f"model.layers.{index}.{name}.weight"
-            storage[key] = prune_linear(linear, stats.pop(name), layer_stage, base_settings)
-    return storage
-
-
-def _base(value: str) -> str:
-    if value not in BASES:
-        raise ValueError(f"base must be one of {', '.join(BASES)}")
-    return value
+    layer_stages = [dataclasses.replace(base_stage, ratio=ratio) for ratio in sparsities]
+    return compress_layerwise(
+        model,
+        windows,
+        lambda _site, linear: make_stats(linear),
+        lambda site, linear, stats: prune_linear(
+            linear, stats, layer_stages[site.index], base_settings
+        ),
+    )
 
 
 @register(
@@ -95,7 +96,11 @@ def _base(value: str) -> str:
     levels={"ratio"},
     needs_calibration=True,
     options={
-        "base": Option(_base, "wanda", "method that prunes each layer: wanda or sparsegpt"),
+        "base": Option(
+            one_of(tuple(BASES), "base"),
+            "wanda",
+            "method that prunes each layer: wanda or sparsegpt",
+        ),
         "m": Option(float, 5.0, "outlier threshold M, a multiple of the mean score"),
         "lam": Option(float, 0.08, "λ: the layer sparsities span 2λ"),
     },

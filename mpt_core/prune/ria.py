@@ -30,9 +30,9 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from mpt_core.engine.layerwise import compress_layerwise
+from mpt_core.engine.signals import InputNormStats
 from mpt_core.prune.mask import SCOPES, nm_mask, unstructured_mask
-from mpt_core.prune.wanda import WandaStats
-from mpt_core.registry import Option, flag, register
+from mpt_core.registry import Option, flag, one_of, register
 from mpt_core.storage import TensorStorage
 
 
@@ -93,7 +93,7 @@ def channel_permutation(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
 
 def ria_mask(score: torch.Tensor, stage, settings: dict) -> tuple[torch.Tensor, int]:
     """The mask (True = pruned) and the bits of the channel permutation it needs."""
-    if stage.level_kind != "nm":
+    if stage.nm is None:
         return unstructured_mask(score, stage.ratio, settings["scope"]), 0
     if not settings["permute"]:
         return nm_mask(score, stage.n, stage.m), 0
@@ -105,20 +105,13 @@ def ria_mask(score: torch.Tensor, stage, settings: dict) -> tuple[torch.Tensor, 
 
 
 @torch.no_grad()
-def prune_linear(linear: nn.Linear, stats: WandaStats, stage, settings: dict) -> TensorStorage:
+def prune_linear(linear: nn.Linear, stats: InputNormStats, stage, settings: dict) -> TensorStorage:
     W = linear.weight.data
     mask, permutation_bits = ria_mask(
         ria_score(W, stats.scaler_row, settings["alpha"]), stage, settings
     )
     W[mask] = 0
-    nm = (stage.n, stage.m) if stage.level_kind == "nm" else None
-    return TensorStorage(nm=nm, extra_bits=permutation_bits)
-
-
-def _scope(value: str) -> str:
-    if value not in SCOPES:
-        raise ValueError(f"scope must be one of {', '.join(SCOPES)}")
-    return value
+    return TensorStorage(nm=stage.nm, extra_bits=permutation_bits)
 
 
 @register(
@@ -128,7 +121,9 @@ def _scope(value: str) -> str:
     needs_calibration=True,
     options={
         "alpha": Option(float, 0.5, "exponent a of the activation norm"),
-        "scope": Option(_scope, "layer", "comparison group: layer (theirs) or row"),
+        "scope": Option(
+            one_of(SCOPES, "scope"), "layer", "comparison group: layer (theirs) or row"
+        ),
         "permute": Option(flag, True, "N:M channel permutation (reallocation + LSA)"),
     },
 )
@@ -136,6 +131,6 @@ def ria(model, stage, settings, calibration) -> dict[str, TensorStorage]:
     return compress_layerwise(
         model,
         calibration.windows(settings),
-        lambda _site, linear: WandaStats(linear),
+        lambda _site, linear: InputNormStats(linear),
         lambda _site, linear, stats: prune_linear(linear, stats, stage, settings),
     )

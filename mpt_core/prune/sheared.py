@@ -50,6 +50,8 @@ count stays (option ``layers`` to change it), the hidden size and the key/value 
 shrink by the same factor √((1 − R)·L/L') (the paper's targets scale all widths
 alike), and the intermediate size takes up what is left, so the target's parameter
 count is (1 − R) of the base's to within one intermediate channel per layer.
+
+Keeps its own block loops: all blocks' gates train with the whole model, then each is cut.
 """
 
 from __future__ import annotations

@@ -5,31 +5,16 @@ hidden state points where its input did changes little and can go. BI is measure
 once, on calibration data through the dense model, and the ⌊R·L + ½⌋ blocks of
 lowest BI are removed in one shot (the paper's Algorithm: no re-scoring between
 removals). ``R`` is the fraction of blocks removed; the parameter count drops by
-those blocks' parameters (embeddings, final norm and LM head stay).
+those blocks' parameters (embeddings, final norm and LM head stay). BI is
+``engine.signals.block_influence`` (MoDeGPT ranks blocks by it too).
 """
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-
-from mpt_core.engine.layerwise import LayerInputs, capture_layer0_inputs, decoder_layers, run_block
+from mpt_core.engine.signals import block_influence
 from mpt_core.prune.blocks import blocks_to_remove, remove_blocks
 from mpt_core.registry import register
 from mpt_core.storage import TensorStorage
-
-
-@torch.no_grad()
-def block_influence(model, windows: torch.Tensor) -> list[float]:
-    """BI of every decoder block: 1 − mean cosine between its input and output tokens."""
-    inputs = capture_layer0_inputs(model, windows)
-    influence = []
-    for block in decoder_layers(model):
-        outputs = run_block(block, inputs)
-        cosine = F.cosine_similarity(inputs.hidden.float(), outputs.float(), dim=-1)
-        influence.append(1 - cosine.mean().item())
-        inputs = LayerInputs(outputs, inputs.kwargs)
-    return influence
 
 
 @register("shortgpt", family="structured", levels={"ratio"}, needs_calibration=True)

@@ -12,47 +12,19 @@ rounded to whole blocks.
 
 A round costs one pass to record every remaining block's input and, per candidate,
 the blocks after it: the blocks before a candidate see the same input whichever
-later block is off.
+later block is off. The two passes are ``engine.signals.inputs_of_alive_blocks`` and
+``signals.loss_from`` (ASVD's sensitivity uses them too).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from mpt_core.engine.layerwise import (
-    LayerInputs,
-    capture_layer0_inputs,
-    decoder_layers,
-    run_block,
-)
+from mpt_core.engine.layerwise import decoder_layers
+from mpt_core.engine.signals import inputs_of_alive_blocks, loss_from
 from mpt_core.prune.blocks import blocks_to_remove, remove_blocks
 from mpt_core.registry import Option, nonnegative_int, register
 from mpt_core.storage import TensorStorage
-
-
-@torch.no_grad()
-def inputs_of_alive_blocks(model, alive: list[int], windows: torch.Tensor) -> list[LayerInputs]:
-    """What each remaining block receives when the removed blocks are skipped."""
-    blocks = decoder_layers(model)
-    inputs = capture_layer0_inputs(model, windows)
-    entering = []
-    for index in alive:
-        entering.append(inputs)
-        inputs = LayerInputs(run_block(blocks[index], inputs), inputs.kwargs)
-    return entering
-
-
-@torch.no_grad()
-def loss_from(model, blocks: list, inputs: LayerInputs, windows: torch.Tensor) -> float:
-    """Summed next-token NLL of ``windows`` when ``inputs`` run through ``blocks`` and the head."""
-    for block in blocks:
-        inputs = LayerInputs(run_block(block, inputs), inputs.kwargs)
-    total = 0.0
-    for hidden, ids in zip(inputs.hidden, windows):
-        logits = model.lm_head(model.model.norm(hidden[None]))[0, :-1].float()
-        total += F.cross_entropy(logits, ids[1:].to(logits.device), reduction="sum").item()
-    return total
 
 
 def least_harmful(model, alive: list[int], windows: torch.Tensor, early: int, latter: int) -> int:

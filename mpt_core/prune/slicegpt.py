@@ -25,6 +25,8 @@ subtraction there.
 ``R`` is the fraction of the embedding dimension removed (the paper's "slicing"); the
 parameter saving is smaller than R because the shortcut matrices and the untied head
 are stored too, as in the paper's own parameter counts.
+
+Keeps its own block loop: each block is rotated into its own PCA basis, the next reads it.
 """
 
 from __future__ import annotations
@@ -32,7 +34,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mpt_core.engine.layerwise import LayerInputs, capture_layer0_inputs, decoder_layers, run_block
+from mpt_core.engine.layerwise import (
+    LayerInputs,
+    capture_layer0_inputs,
+    decoder_layers,
+    module_name,
+    run_block,
+)
+from mpt_core.engine.modules import forward_hooks
 from mpt_core.errors import SpecError
 from mpt_core.registry import Option, positive_int, register
 from mpt_core.storage import TensorStorage
@@ -161,13 +170,9 @@ def fold_norms(model: nn.Module) -> None:
 def mlp_norm_inputs(block: SlicedDecoderLayer, inputs: LayerInputs) -> torch.Tensor:
     """What the block's MLP norm receives: the stream between attention and MLP."""
     caught = []
-    handle = block.post_attention_layernorm.register_forward_hook(
-        lambda _module, args, _out: caught.append(args[0])
-    )
-    try:
+    norm = {"post_attention_layernorm": block.post_attention_layernorm}
+    with forward_hooks(norm, lambda _name: lambda _module, args, _out: caught.append(args[0])):
         run_block(block, inputs)
-    finally:
-        handle.remove()
     return torch.cat(caught)
 
 
@@ -238,7 +243,7 @@ def slicegpt(model, stage, settings, calibration) -> dict[str, TensorStorage]:
     rotate_and_slice(model, calibration.windows(settings), dimension)
     model.config.sliced_hidden_size = dimension
     storage = {
-        f"model.layers.{index}.{name}": TensorStorage()
+        module_name(index, name): TensorStorage()
         for index, block in enumerate(decoder_layers(model))
         for name, _ in block.named_parameters()
     }

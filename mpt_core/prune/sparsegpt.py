@@ -16,48 +16,22 @@ per-block unstructured threshold ``tmp <= sorted[int(numel * ratio)]`` prunes on
 weight more than the target in every block (and one even at ratio 0); here the block
 mask is the shared ``unstructured_mask`` (exactly ``floor(numel * ratio)`` per block).
 
-``SparseGPTStats`` and ``sparsegpt_prune(W, H, ...)`` are the reusable core for methods
-built on SparseGPT (DSnoT, ADMM, OWL).
+The Hessian is ``engine.signals.HessianStats`` and its damped inverse factor
+``signals.inverse_hessian_cholesky`` (GPTQ's too); ``sparsegpt_prune(W, H, ...)`` is the
+reusable core for methods built on SparseGPT (DSnoT, OWL).
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import nn
 
 from mpt_core.engine.layerwise import compress_layerwise
+from mpt_core.engine.signals import HessianStats, inverse_hessian_cholesky
 from mpt_core.errors import SpecError
 from mpt_core.prune.mask import nm_mask, unstructured_mask
-from mpt_core.registry import Option, positive_int, register
+from mpt_core.registry import Option, float_in, positive_int, register
 from mpt_core.storage import TensorStorage
-
-
-class SparseGPTStats:
-    """H = 2/n · Σ x xᵀ over the calibration samples, as a running mean (the reference's)."""
-
-    def __init__(self, linear: nn.Linear):
-        columns = linear.weight.shape[1]
-        self.H = torch.zeros(columns, columns, device=linear.weight.device)
-        self.nsamples = 0
-
-    def add_batch(self, inp: torch.Tensor, out: torch.Tensor) -> None:
-        batch = inp.shape[0] if inp.dim() == 3 else 1
-        X = inp.reshape(-1, inp.shape[-1]).t().float()  # (columns, tokens)
-        self.H *= self.nsamples / (self.nsamples + batch)
-        self.nsamples += batch
-        X = math.sqrt(2 / self.nsamples) * X
-        self.H += X @ X.t()
-
-
-def inverse_hessian_cholesky(H: torch.Tensor, percdamp: float) -> torch.Tensor:
-    """Upper Cholesky factor of (H + λI)⁻¹ with λ = percdamp · mean(diag H)."""
-    H = H.clone()
-    damp = percdamp * torch.mean(torch.diag(H))
-    H.diagonal().add_(damp)
-    H = torch.cholesky_inverse(torch.linalg.cholesky(H))
-    return torch.linalg.cholesky(H, upper=True)
 
 
 def sparsegpt_prune(
@@ -122,9 +96,8 @@ def prune_block(
 
 
 @torch.no_grad()
-def prune_linear(linear: nn.Linear, stats: SparseGPTStats, stage, settings: dict) -> TensorStorage:
-    nm = (stage.n, stage.m) if stage.level_kind == "nm" else None
-    n, m = nm or (0, 0)
+def prune_linear(linear: nn.Linear, stats: HessianStats, stage, settings: dict) -> TensorStorage:
+    n, m = stage.nm or (0, 0)
     W = sparsegpt_prune(
         linear.weight.data,
         stats.H,
@@ -135,14 +108,7 @@ def prune_linear(linear: nn.Linear, stats: SparseGPTStats, stage, settings: dict
         settings["damp"],
     )
     linear.weight.data.copy_(W)
-    return TensorStorage(nm=nm)
-
-
-def _fraction(value: str) -> float:
-    number = float(value)
-    if not 0 <= number < 1:
-        raise ValueError("must be in [0, 1)")
-    return number
+    return TensorStorage(nm=stage.nm)
 
 
 @register(
@@ -152,13 +118,17 @@ def _fraction(value: str) -> float:
     needs_calibration=True,
     options={
         "blocksize": Option(positive_int, 128, "columns per lazy-update block"),
-        "damp": Option(_fraction, 0.01, "dampening, a fraction of the mean Hessian diagonal"),
+        "damp": Option(
+            float_in(0, 1, high_open=True),
+            0.01,
+            "dampening, a fraction of the mean Hessian diagonal",
+        ),
     },
 )
 def sparsegpt(model, stage, settings, calibration) -> dict[str, TensorStorage]:
     return compress_layerwise(
         model,
         calibration.windows(settings),
-        lambda _site, linear: SparseGPTStats(linear),
+        lambda _site, linear: HessianStats(linear),
         lambda _site, linear, stats: prune_linear(linear, stats, stage, settings),
     )

@@ -7,9 +7,10 @@ paper's "per output" comparison group) and the lowest are removed. No weight upd
 
 Mapping to the authors' code (locuslab/wanda, ``lib/prune.py::prune_wanda`` and
 ``lib/layerwrapper.py::WrappedGPT``): ``scaler_row`` is their running mean of ‖X_j‖²
-over samples, the score is ``|W| * sqrt(scaler_row)``, unstructured pruning removes the
-first ``int(columns * ratio)`` of a stable per-row sort, N:M the ``n`` lowest in every
-``m`` consecutive columns (``mpt_core.prune.mask``).
+over samples (``engine.signals.InputNormStats``, shared with the methods built on Wanda's
+score), the score is ``|W| * sqrt(scaler_row)`` (``signals.wanda_score``), unstructured
+pruning removes the first ``int(columns * ratio)`` of a stable per-row sort, N:M the ``n``
+lowest in every ``m`` consecutive columns (``mpt_core.prune.mask``).
 """
 
 from __future__ import annotations
@@ -18,42 +19,18 @@ import torch
 from torch import nn
 
 from mpt_core.engine.layerwise import compress_layerwise
+from mpt_core.engine.signals import InputNormStats, wanda_score
 from mpt_core.prune.mask import select_mask
 from mpt_core.registry import register
 from mpt_core.storage import TensorStorage
 
 
-class WandaStats:
-    """‖X_j‖₂² per input column j, averaged over calibration samples as WrappedGPT does."""
-
-    def __init__(self, linear: nn.Linear):
-        self.scaler_row = torch.zeros(linear.weight.shape[1], device=linear.weight.device)
-        self.nsamples = 0
-
-    def add_batch(self, inp: torch.Tensor, out: torch.Tensor) -> None:
-        batch = inp.shape[0] if inp.dim() == 3 else 1
-        X = inp.reshape(-1, inp.shape[-1]).t().float()  # (columns, tokens)
-        # a running mean, so that the statistic does not depend on the batch split
-        self.scaler_row *= self.nsamples / (self.nsamples + batch)
-        self.nsamples += batch
-        self.scaler_row += torch.norm(X, p=2, dim=1) ** 2 / self.nsamples
-
-
-def wanda_score(W: torch.Tensor, scaler_row: torch.Tensor) -> torch.Tensor:
-    """|W_ij| · ‖X_j‖₂ (the paper's Eq. 1)."""
-    return W.abs().float() * torch.sqrt(scaler_row.reshape(1, -1))
-
-
-def storage_of(stage) -> TensorStorage:
-    return TensorStorage(nm=(stage.n, stage.m) if stage.level_kind == "nm" else None)
-
-
 @torch.no_grad()
-def prune_linear(linear: nn.Linear, stats: WandaStats, stage, settings: dict) -> TensorStorage:
+def prune_linear(linear: nn.Linear, stats: InputNormStats, stage, settings: dict) -> TensorStorage:
     """Zero the lowest-scored weights of each output row (or of each N:M group)."""
     W = linear.weight.data
     W[select_mask(wanda_score(W, stats.scaler_row), stage, scope="row")] = 0
-    return storage_of(stage)
+    return TensorStorage(nm=stage.nm)
 
 
 @register("wanda", family="unstructured", levels={"ratio", "nm"}, needs_calibration=True)
@@ -61,6 +38,6 @@ def wanda(model, stage, settings, calibration) -> dict[str, TensorStorage]:
     return compress_layerwise(
         model,
         calibration.windows(settings),
-        lambda _site, linear: WandaStats(linear),
+        lambda _site, linear: InputNormStats(linear),
         lambda _site, linear, stats: prune_linear(linear, stats, stage, settings),
     )
