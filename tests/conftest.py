@@ -112,3 +112,28 @@ def wikitext_ids(tiny):
 
     text = load_text("wikitext2", "test").text[:40_000]
     return tiny.tokenizer(text, return_tensors="pt").input_ids
+
+
+class FixedCalibration:
+    """Calibration windows fixed by the test: random byte tokens, no data files needed.
+    ``honour_nsamples`` serves only the first ``nsamples`` of a method's settings."""
+
+    def __init__(
+        self, nsamples: int = 8, seqlen: int = 32, seed: int = 0, honour_nsamples: bool = False
+    ):
+        import torch
+
+        generator = torch.Generator().manual_seed(seed)
+        self._windows = torch.randint(2, 258, (nsamples, seqlen), generator=generator)
+        self.honour_nsamples = honour_nsamples
+
+    def windows(self, settings):
+        if self.honour_nsamples:
+            return self._windows[: settings["nsamples"]]
+        return self._windows
+
+
+@pytest.fixture
+def fixed_calibration():
+    """``FixedCalibration``, to build the windows a test needs: ``fixed_calibration(4, 16)``."""
+    return FixedCalibration

@@ -318,14 +318,14 @@ def test_moved_knee_fails_the_curve_test_while_every_point_passes():
     x = np.round(np.arange(0, 0.81, 0.1), 2)
     baseline = np.array([10, 10.1, 10.3, 10.7, 11.5, 13.0, 20.0, 150.0, 2000.0])
     measured = baseline * np.array([1, 1, 1, 1, 1.019, 1.019, 1.019, 1, 1])
-    measured[-2:] = [101.0, 102.0]  # still collapsed (> 10x dense), differently chaotic
+    measured[-2:] = [449.0, 667.0]  # still collapsed: within the 3x band, differently chaotic
     points = [
         check(m, b, dense_measured=measured[0], dense_baseline=baseline[0])
         for m, b in zip(measured, baseline, strict=True)
     ]
     assert all(point.passed for point in points)
     verdict = check_curve("magnitude", (x, baseline), (x, measured), ptp_tol=0.05)
-    assert abs(verdict.shift) > 0.09 and not verdict.passed
+    assert abs(verdict.shift) > 0.06 and not verdict.passed
     assert f"measured s0 {verdict.measured.s0:.3f}" in verdict.message
     assert f"baseline s0 {verdict.baseline.s0:.3f}" in verdict.message
     unchanged = check_curve("magnitude", (x, baseline), (x, baseline.copy()), ptp_tol=0.05)

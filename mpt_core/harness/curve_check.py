@@ -5,7 +5,7 @@ tolerance, and must treat points past the knee as chaos. Here the baseline
 curve and the measured curve are both fitted (``mpt_core.analysis.fit``) and their s0
 compared: the verdict fails when the two 95% intervals stop overlapping, or when
 the shift exceeds ``ptp_tol`` if one is set, or when one curve has a transition
-and the other has none.
+by the fitter's evidence and the other clearly has none.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mpt_core.analysis.fit import PhaseFit, fit_phase_transition
+from mpt_core.analysis.fit import EVIDENCE, PhaseFit, fit_phase_transition
 
 
 @dataclass(frozen=True)
@@ -35,13 +35,16 @@ class CurveVerdict:
 
     @property
     def same_shape(self) -> bool:
-        return self.baseline.has_transition == self.measured.has_transition
+        """False only when one curve has a knee by the fitter's evidence and the other
+        clearly has none (ΔBIC < 0); in between, the s0 intervals decide."""
+        b, m = self.baseline.evidence, self.measured.evidence
+        return not ((b >= EVIDENCE and m < 0) or (m >= EVIDENCE and b < 0))
 
     @property
     def passed(self) -> bool:
         if not self.same_shape:
             return False
-        if not self.baseline.has_transition:
+        if not (self.baseline.has_transition or self.measured.has_transition):
             return True
         within = self.ptp_tol is None or abs(self.shift) <= self.ptp_tol
         return self.overlap and within
