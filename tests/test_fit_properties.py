@@ -118,3 +118,17 @@ def test_the_interval_covers_the_true_s0_in_at_least_90_percent_of_noisy_draws()
         fit = fit_phase_transition(x, y)
         covered += fit.s0_low <= s0 <= fit.s0_high
     assert covered / draws >= 0.90
+
+
+def test_noise_is_rarely_a_transition_and_a_knee_always_is():
+    """The fitter asks for evidence (dBIC >= fit.EVIDENCE): on 17-point pure power laws with
+    0.5% noise it calls few transitions, and it finds every simulated knee
+    (scripts/fitter_calibration.py; the full table in docs/ptp.md)."""
+    from scripts_loader import load_script
+
+    from mpt_core.analysis.fit import EVIDENCE
+
+    calibration = load_script("fitter_calibration")
+    null, knees = calibration.simulate(curves=30, noise=0.005, points=17, seed=1)
+    assert sum(e >= EVIDENCE for e in null) <= 2
+    assert all(e >= EVIDENCE for e in knees)
