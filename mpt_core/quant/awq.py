@@ -35,8 +35,7 @@ from mpt_core.engine.layerwise import (
     run_block,
 )
 from mpt_core.quant import backends
-from mpt_core.quant.gptq import check_groups
-from mpt_core.quant.rtn import rtn_storage
+from mpt_core.quant.grid import check_groups, rtn_storage
 from mpt_core.registry import Option, positive_int, register
 from mpt_core.storage import TensorStorage
 

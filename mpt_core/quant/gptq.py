@@ -24,15 +24,9 @@ import math
 import torch
 from torch import nn
 
-from mpt_core.engine.layerwise import (
-    LinearSite,
-    compress_layerwise,
-    decoder_layers,
-    linear_layers,
-)
+from mpt_core.engine.layerwise import LinearSite, compress_layerwise
 from mpt_core.quant import backends
-from mpt_core.quant.grid import check_group, find_grid, quantize
-from mpt_core.quant.rtn import rtn_storage
+from mpt_core.quant.grid import check_groups, find_grid, quantize, rtn_storage
 from mpt_core.registry import Option, flag, positive_int, register
 from mpt_core.storage import TensorStorage
 
@@ -85,15 +79,6 @@ def gptq(model, stage, settings, calibration) -> dict[str, TensorStorage]:
         return gptq_storage(stage.bits, group, linear.in_features, settings)
 
     return compress_layerwise(model, windows, lambda _site, linear: GPTQ(linear), compress)
-
-
-def check_groups(model: nn.Module, group: int | None) -> dict[str, int]:
-    """Each linear's group size (block-relative name), checked before any calibration."""
-    groups = {}
-    for index, block in enumerate(decoder_layers(model)):
-        for name, linear in linear_layers(block).items():
-            groups[name] = check_group(group, linear.in_features, f"model.layers.{index}.{name}")
-    return groups
 
 
 def gptq_storage(bits: int, group: int, columns: int, settings: dict) -> TensorStorage:
