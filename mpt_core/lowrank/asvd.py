@@ -41,9 +41,9 @@ from mpt_core.engine.layerwise import (
     iterate_blocks,
 )
 from mpt_core.engine.modules import replace_module
+from mpt_core.engine.signals import inputs_of_alive_blocks, loss_from
 from mpt_core.errors import SpecError
 from mpt_core.lowrank.factorized import check_ratio, replace_linear, split_sigma
-from mpt_core.prune.sleb import inputs_of_alive_blocks, loss_from
 from mpt_core.registry import Option, float_in, positive_int, register
 from mpt_core.storage import TensorStorage
 
