@@ -13,7 +13,7 @@ from torch import nn
 
 from mpt_core.engine.layerwise import block_linear_names
 from mpt_core.errors import SpecError
-from mpt_core.lowrank.factorized import rank_for_ratio
+from mpt_core.lowrank.factorized import rank_for_ratio, truncated_svd
 from mpt_core.lowrank.losparse import (
     FINAL_WARMUP,
     INITIAL_WARMUP,
@@ -24,7 +24,6 @@ from mpt_core.lowrank.losparse import (
     losparse_init,
     row_bits,
 )
-from mpt_core.lowrank.svd import truncated_svd
 from mpt_core.models import Snapshot, state_dict_hash
 from mpt_core.pipeline import compress
 from mpt_core.spec import Spec

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mpt_core.engine.layerwise import block_linear_names, decoder_layers, linear_layers
+from mpt_core.engine.layerwise import LinearSite, block_linear_names, decoder_layers, linear_layers
 from mpt_core.errors import SpecError
 from mpt_core.lowrank import asvd as asvd_module
 from mpt_core.lowrank.asvd import (
@@ -17,8 +17,12 @@ from mpt_core.lowrank.asvd import (
     search_ratios,
     sensitivity,
 )
-from mpt_core.lowrank.factorized import LowRankLinear, rank_for_ratio, replace_linear
-from mpt_core.lowrank.svd import truncated_svd
+from mpt_core.lowrank.factorized import (
+    LowRankLinear,
+    rank_for_ratio,
+    replace_linear,
+    truncated_svd,
+)
 from mpt_core.lowrank.svd_llm import Gram, whitened_svd, whitening_factor
 from mpt_core.models import Snapshot, state_dict_hash
 from mpt_core.pipeline import compress
@@ -250,7 +254,7 @@ def test_asvd_sensitivity_is_the_models_loss_with_one_layer_factorized(fresh_tin
     block = decoder_layers(model)[index]
     original = block.get_submodule(name)
     u, vt = asvd_factors(original.weight, scales[index, name], 0.5, asvd_rank(original, ratio))
-    replace_linear(block, name, u, vt, "")
+    replace_linear(model, LinearSite(index, name), u, vt)
     with torch.no_grad():
         logits = model(windows, use_cache=False).logits[:, :-1]
     nll = F.cross_entropy(logits.flatten(0, 1), windows[:, 1:].flatten(), reduction="sum")

@@ -10,10 +10,10 @@ from torch import nn
 from mpt_core.errors import SpecError
 from mpt_core.models import Snapshot, state_dict_hash
 from mpt_core.pipeline import Calibration, compress
+from mpt_core.quant.activations import input_absmax
 from mpt_core.quant.smoothquant import (
     W8A8Linear,
     absmax_fake_quant,
-    input_absmax,
     smooth_block,
     smooth_ln_fcs,
 )

@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mpt_core.engine.layerwise import decoder_layers
+from mpt_core.engine.layerwise import decoder_layers, module_name, weight_name
+from mpt_core.engine.modules import replace_module
 from mpt_core.registry import Option, positive_int
 from mpt_core.storage import TensorStorage
 
@@ -106,11 +107,10 @@ def add_adapters(
     adapters = {}
     for index, block in enumerate(decoder_layers(model)):
         for path, module in list(block.named_modules()):
-            parent, _, name = path.rpartition(".")
-            if name in targets and isinstance(module, nn.Linear):
+            if path.rpartition(".")[2] in targets and isinstance(module, nn.Linear):
                 adapter = LoRALinear(module, rank, alpha=2 * rank).train(module.training)
-                setattr(block.get_submodule(parent), name, adapter)
-                adapters[f"model.layers.{index}.{path}"] = adapter
+                replace_module(block, path, adapter)
+                adapters[module_name(index, path)] = adapter
     return adapters
 
 
@@ -125,9 +125,8 @@ def merge_adapters(model: nn.Module) -> dict[str, TensorStorage]:
             if isinstance(module, LoRALinear):
                 weight = module.base.weight
                 weight += module.delta().to(weight.dtype)
-                parent, _, name = path.rpartition(".")
-                setattr(block.get_submodule(parent), name, module.base)
-                merged[f"model.layers.{index}.{path}.weight"] = TensorStorage()
+                replace_module(block, path, module.base)
+                merged[weight_name(index, path)] = TensorStorage()
     return merged
 
 

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from mpt_core.engine.layerwise import decoder_layers, linear_layers
+from mpt_core.engine.modules import replace_module
 from mpt_core.registry import family_of
 from mpt_core.spec import Spec
 
@@ -123,7 +124,7 @@ def to_linear4bit(model: nn.Module, quant_type: str = "nf4") -> int:
             )
             if linear.bias is not None:
                 quantized.bias = nn.Parameter(linear.bias.data.detach().cpu(), requires_grad=False)
-            _set_child(block, name, quantized.to(linear.weight.device))  # .to quantizes
+            replace_module(block, name, quantized.to(linear.weight.device))  # .to quantizes
             replaced += 1
     return replaced
 
@@ -141,12 +142,6 @@ def to_semi_structured(model: nn.Module) -> int:
             )
             replaced += 1
     return replaced
-
-
-def _set_child(parent: nn.Module, dotted: str, module: nn.Module) -> None:
-    owner_name, _, leaf = dotted.rpartition(".")
-    owner = parent.get_submodule(owner_name) if owner_name else parent
-    setattr(owner, leaf, module)
 
 
 def real_kernel(spec: Spec, model: nn.Module) -> str | None:

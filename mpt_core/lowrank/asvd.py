@@ -34,27 +34,20 @@ import torch
 from torch import nn
 
 from mpt_core.engine.layerwise import (
-    LayerInputs,
-    capture_layer0_inputs,
+    LinearSite,
+    block_linears,
     collect_stats,
     decoder_layers,
-    linear_layers,
-    run_block,
+    iterate_blocks,
 )
+from mpt_core.engine.modules import replace_module
 from mpt_core.engine.signals import inputs_of_alive_blocks, loss_from
 from mpt_core.errors import SpecError
 from mpt_core.lowrank.factorized import check_ratio, replace_linear, split_sigma
-from mpt_core.registry import Option, positive_int, register
+from mpt_core.registry import Option, float_in, positive_int, register
 from mpt_core.storage import TensorStorage
 
 PARAM_RATIO_CANDIDATES = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-
-
-def _alpha(value: str) -> float:
-    number = float(value)
-    if not 0 <= number <= 2:
-        raise ValueError("must be in [0, 2]")
-    return number
 
 
 class AbsMean:
@@ -71,13 +64,11 @@ class AbsMean:
 def activation_scales(model, windows: torch.Tensor) -> dict[tuple[int, str], torch.Tensor]:
     """mean |X| of every block linear's input, through the dense model."""
     scales = {}
-    inputs = capture_layer0_inputs(model, windows)
-    for index, block in enumerate(decoder_layers(model)):
+    for index, block, inputs in iterate_blocks(model, windows, propagate="dense"):
         stats = collect_stats(
             block, inputs, lambda _site, linear: AbsMean(linear.in_features), index
         )
         scales |= {(index, name): stat.scale for name, stat in stats.items()}
-        inputs = LayerInputs(run_block(block, inputs), inputs.kwargs)
     return scales
 
 
@@ -101,18 +92,15 @@ def sensitivity(model, windows, scales, alpha) -> list[tuple[tuple[int, str], fl
     blocks = decoder_layers(model)
     entering = inputs_of_alive_blocks(model, list(range(len(blocks))), windows)
     pairs = []
-    for index, block in enumerate(blocks):
-        tail = list(blocks[index:])
-        for name, linear in linear_layers(block).items():
-            parent_name, _, child = name.rpartition(".")
-            parent = block.get_submodule(parent_name) if parent_name else block
-            for ratio in PARAM_RATIO_CANDIDATES:
-                rank = asvd_rank(linear, ratio)
-                u, vt = asvd_factors(linear.weight, scales[index, name], alpha, rank)
-                replace_linear(block, name, u, vt, f"model.layers.{index}")
-                loss = loss_from(model, tail, entering[index], windows)
-                pairs.append(((index, name), ratio, loss))
-                setattr(parent, child, linear)
+    for site, linear in block_linears(model):
+        tail = list(blocks[site.index :])
+        for ratio in PARAM_RATIO_CANDIDATES:
+            rank = asvd_rank(linear, ratio)
+            u, vt = asvd_factors(linear.weight, scales[site.index, site.name], alpha, rank)
+            replace_linear(model, site, u, vt)
+            loss = loss_from(model, tail, entering[site.index], windows)
+            pairs.append(((site.index, site.name), ratio, loss))
+            replace_module(model, site.path, linear)
     return pairs
 
 
@@ -162,10 +150,9 @@ def statistics_key(model, windows: torch.Tensor, alpha: float) -> str:
     """A digest of the block linears' weights, the calibration windows and α."""
     digest = hashlib.sha256(f"{alpha!r}".encode())
     digest.update(windows.cpu().numpy().tobytes())
-    for index, block in enumerate(decoder_layers(model)):
-        for name, linear in linear_layers(block).items():
-            digest.update(f"{index}.{name}{tuple(linear.weight.shape)}".encode())
-            digest.update(linear.weight.detach().cpu().float().numpy().tobytes())
+    for site, linear in block_linears(model):
+        digest.update(f"{site.index}.{site.name}{tuple(linear.weight.shape)}".encode())
+        digest.update(linear.weight.detach().cpu().float().numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -175,7 +162,9 @@ def statistics_key(model, windows: torch.Tensor, alpha: float) -> str:
     levels={"ratio"},
     needs_calibration=True,
     options={
-        "alpha": Option(_alpha, 0.5, "exponent of the activation scaling"),
+        "alpha": Option(
+            float_in(0, 2, what="the scaling exponent"), 0.5, "exponent of the activation scaling"
+        ),
         "nsamples": Option(positive_int, 8, "calibration windows (sensitivity search)"),
     },
 )
@@ -188,17 +177,15 @@ def asvd(model, stage, settings, calibration) -> dict[str, TensorStorage]:
     alpha = settings["alpha"]
     scales, pairs = dense_statistics(model, windows, alpha)
     numel = {
-        (index, name): linear.weight.numel()
-        for index, block in enumerate(decoder_layers(model))
-        for name, linear in linear_layers(block).items()
+        (site.index, site.name): linear.weight.numel() for site, linear in block_linears(model)
     }
     ratios = search_ratios(pairs, numel, 1 - stage.ratio)
     storage: dict[str, TensorStorage] = {}
     for (index, name), ratio in ratios.items():
         if ratio == 1.0:
             continue
-        block = decoder_layers(model)[index]
-        linear = block.get_submodule(name)
+        site = LinearSite(index, name)
+        linear = model.get_submodule(site.path)
         u, vt = asvd_factors(linear.weight, scales[index, name], alpha, asvd_rank(linear, ratio))
-        storage |= replace_linear(block, name, u, vt, f"model.layers.{index}")
+        storage |= replace_linear(model, site, u, vt)
     return storage

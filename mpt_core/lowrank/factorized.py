@@ -8,6 +8,9 @@ really stored. The split of Σ between the factors follows the authors' code
 The rank budget is the study's: ``R`` is the fraction of a layer's parameters
 removed, so k·(m + n) = (1 − R)·m·n, rounded down to a whole rank. At ``R = 0``
 the dense matrix itself fits the budget and is kept.
+
+``truncated_svd`` (Eckart–Young) is here, not in the ``svd`` method's module, because
+LoSparse and Lillama start from it too.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mpt_core.engine.layerwise import LinearSite, weight_name
+from mpt_core.engine.modules import replace_module
 from mpt_core.errors import SpecError
 from mpt_core.storage import TensorStorage
 
@@ -59,21 +64,24 @@ def split_sigma(
     return U[:, :rank] * root, root[:, None] * Vt[:rank]
 
 
-def replace_linear(
-    block: nn.Module, name: str, u: torch.Tensor, vt: torch.Tensor, prefix: str
-) -> dict[str, TensorStorage]:
-    """Put a LowRankLinear with factors ``u``, ``vt`` where ``block.<name>`` was.
+def truncated_svd(W: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Factors (U_k·√Σ_k, √Σ_k·Vᵀ_k) of the best rank-k approximation of W, in float64."""
+    U, S, Vt = torch.linalg.svd(W.double(), full_matrices=False)
+    return split_sigma(U, S, Vt, rank)
 
-    Returns the storage of the two new weights under their full parameter names
-    (``prefix`` is the block's, e.g. ``model.layers.3``).
+
+def replace_linear(
+    model: nn.Module, site: LinearSite, u: torch.Tensor, vt: torch.Tensor
+) -> dict[str, TensorStorage]:
+    """Put a LowRankLinear with factors ``u``, ``vt`` where the linear at ``site`` was.
+
+    Returns the storage of the two new weights under their full parameter names.
     """
-    parent_name, _, child = name.rpartition(".")
-    parent = block.get_submodule(parent_name) if parent_name else block
-    linear = getattr(parent, child)
+    linear = model.get_submodule(site.path)
     weight = linear.weight
     like = {"dtype": weight.dtype, "device": weight.device}
-    setattr(parent, child, LowRankLinear(u.to(**like), vt.to(**like), linear.bias))
-    return {f"{prefix}.{name}.{part}.weight": TensorStorage() for part in ("u", "vt")}
+    replace_module(model, site.path, LowRankLinear(u.to(**like), vt.to(**like), linear.bias))
+    return {weight_name(site.index, f"{site.name}.{part}"): TensorStorage() for part in ("u", "vt")}
 
 
 def check_ratio(ratio: float, method: str, highest: float = 0.95) -> None:

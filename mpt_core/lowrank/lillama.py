@@ -28,6 +28,9 @@ loss restored at the end), with these differences:
   here is an eighth, since a quarter caps SmolLM2-135M below R = 0.6;
 - ``R`` is the fraction of the block linears' parameters removed (theirs: of the whole
   model, embeddings included).
+
+The distillation keeps its own loop over the blocks: each step carries a teacher and a
+student stream through every block up to the last student, which no engine loop does.
 """
 
 from __future__ import annotations
@@ -42,41 +45,23 @@ from torch import nn
 
 from mpt_core.engine.layerwise import (
     LayerInputs,
+    LinearSite,
     _fit_batch,
+    block_linears,
     capture_layer0_inputs,
     decoder_layers,
-    linear_layers,
 )
 from mpt_core.errors import SpecError
-from mpt_core.lowrank.factorized import check_ratio, replace_linear
-from mpt_core.lowrank.svd import truncated_svd
-from mpt_core.registry import Option, positive_int, register
+from mpt_core.lowrank.factorized import check_ratio, replace_linear, truncated_svd
+from mpt_core.registry import Option, float_in, one_of, positive_float, positive_int, register
 from mpt_core.storage import TensorStorage
 
 LOSSES = ("teacher", "student", "teacher+student")
-
-
-def _loss_mode(value: str) -> str:
-    if value not in LOSSES:
-        raise ValueError(f"must be one of {', '.join(LOSSES)}")
-    return value
-
-
-def _positive_float(value: str) -> float:
-    number = float(value)
-    if number <= 0:
-        raise ValueError("must be above 0")
-    return number
-
-
-def _fraction(value: str) -> float:
-    number = float(value)
-    if not 0 < number < 1:
-        raise ValueError("must be in (0, 1)")
-    return number
+FRACTION = float_in(0, 1, low_open=True, high_open=True)
 
 
 def _steps(value: str) -> int:
+    """registry.nonnegative_int with a message that says what 0 means."""
     number = int(value)
     if number < 0:
         raise ValueError("must be 0 (SVD initialisation only) or more")
@@ -97,23 +82,18 @@ class Candidate:
 def candidates(model: nn.Module, min_rank: int, step: int) -> list[Candidate]:
     """Every (linear, rank) that saves parameters, bottom layers and large ranks first."""
     found = []
-    for index, block in enumerate(decoder_layers(model)):
-        for name, linear in linear_layers(block).items():
-            m, n = linear.weight.shape
-            found += [
-                Candidate(index, name, rank, rank * (m + n))
-                for rank in range(min_rank, min(m, n), step)
-                if rank * (m + n) < m * n
-            ]
+    for site, linear in block_linears(model):
+        m, n = linear.weight.shape
+        found += [
+            Candidate(site.index, site.name, rank, rank * (m + n))
+            for rank in range(min_rank, min(m, n), step)
+            if rank * (m + n) < m * n
+        ]
     return sorted(found, key=lambda candidate: (candidate.layer, -candidate.rank))
 
 
 def linear_params(model: nn.Module) -> dict[tuple[int, str], int]:
-    return {
-        (index, name): linear.weight.numel()
-        for index, block in enumerate(decoder_layers(model))
-        for name, linear in linear_layers(block).items()
-    }
+    return {(site.index, site.name): linear.weight.numel() for site, linear in block_linears(model)}
 
 
 def search_ranks(model: nn.Module, ratio: float, min_rank: int, step: int) -> dict:
@@ -228,7 +208,7 @@ def factorize(model: nn.Module, ranks: dict) -> tuple[dict[int, nn.Module], dict
     storage = {}
     for (layer, name), rank in ranks.items():
         u, vt = truncated_svd(blocks[layer].get_submodule(name).weight.detach(), rank)
-        storage |= replace_linear(blocks[layer], name, u, vt, f"model.layers.{layer}")
+        storage |= replace_linear(model, LinearSite(layer, name), u, vt)
     for teacher in teachers.values():
         teacher.requires_grad_(False)
     return teachers, storage
@@ -242,10 +222,10 @@ def factorize(model: nn.Module, ranks: dict) -> tuple[dict[int, nn.Module], dict
     options={
         "steps": Option(_steps, 16, "distillation steps; 0: the SVD initialisation alone"),
         "batch": Option(positive_int, 1, "calibration windows per step"),
-        "lr": Option(_positive_float, 8.6e-5, "AdamW learning rate (the reference's)"),
-        "loss": Option(_loss_mode, "teacher+student", "inputs the students are trained on"),
-        "min_rank": Option(_fraction, 1 / 8, "smallest rank, as a fraction of the hidden size"),
-        "rank_step": Option(_fraction, 1 / 16, "rank spacing, as a fraction of the hidden size"),
+        "lr": Option(positive_float, 8.6e-5, "AdamW learning rate (the reference's)"),
+        "loss": Option(one_of(LOSSES), "teacher+student", "inputs the students are trained on"),
+        "min_rank": Option(FRACTION, 1 / 8, "smallest rank, as a fraction of the hidden size"),
+        "rank_step": Option(FRACTION, 1 / 16, "rank spacing, as a fraction of the hidden size"),
         "nsamples": Option(positive_int, 16, "calibration windows"),
     },
 )

@@ -40,34 +40,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mpt_core.engine.layerwise import decoder_layers, linear_layers
+from mpt_core.engine.layerwise import block_linears
+from mpt_core.engine.modules import replace_module
 from mpt_core.engine.training import batches, training_only
 from mpt_core.errors import SpecError
-from mpt_core.lowrank.factorized import check_ratio
-from mpt_core.lowrank.svd import truncated_svd
-from mpt_core.registry import Option, positive_int, register
+from mpt_core.lowrank.factorized import check_ratio, truncated_svd
+from mpt_core.registry import Option, float_in, positive_float, positive_int, register
 from mpt_core.storage import FP16_BITS, TensorStorage
 
 INITIAL_WARMUP = 675 / 12272  # fractions of the steps, from the reference's MNLI command
 FINAL_WARMUP = 5 * 675 / 12272
 LR_WARMUP = 480 / 12272
-
-
-def _positive_float(value: str) -> float:
-    number = float(value)
-    if number <= 0:
-        raise ValueError("must be above 0")
-    return number
-
-
-def _fraction(value: str) -> float:
-    number = float(value)
-    if not 0 < number < 1:
-        raise ValueError("must be in (0, 1)")
-    return number
+FRACTION = float_in(0, 1, low_open=True, high_open=True)
 
 
 def _steps(value: str) -> int:
+    """0, or 3 and more: no shared parser has the gap."""
     number = int(value)
     if number < 0 or 0 < number < 3:
         raise ValueError("must be 0 (initialisation only) or at least 3 (warm-ups and pruning)")
@@ -257,14 +245,11 @@ def train_and_prune(model, layers, windows, settings, budget: float) -> dict[str
 def replace_linears(model: nn.Module, ratio: float, share: float) -> dict[str, LoSparseLinear]:
     """Every block linear becomes a LoSparse layer with all rows of S; keyed by full name."""
     layers = {}
-    for index, block in enumerate(decoder_layers(model)):
-        for name, linear in linear_layers(block).items():
-            rank = rank_for_share(*linear.weight.shape, ratio, share)
-            parent_name, _, child = name.rpartition(".")
-            parent = block.get_submodule(parent_name) if parent_name else block
-            layer = losparse_init(linear, rank)
-            setattr(parent, child, layer)
-            layers[f"model.layers.{index}.{name}"] = layer
+    for site, linear in block_linears(model):
+        rank = rank_for_share(*linear.weight.shape, ratio, share)
+        layer = losparse_init(linear, rank)
+        replace_module(model, site.path, layer)
+        layers[site.path] = layer
     return layers
 
 
@@ -273,8 +258,7 @@ def install_kept(model: nn.Module, layers, keep) -> dict[str, TensorStorage]:
     storage = {}
     for name, layer in layers.items():
         compact = layer.kept(keep[name].to(layer.rows.device))
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), child, compact)
+        replace_module(model, name, compact)
         index_bits = len(compact.rows) * (row_bits(compact) - compact.in_features * FP16_BITS)
         storage |= {
             f"{name}.u.weight": TensorStorage(),
@@ -292,9 +276,9 @@ def install_kept(model: nn.Module, layers, keep) -> dict[str, TensorStorage]:
     options={
         "steps": Option(_steps, 16, "training steps; 0: SVD init, S pruned once by sensitivity"),
         "batch": Option(positive_int, 1, "calibration windows per step"),
-        "lr": Option(_positive_float, 9e-5, "AdamW learning rate (the MNLI command's)"),
-        "rank_share": Option(_fraction, 0.25, "share of the kept budget held by U V"),
-        "beta1": Option(_fraction, 0.85, "EMA of the sensitivity (the reference's beta1)"),
+        "lr": Option(positive_float, 9e-5, "AdamW learning rate (the MNLI command's)"),
+        "rank_share": Option(FRACTION, 0.25, "share of the kept budget held by U V"),
+        "beta1": Option(FRACTION, 0.85, "EMA of the sensitivity (the reference's beta1)"),
         "deltaT": Option(positive_int, 1, "steps per sensitivity window and pruning interval"),
         "nsamples": Option(positive_int, 16, "calibration windows"),
     },

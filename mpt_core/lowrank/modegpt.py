@@ -49,11 +49,17 @@ import math
 import torch
 from torch import nn
 
-from mpt_core.engine.layerwise import collect_stats, iterate_blocks, linear_layers
+from mpt_core.engine.layerwise import (
+    collect_stats,
+    decoder_layers,
+    iterate_blocks,
+    linear_layers,
+    weight_name,
+)
 from mpt_core.engine.signals import block_influence
 from mpt_core.errors import SpecError
 from mpt_core.lowrank.factorized import check_ratio
-from mpt_core.registry import Option, register
+from mpt_core.registry import Option, float_in, positive_float, register
 from mpt_core.storage import TensorStorage
 
 # eigenvalue floor of C^{1/2} for the value-output SVD, relative to the mean eigenvalue: it
@@ -65,20 +71,6 @@ ROLES = {
     "self_attn.k_proj": (False, True),
     "mlp.down_proj": (True, False),
 }
-
-
-def _positive_float(value: str) -> float:
-    number = float(value)
-    if number <= 0:
-        raise ValueError("must be above 0")
-    return number
-
-
-def _fraction(value: str) -> float:
-    number = float(value)
-    if not 0 < number < 1:
-        raise ValueError("must be in (0, 1)")
-    return number
 
 
 # ------------------------------------------------------------------------ the three modules
@@ -331,7 +323,7 @@ def compress_attention(block: nn.Module, stats: dict, width: dict) -> None:
 
 
 def check_architecture(model: nn.Module) -> None:
-    block = model.model.layers[0]
+    block = decoder_layers(model)[0]
     attention, mlp = getattr(block, "self_attn", None), getattr(block, "mlp", None)
     names = ("q_proj", "k_proj", "v_proj", "o_proj")
     if not all(hasattr(attention, name) for name in names) or not hasattr(mlp, "gate_proj"):
@@ -344,10 +336,8 @@ def _storage(index: int, block: nn.Module, width: dict) -> dict[str, TensorStora
     """Every new weight is a plain smaller matrix; the kept RoPE pairs cost an index each."""
     pair_bits = math.ceil(math.log2(width["head_dim"] // 2))
     index_bits = width["kv_heads"] * width["qk_pairs"] * pair_bits
-    storage = {
-        f"model.layers.{index}.{name}.weight": TensorStorage() for name in linear_layers(block)
-    }
-    storage[f"model.layers.{index}.self_attn.k_proj.weight"] = TensorStorage(extra_bits=index_bits)
+    storage = {weight_name(index, name): TensorStorage() for name in linear_layers(block)}
+    storage[weight_name(index, "self_attn.k_proj")] = TensorStorage(extra_bits=index_bits)
     return storage
 
 
@@ -357,9 +347,13 @@ def _storage(index: int, block: nn.Module, width: dict) -> dict[str, TensorStora
     levels={"ratio"},
     needs_calibration=True,
     options={
-        "epsilon": Option(_positive_float, 0.1, "entropy weight ε of the sparsity allocation"),
-        "ridge": Option(_positive_float, 1e-2, "Nyström ridge λ, relative to mean eigenvalue"),
-        "max_sparsity": Option(_fraction, 0.8, "highest sparsity any layer may take"),
+        "epsilon": Option(positive_float, 0.1, "entropy weight ε of the sparsity allocation"),
+        "ridge": Option(positive_float, 1e-2, "Nyström ridge λ, relative to mean eigenvalue"),
+        "max_sparsity": Option(
+            float_in(0, 1, low_open=True, high_open=True),
+            0.8,
+            "highest sparsity any layer may take",
+        ),
     },
 )
 @torch.no_grad()

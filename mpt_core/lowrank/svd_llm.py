@@ -19,14 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from mpt_core.engine.layerwise import (
-    LayerInputs,
-    capture_layer0_inputs,
-    collect_stats,
-    decoder_layers,
-    linear_layers,
-    run_block,
-)
+from mpt_core.engine.layerwise import LinearSite, collect_stats, iterate_blocks, linear_layers
 from mpt_core.lowrank.factorized import check_ratio, rank_for_ratio, replace_linear, split_sigma
 from mpt_core.registry import register
 from mpt_core.storage import TensorStorage
@@ -70,15 +63,14 @@ def whitened_svd(
 def svd_llm(model, stage, settings, calibration) -> dict[str, TensorStorage]:
     check_ratio(stage.ratio, "svd_llm")
     storage: dict[str, TensorStorage] = {}
-    inputs = capture_layer0_inputs(model, calibration.windows(settings))
-    for index, block in enumerate(decoder_layers(model)):
+    windows = calibration.windows(settings)
+    for index, block, inputs in iterate_blocks(model, windows, propagate="dense"):
         grams = collect_stats(block, inputs, lambda _site, linear: Gram(linear.in_features), index)
-        inputs = LayerInputs(run_block(block, inputs), inputs.kwargs)
         for name, linear in linear_layers(block).items():
             rank = rank_for_ratio(*linear.weight.shape, stage.ratio)
             if rank is None:
                 continue
             S = whitening_factor(grams.pop(name).XXt)
             u, vt, _ = whitened_svd(linear.weight, S, rank)
-            storage |= replace_linear(block, name, u, vt, f"model.layers.{index}")
+            storage |= replace_linear(model, LinearSite(index, name), u, vt)
     return storage

@@ -28,15 +28,14 @@ from torch import nn
 
 from mpt_core.engine.layerwise import (
     LayerInputs,
-    capture_layer0_inputs,
+    block_linears,
     collect_stats,
-    decoder_layers,
+    iterate_blocks,
     linear_layers,
     run_block,
 )
 from mpt_core.quant import backends
-from mpt_core.quant.gptq import check_groups
-from mpt_core.quant.rtn import rtn_storage
+from mpt_core.quant.grid import check_groups, rtn_storage
 from mpt_core.registry import Option, positive_int, register
 from mpt_core.storage import TensorStorage
 
@@ -62,7 +61,7 @@ def pseudo_quantize_tensor(w: torch.Tensor, bits: int, group: int) -> torch.Tens
 class InputFeatures:
     """Every calibration input of one linear, kept for the scale and clip searches."""
 
-    def __init__(self, _name: str = "", _linear: nn.Linear | None = None):
+    def __init__(self, _site=None, _linear: nn.Linear | None = None):
         self.batches: list[torch.Tensor] = []
 
     def add_batch(self, inp: torch.Tensor, _out: torch.Tensor | None = None) -> None:
@@ -205,14 +204,11 @@ def auto_clip_block(block: nn.Module, features: dict, bits: int, groups) -> None
 
 def run_awq(model: nn.Module, windows: torch.Tensor, bits: int, groups: dict) -> None:
     """Scale and clip every block; each block's inputs come from the float blocks before it."""
-    inputs = capture_layer0_inputs(model, windows)
-    for index, block in enumerate(decoder_layers(model)):
+    for index, block, inputs in iterate_blocks(model, windows, propagate="dense"):
         stats = collect_stats(block, inputs, InputFeatures, index)
         features = {name: stat.features() for name, stat in stats.items()}
-        outputs = run_block(block, inputs)
         auto_scale_block(block, features, inputs.kwargs, bits, groups)
         auto_clip_block(block, features, bits, groups)
-        inputs = LayerInputs(outputs, inputs.kwargs)
 
 
 @register(
@@ -232,11 +228,8 @@ def awq(model, stage, settings, calibration) -> dict[str, TensorStorage]:
         return backends.run("awq", model, stage, settings, calibration)
     run_awq(model, calibration.windows(settings), stage.bits, groups)
     storage = {}
-    for index, block in enumerate(decoder_layers(model)):
-        for name, linear in linear_layers(block).items():
-            weight = linear.weight
-            weight.copy_(pseudo_quantize_tensor(weight.float(), stage.bits, groups[name]))
-            storage[f"model.layers.{index}.{name}.weight"] = rtn_storage(
-                stage.bits, groups[name], sym=False
-            )
+    for site, linear in block_linears(model):
+        group = groups[site.name]
+        linear.weight.copy_(pseudo_quantize_tensor(linear.weight.float(), stage.bits, group))
+        storage[site.weight] = rtn_storage(stage.bits, group, sym=False)
     return storage

@@ -27,7 +27,6 @@ passed through ``llama_model_imatrix_data``.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import difflib
 import functools
@@ -41,7 +40,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mpt_core.engine.layerwise import CALIBRATION_BATCH, decoder_layers, linear_layers
+from mpt_core.engine.layerwise import CALIBRATION_BATCH, block_linears
+from mpt_core.engine.modules import forward_hooks
 from mpt_core.errors import SpecError
 from mpt_core.quant.gguf_convert import gguf_names, rotary_heads, unpermute, write_gguf
 from mpt_core.registry import Option, flag, register
@@ -204,11 +204,8 @@ def importance_matrix(model: nn.Module, windows: torch.Tensor) -> dict[str, np.n
         return hook
 
     device = next(model.parameters()).device
-    with contextlib.ExitStack() as stack:
-        for index, block in enumerate(decoder_layers(model)):
-            for name, linear in linear_layers(block).items():
-                key = names[f"model.layers.{index}.{name}.weight"]
-                stack.callback(linear.register_forward_pre_hook(collect(key)).remove)
+    linears = {names[site.weight]: linear for site, linear in block_linears(model)}
+    with forward_hooks(linears, collect, pre=True):
         for batch in windows.split(CALIBRATION_BATCH):
             # the decoder stack only: the LM head has no imatrix entry and its logits are big
             model.model(batch.to(device), use_cache=False)

@@ -15,7 +15,8 @@ needs. What this module reproduces of ``convert_hf_to_gguf.py`` (``LlamaModel``)
   SmolLM2's tokenizer and mpt's byte-level tiny-llama tokenizer.
 
 ``gguf_names`` gives the GGUF name of each parameter, so a quantized file can be
-read back into the same model.
+read back into the same model. The conversion keeps its own loop over the model's
+parameters: it writes every tensor (embeddings, norms, head), not only the block linears.
 """
 
 from __future__ import annotations

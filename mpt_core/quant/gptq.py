@@ -19,32 +19,26 @@ group index of every input column (int32, GPTQ's ``g_idx``) is counted too.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import torch
 from torch import nn
 
-from mpt_core.engine.layerwise import (
-    LinearSite,
-    compress_layerwise,
-    decoder_layers,
-    linear_layers,
-)
+from mpt_core.engine.layerwise import LinearSite, compress_layerwise
+from mpt_core.engine.signals import HessianStats, inverse_hessian_cholesky
 from mpt_core.quant import backends
-from mpt_core.quant.grid import check_group, find_grid, quantize
-from mpt_core.quant.rtn import rtn_storage
-from mpt_core.registry import Option, flag, positive_int, register
+from mpt_core.quant.grid import check_groups, find_grid, quantize, rtn_storage
+from mpt_core.registry import Option, flag, float_in, positive_int, register
 from mpt_core.storage import TensorStorage
 
 BLOCKSIZE = 128
 G_IDX_BITS = 32
-
-
-def _damp(value: str) -> float:
-    number = float(value)
-    if not 0 < number < 1:
-        raise ValueError("must be a fraction of the mean Hessian diagonal in (0, 1)")
-    return number
+DAMP = float_in(
+    0,
+    1,
+    low_open=True,
+    high_open=True,
+    what="the dampening (a fraction of the mean Hessian diagonal)",
+)
 
 
 @register(
@@ -57,7 +51,7 @@ def _damp(value: str) -> float:
         "sym": Option(flag, False, "symmetric grid, no zero point"),
         "act_order": Option(flag, False, "quantize columns by decreasing Hessian diagonal"),
         "static_groups": Option(flag, False, "find every group's grid before the sweep"),
-        "damp": Option(_damp, 0.01, "dampening: fraction of mean diag(H) added to diag(H)"),
+        "damp": Option(DAMP, 0.01, "dampening: fraction of mean diag(H) added to diag(H)"),
         "backend": Option(backends.parser("gptq"), "mpt", "mpt (in-tree) or a library"),
     },
 )
@@ -87,15 +81,6 @@ def gptq(model, stage, settings, calibration) -> dict[str, TensorStorage]:
     return compress_layerwise(model, windows, lambda _site, linear: GPTQ(linear), compress)
 
 
-def check_groups(model: nn.Module, group: int | None) -> dict[str, int]:
-    """Each linear's group size (block-relative name), checked before any calibration."""
-    groups = {}
-    for index, block in enumerate(decoder_layers(model)):
-        for name, linear in linear_layers(block).items():
-            groups[name] = check_group(group, linear.in_features, f"model.layers.{index}.{name}")
-    return groups
-
-
 def gptq_storage(bits: int, group: int, columns: int, settings: dict) -> TensorStorage:
     storage = rtn_storage(bits, group, settings["sym"])
     if settings["act_order"] and not settings["static_groups"] and group < columns:
@@ -103,24 +88,13 @@ def gptq_storage(bits: int, group: int, columns: int, settings: dict) -> TensorS
     return storage
 
 
-class GPTQ:
-    """The Hessian of one linear layer's inputs and the quantization sweep that uses it."""
+class GPTQ(HessianStats):
+    """The Hessian of one linear layer's inputs (``HessianStats``: H = 2/n Σ x xᵀ, a running
+    mean over the sequences seen so far) and the quantization sweep that uses it."""
 
     def __init__(self, linear: nn.Linear):
+        super().__init__(linear)
         self.columns = linear.in_features
-        self.H = torch.zeros(self.columns, self.columns, device=linear.weight.device)
-        self.nsamples = 0
-
-    def add_batch(self, inp: torch.Tensor, _out: torch.Tensor | None = None) -> None:
-        """H = 2/n Σ x xᵀ, kept as a running mean over the sequences seen so far."""
-        if inp.dim() == 2:
-            inp = inp.unsqueeze(0)
-        tmp = inp.shape[0]
-        inp = inp.reshape(-1, inp.shape[-1]).t()
-        self.H *= self.nsamples / (self.nsamples + tmp)
-        self.nsamples += tmp
-        inp = math.sqrt(2 / self.nsamples) * inp.float()
-        self.H += inp.matmul(inp.t())
 
     @torch.no_grad()
     def fasterquant(
@@ -196,14 +170,3 @@ class GPTQ:
         if actorder:
             Q = Q[:, invperm]
         return Q.to(weight.dtype)
-
-
-def inverse_hessian_cholesky(H: torch.Tensor, percdamp: float) -> torch.Tensor:
-    """Upper Cholesky factor of (H + λI)⁻¹, λ = percdamp · mean(diag H): the rows the sweep
-    needs, computed once and numerically stable (the paper's Cholesky reformulation)."""
-    damp = percdamp * torch.mean(torch.diag(H))
-    diag = torch.arange(H.shape[0], device=H.device)
-    H[diag, diag] += damp
-    H = torch.linalg.cholesky(H)
-    H = torch.cholesky_inverse(H)
-    return torch.linalg.cholesky(H, upper=True)

@@ -1,4 +1,5 @@
-"""The uniform integer grid shared by RTN and GPTQ (GPTQ's ``Quantizer``).
+"""The uniform integer grid shared by RTN and GPTQ (GPTQ's ``Quantizer``), and the group
+sizes and storage of grid-quantized weights (RTN, GPTQ, AWQ).
 
 Asymmetric: per group, the range [min(x, 0), max(x, 0)] maps onto 0..2^b-1 with
 an integer zero point. Symmetric: the range is [-max|x|, max|x|] and the zero
@@ -12,6 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+
+from mpt_core.engine.layerwise import block_linears
+from mpt_core.errors import SpecError
+from mpt_core.storage import TensorStorage
 
 
 @dataclass(frozen=True)
@@ -45,8 +51,6 @@ def quantize(x: torch.Tensor, grid: Grid) -> torch.Tensor:
 
 def check_group(group: int | None, width: int, where: str) -> int:
     """The group size to use (the whole row when None); it must divide the width."""
-    from mpt_core.errors import SpecError
-
     if group is None:
         return width
     if group <= 0 or width % group:
@@ -56,3 +60,18 @@ def check_group(group: int | None, width: int, where: str) -> int:
             f"groups that do: {', '.join(map(str, divisors)) or 'none of 32/64/128/256'}"
         )
     return group
+
+
+def check_groups(model: nn.Module, group: int | None) -> dict[str, int]:
+    """Each linear's group size (block-relative name), checked before any calibration."""
+    return {
+        site.name: check_group(group, linear.in_features, site.path)
+        for site, linear in block_linears(model)
+    }
+
+
+def rtn_storage(bits: int, group: int, sym: bool) -> TensorStorage:
+    """``bits`` per weight, an fp16 scale per group and, unless ``sym``, an fp16 zero point."""
+    return TensorStorage(
+        value_bits=bits, group_size=group, scale_bits=16, zero_bits=0 if sym else 16
+    )

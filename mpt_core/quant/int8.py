@@ -26,10 +26,11 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from mpt_core.engine.layerwise import decoder_layers, linear_layers
+from mpt_core.engine.layerwise import block_linears
+from mpt_core.engine.modules import replace_module
 from mpt_core.quant import backends
-from mpt_core.quant.smoothquant import input_absmax, replace_linear
-from mpt_core.registry import Option, register
+from mpt_core.quant.activations import input_absmax
+from mpt_core.registry import Option, positive_float, register
 from mpt_core.storage import TensorStorage
 
 THRESHOLD = 6.0
@@ -37,13 +38,6 @@ Q_MAX = 127
 ROW_SCALE_BITS = 32
 OUTLIER_VALUE_BITS = 16
 COLUMN_INDEX_BITS = 32
-
-
-def _threshold(value: str) -> float:
-    number = float(value)
-    if number <= 0:
-        raise ValueError("must be a positive activation magnitude")
-    return number
 
 
 def vectorwise_int8(x: torch.Tensor) -> torch.Tensor:
@@ -130,11 +124,10 @@ def apply_int8(
     threshold = settings["threshold"]
     act_max = input_absmax(model, calibration.windows(settings))
     storage = {}
-    for index, block in enumerate(decoder_layers(model)):
-        for name, linear in linear_layers(block).items():
-            stored = torch.nonzero(act_max[index][name] >= threshold).flatten()
-            replace_linear(block, name, Int8Linear.wrap(linear, stored, threshold, quantize_rows))
-            storage[f"model.layers.{index}.{name}.weight"] = int8_storage(linear, stored.numel())
+    for site, linear in block_linears(model):
+        stored = torch.nonzero(act_max[site.index][site.name] >= threshold).flatten()
+        replace_module(model, site.path, Int8Linear.wrap(linear, stored, threshold, quantize_rows))
+        storage[site.weight] = int8_storage(linear, stored.numel())
     return storage
 
 
@@ -144,7 +137,9 @@ def apply_int8(
     levels={"none"},
     needs_calibration=True,
     options={
-        "threshold": Option(_threshold, THRESHOLD, "outlier magnitude for 16-bit decomposition"),
+        "threshold": Option(
+            positive_float, THRESHOLD, "outlier magnitude for 16-bit decomposition"
+        ),
         "backend": Option(backends.parser("int8"), "mpt", "mpt or bitsandbytes"),
     },
 )

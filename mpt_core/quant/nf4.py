@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from mpt_core.engine.layerwise import decoder_layers, linear_layers
+from mpt_core.engine.layerwise import block_linears
 from mpt_core.quant import backends
 from mpt_core.registry import Option, flag, register
 from mpt_core.storage import TensorStorage
@@ -150,13 +150,10 @@ OPTIONS = {
 @torch.no_grad()
 def apply_4bit(model, quant_type: str, settings: dict) -> dict[str, TensorStorage]:
     storage = {}
-    for index, block in enumerate(decoder_layers(model)):
-        for name, linear in linear_layers(block).items():
-            weight = linear.weight
-            weight.copy_(quantize_4bit(weight, quant_type, settings["double_quant"]))
-            storage[f"model.layers.{index}.{name}.weight"] = storage_4bit(
-                weight.numel(), settings["double_quant"]
-            )
+    for site, linear in block_linears(model):
+        weight = linear.weight
+        weight.copy_(quantize_4bit(weight, quant_type, settings["double_quant"]))
+        storage[site.weight] = storage_4bit(weight.numel(), settings["double_quant"])
     return storage
 
 

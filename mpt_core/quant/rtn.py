@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from mpt_core.engine.layerwise import decoder_layers, linear_layers
-from mpt_core.quant.grid import check_group, find_grid, quantize
+from mpt_core.engine.layerwise import block_linears
+from mpt_core.quant.grid import check_group, find_grid, quantize, rtn_storage
 from mpt_core.registry import Option, flag, positive_int, register
 from mpt_core.storage import TensorStorage
 
@@ -29,12 +29,10 @@ from mpt_core.storage import TensorStorage
 @torch.no_grad()
 def rtn(model, stage, settings, calibration) -> dict[str, TensorStorage]:
     storage = {}
-    for index, block in enumerate(decoder_layers(model)):
-        for name, linear in linear_layers(block).items():
-            where = f"model.layers.{index}.{name}"
-            group = check_group(settings["group"], linear.in_features, where)
-            linear.weight.copy_(quantize_groups(linear.weight, stage.bits, group, settings["sym"]))
-            storage[f"{where}.weight"] = rtn_storage(stage.bits, group, settings["sym"])
+    for site, linear in block_linears(model):
+        group = check_group(settings["group"], linear.in_features, site.path)
+        linear.weight.copy_(quantize_groups(linear.weight, stage.bits, group, settings["sym"]))
+        storage[site.weight] = rtn_storage(stage.bits, group, settings["sym"])
     return storage
 
 
@@ -44,9 +42,3 @@ def quantize_groups(weight: torch.Tensor, bits: int, group: int, sym: bool) -> t
     groups = weight.float().reshape(rows * (cols // group), group)
     grid = find_grid(groups, bits, sym)
     return quantize(groups, grid).reshape(rows, cols).to(weight.dtype)
-
-
-def rtn_storage(bits: int, group: int, sym: bool) -> TensorStorage:
-    return TensorStorage(
-        value_bits=bits, group_size=group, scale_bits=16, zero_bits=0 if sym else 16
-    )

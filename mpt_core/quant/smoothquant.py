@@ -15,6 +15,9 @@ uses B bits for both, as their ``n_bits``.
 
 Storage: ``bits`` per weight and one fp16 scale per output channel; the
 activation scales are computed on the fly and stored nowhere.
+
+The smoothing pass keeps its own loop over the blocks: it rescales each block's norms
+together with the linears reading them, which is no per-linear callback of the engine.
 """
 
 from __future__ import annotations
@@ -22,22 +25,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mpt_core.engine.layerwise import collect_stats, decoder_layers, iterate_blocks, linear_layers
+from mpt_core.engine.layerwise import block_linears, decoder_layers
+from mpt_core.engine.modules import replace_module
 from mpt_core.quant import backends
-from mpt_core.registry import Option, register
+from mpt_core.quant.activations import input_absmax
+from mpt_core.registry import Option, float_in, register
 from mpt_core.storage import TensorStorage
 
 SMOOTHED = {
     "input_layernorm": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
     "post_attention_layernorm": ("mlp.gate_proj", "mlp.up_proj"),
 }
-
-
-def _alpha(value: str) -> float:
-    number = float(value)
-    if not 0 <= number <= 1:
-        raise ValueError("migration strength must be in [0, 1]")
-    return number
 
 
 def absmax_fake_quant(x: torch.Tensor, bits: int) -> torch.Tensor:
@@ -81,31 +79,6 @@ class W8A8Linear(nn.Linear):
         return nn.functional.linear(self.act_quant(x), self.weight, self.bias)
 
 
-def replace_linear(block: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(block.get_submodule(parent) if parent else block, child, new)
-
-
-class InputAbsMax:
-    """max |x_j| per input channel over every calibration token (``get_act_scales``)."""
-
-    def __init__(self, _name: str = "", linear: nn.Linear | None = None):
-        self.max: torch.Tensor | None = None
-
-    def add_batch(self, inp: torch.Tensor, _out: torch.Tensor | None = None) -> None:
-        batch_max = inp.reshape(-1, inp.shape[-1]).abs().amax(dim=0).float()
-        self.max = batch_max if self.max is None else torch.maximum(self.max, batch_max)
-
-
-def input_absmax(model: nn.Module, windows: torch.Tensor) -> list[dict[str, torch.Tensor]]:
-    """Per block, per linear: max |x_j| of its inputs in the float model."""
-    scales = []
-    for index, block, inputs in iterate_blocks(model, windows):
-        stats = collect_stats(block, inputs, InputAbsMax, index)
-        scales.append({name: stat.max for name, stat in stats.items()})
-    return scales
-
-
 @torch.no_grad()
 def smooth_ln_fcs(ln: nn.Module, fcs: list[nn.Linear], act_scales: torch.Tensor, alpha: float):
     """s_j = max|X_j|^α / max|W_j|^(1-α); the norm's weight / s, each linear's columns · s."""
@@ -131,7 +104,7 @@ def smooth_block(block: nn.Module, act_scales: dict[str, torch.Tensor], alpha: f
     levels={"bits"},
     needs_calibration=True,
     options={
-        "alpha": Option(_alpha, 0.5, "migration strength α"),
+        "alpha": Option(float_in(0, 1, what="migration strength"), 0.5, "migration strength α"),
         "backend": Option(backends.parser("smoothquant"), "mpt", "mpt or llmcompressor"),
     },
 )
@@ -139,12 +112,12 @@ def smoothquant(model, stage, settings, calibration) -> dict[str, TensorStorage]
     if settings["backend"] != "mpt":
         return backends.run("smoothquant", model, stage, settings, calibration)
     act_scales = input_absmax(model, calibration.windows(settings))
-    storage = {}
     for index, block in enumerate(decoder_layers(model)):
         smooth_block(block, act_scales[index], settings["alpha"])
-        for name, linear in linear_layers(block).items():
-            replace_linear(block, name, W8A8Linear.wrap(linear, stage.bits))
-            storage[f"model.layers.{index}.{name}.weight"] = TensorStorage(
-                value_bits=stage.bits, group_size=linear.in_features, scale_bits=16
-            )
+    storage = {}
+    for site, linear in block_linears(model):
+        replace_module(model, site.path, W8A8Linear.wrap(linear, stage.bits))
+        storage[site.weight] = TensorStorage(
+            value_bits=stage.bits, group_size=linear.in_features, scale_bits=16
+        )
     return storage

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from mpt_core.engine.layerwise import decoder_layers, linear_layers
+from mpt_core.engine.layerwise import block_linears
 from mpt_core.quant.backends import require
 from mpt_core.storage import TensorStorage
 
@@ -55,11 +55,8 @@ def _apply_4bit(model, quant_type: str, double_quant: bool) -> dict[str, TensorS
     from mpt_core.quant.nf4 import storage_4bit
 
     storage = {}
-    for index, block in enumerate(decoder_layers(model)):
-        for name, linear in linear_layers(block).items():
-            weight = linear.weight
-            weight.copy_(dequantized_4bit(weight, quant_type, double_quant))
-            storage[f"model.layers.{index}.{name}.weight"] = storage_4bit(
-                weight.numel(), double_quant
-            )
+    for site, linear in block_linears(model):
+        weight = linear.weight
+        weight.copy_(dequantized_4bit(weight, quant_type, double_quant))
+        storage[site.weight] = storage_4bit(weight.numel(), double_quant)
     return storage
