@@ -19,15 +19,6 @@ from mpt_core.spec import Spec
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-class FixedCalibration:
-    def __init__(self, nsamples: int = 6, seqlen: int = 20):
-        generator = torch.Generator().manual_seed(0)
-        self._windows = torch.randint(2, 258, (nsamples, seqlen), generator=generator)
-
-    def windows(self, settings) -> torch.Tensor:
-        return self._windows
-
-
 def small_llama(layers: int = 6):
     config = LlamaConfig(
         vocab_size=258,
@@ -56,11 +47,11 @@ def test_angular_distance_is_the_angle_over_pi():
     torch.testing.assert_close(angular_distance(a, b), torch.tensor(expected, dtype=torch.float64))
 
 
-def test_states_are_the_residual_stream_at_the_last_token():
+def test_states_are_the_residual_stream_at_the_last_token(fixed_calibration):
     """x^(ℓ) is what block ℓ receives (HF's hidden_states[ℓ]); x^(L) is the last block's
     output before the final norm."""
     model = small_llama(3)
-    windows = FixedCalibration().windows(None)
+    windows = fixed_calibration(nsamples=6, seqlen=20).windows(None)
     states = last_token_states(model, windows)
     with torch.no_grad():
         hidden = model(windows, output_hidden_states=True, use_cache=False).hidden_states
@@ -71,11 +62,11 @@ def test_states_are_the_residual_stream_at_the_last_token():
     torch.testing.assert_close(final, hidden[3][:, -1], atol=1e-4, rtol=0)
 
 
-def test_identity_blocks_have_distance_zero():
+def test_identity_blocks_have_distance_zero(fixed_calibration):
     model = small_llama(6)
     for index in (2, 3):
         make_identity(decoder_layers(model)[index])
-    states = last_token_states(model, FixedCalibration().windows(None))
+    states = last_token_states(model, fixed_calibration(nsamples=6, seqlen=20).windows(None))
     one, two = block_distances(states, 1), block_distances(states, 2)
     assert len(one) == 6 and len(two) == 5
     assert one[2] == pytest.approx(0, abs=1e-7) and one[3] == pytest.approx(0, abs=1e-7)
@@ -84,14 +75,14 @@ def test_identity_blocks_have_distance_zero():
     assert min(two[i] for i in (0, 1, 3, 4)) > 1e-3
 
 
-def test_distance_is_averaged_over_windows():
+def test_distance_is_averaged_over_windows(fixed_calibration):
     model = small_llama(3)
-    states = last_token_states(model, FixedCalibration().windows(None))
+    states = last_token_states(model, fixed_calibration(nsamples=6, seqlen=20).windows(None))
     per_window = [angular_distance(states[0, w], states[2, w]).item() for w in range(6)]
     assert block_distances(states, 2)[0] == pytest.approx(sum(per_window) / 6)
 
 
-def test_depth_removes_the_contiguous_block_of_smallest_distance():
+def test_depth_removes_the_contiguous_block_of_smallest_distance(fixed_calibration):
     """depth:0.34 on 6 blocks removes round(0.34·6) = 2: the identity pair 3, 4."""
     model = small_llama(6)
     for index in (3, 4):
@@ -99,7 +90,7 @@ def test_depth_removes_the_contiguous_block_of_smallest_distance():
     blocks = list(decoder_layers(model))
     before = model(torch.arange(2, 14)[None], use_cache=False).logits.detach()
 
-    compress(model, Spec.parse("depth:0.34"), FixedCalibration())
+    compress(model, Spec.parse("depth:0.34"), fixed_calibration(nsamples=6, seqlen=20))
 
     assert list(decoder_layers(model)) == [blocks[i] for i in (0, 1, 2, 5)]
     assert model.config.num_hidden_layers == 4
@@ -107,25 +98,29 @@ def test_depth_removes_the_contiguous_block_of_smallest_distance():
     torch.testing.assert_close(after, before, atol=1e-5, rtol=0)
 
 
-def test_the_minimum_is_found_among_all_starts():
+def test_the_minimum_is_found_among_all_starts(fixed_calibration):
     model = small_llama(5)
-    windows = FixedCalibration().windows(None)
+    windows = fixed_calibration(nsamples=6, seqlen=20).windows(None)
     distances = block_distances(last_token_states(model, windows), 2)
     start = min(range(len(distances)), key=distances.__getitem__)
     blocks = list(decoder_layers(model))
-    compress(model, Spec.parse("depth:0.4"), FixedCalibration())
+    compress(model, Spec.parse("depth:0.4"), fixed_calibration(nsamples=6, seqlen=20))
     kept = [blocks[i] for i in range(5) if i not in (start, start + 1)]
     assert list(decoder_layers(model)) == kept
 
 
-def test_heal_trains_only_the_mlps_of_the_remaining_blocks(fresh_tiny):
+def test_heal_trains_only_the_mlps_of_the_remaining_blocks(fresh_tiny, fixed_calibration):
     model = fresh_tiny.model
     snapshot, original = Snapshot(model), state_dict_hash(model)
     before = {
         id(block): (state_dict_hash(block.self_attn), state_dict_hash(block.mlp))
         for block in decoder_layers(model)
     }
-    compress(model, Spec.parse("depth:0.5[heal=lora,steps=4,lr=0.01]"), FixedCalibration())
+    compress(
+        model,
+        Spec.parse("depth:0.5[heal=lora,steps=4,lr=0.01]"),
+        fixed_calibration(nsamples=6, seqlen=20),
+    )
     (block,) = decoder_layers(model)
     attention, mlp = before[id(block)]
     assert state_dict_hash(block.self_attn) == attention
@@ -135,6 +130,10 @@ def test_heal_trains_only_the_mlps_of_the_remaining_blocks(fresh_tiny):
     assert state_dict_hash(model) == original
 
 
-def test_only_the_angular_metric_is_offered():
+def test_only_the_angular_metric_is_offered(fixed_calibration):
     with pytest.raises(SpecError, match="angular"):
-        compress(small_llama(3), Spec.parse("depth:0.3[metric=taylor]"), FixedCalibration())
+        compress(
+            small_llama(3),
+            Spec.parse("depth:0.3[metric=taylor]"),
+            fixed_calibration(nsamples=6, seqlen=20),
+        )

@@ -31,17 +31,6 @@ from mpt_core.storage import dense_numel
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-class FixedCalibration:
-    """Random byte-token windows fixed by the test: no data files needed."""
-
-    def __init__(self, nsamples: int = 8, seqlen: int = 32, seed: int = 0):
-        generator = torch.Generator().manual_seed(seed)
-        self._windows = torch.randint(2, 258, (nsamples, seqlen), generator=generator)
-
-    def windows(self, settings) -> torch.Tensor:
-        return self._windows
-
-
 def linear_weights(model) -> int:
     """Weights of the decoder blocks' linears: what FLAP's ratio is a fraction of."""
     return sum(
@@ -85,11 +74,11 @@ def test_fluctuation_is_the_sample_variance_over_every_token():
     )
 
 
-def test_layer_scores_are_standardized_wifv_pooled_per_head(tiny):
+def test_layer_scores_are_standardized_wifv_pooled_per_head(tiny, fixed_calibration):
     """Against a direct computation: o_proj/down_proj inputs caught on the dense model,
     torch.var over all tokens, squared for attention, standardized per layer, attention
     channels averaged per key/value group (2 query heads of 16 channels in tiny-llama)."""
-    model, windows = tiny.model, FixedCalibration().windows(None)
+    model, windows = tiny.model, fixed_calibration().windows(None)
     stats = dense_layer_stats(model, windows)
     o_inputs = inputs_of(model, windows, "self_attn.o_proj")
     down_inputs = inputs_of(model, windows, "mlp.down_proj")
@@ -117,10 +106,10 @@ def test_ranking_keeps_the_best_units_closest_to_the_target_weight():
     assert not keep_closest_to(scores, weights, 0.99).any()
 
 
-def test_heads_and_channels_of_all_layers_compete_in_one_ranking(fresh_tiny):
+def test_heads_and_channels_of_all_layers_compete_in_one_ranking(fresh_tiny, fixed_calibration):
     """A layer whose MLP channels all score far above everything keeps all of them, and
     the removal falls on the other units: the allocation is adaptive, not per layer."""
-    model, windows = fresh_tiny.model, FixedCalibration().windows(None)
+    model, windows = fresh_tiny.model, fixed_calibration().windows(None)
     stats = dense_layer_stats(model, windows)
     stats[1].mlp_scores = stats[1].mlp_scores + 100
     masks = adaptive_masks(model, stats, 0.4)
@@ -129,14 +118,14 @@ def test_heads_and_channels_of_all_layers_compete_in_one_ranking(fresh_tiny):
 
 
 @pytest.mark.parametrize("ratio", [0.1, 0.3, 0.5, 0.8])
-def test_achieved_reduction_is_the_ratio_within_half_a_unit(fresh_tiny, ratio):
+def test_achieved_reduction_is_the_ratio_within_half_a_unit(fresh_tiny, ratio, fixed_calibration):
     """Removed block-linear weights = R · all of them, to within half the largest unit
     (a key/value group: 2·(2+1)·16·64 = 6144 weights; an MLP channel: 3·64 = 192)."""
     model = fresh_tiny.model
     before, total = linear_weights(model), dense_numel(model)
     group, _ = unit_parameters(decoder_layers(model)[0])
 
-    footprint = compress(model, Spec.parse(f"flap:{ratio}"), FixedCalibration())
+    footprint = compress(model, Spec.parse(f"flap:{ratio}"), fixed_calibration())
 
     removed = before - linear_weights(model)
     assert abs(removed - ratio * before) <= group / 2
@@ -145,10 +134,10 @@ def test_achieved_reduction_is_the_ratio_within_half_a_unit(fresh_tiny, ratio):
     assert footprint.relative_size == pytest.approx(dense_numel(model) / total)
 
 
-def test_bias_compensation_keeps_each_projections_mean_output(fresh_tiny):
+def test_bias_compensation_keeps_each_projections_mean_output(fresh_tiny, fixed_calibration):
     """On the dense inputs of the calibration data, every pruned o_proj and down_proj
     outputs on average what the dense one did (the removed channels' mean, folded)."""
-    model, windows = fresh_tiny.model, FixedCalibration().windows(None)
+    model, windows = fresh_tiny.model, fixed_calibration().windows(None)
     dense_blocks = list(iterate_blocks(model, windows))
     block_inputs = [inputs for _, _, inputs in dense_blocks]
     mlp_inputs = inputs_of(model, windows, "mlp")
@@ -168,7 +157,7 @@ def test_bias_compensation_keeps_each_projections_mean_output(fresh_tiny):
             mean_outputs(b, i, m)
             for b, i, m in zip(decoder_layers(model), block_inputs, mlp_inputs)
         ]
-        compress(model, Spec.parse("flap:0.5"), FixedCalibration())
+        compress(model, Spec.parse("flap:0.5"), fixed_calibration())
         assert any(block.self_attn.o_proj.in_features < 64 for block in decoder_layers(model))
         assert all(block.mlp.down_proj.in_features < 128 for block in decoder_layers(model))
         for block, inputs, mlp_input, (attention, mlp) in zip(
@@ -179,12 +168,12 @@ def test_bias_compensation_keeps_each_projections_mean_output(fresh_tiny):
             torch.testing.assert_close(pruned_mlp, mlp, rtol=0, atol=1e-4)
 
 
-def test_flap_really_narrows_tiny_llama_and_restores_exactly(fresh_tiny):
+def test_flap_really_narrows_tiny_llama_and_restores_exactly(fresh_tiny, fixed_calibration):
     model = fresh_tiny.model
     snapshot, original = Snapshot(model), state_dict_hash(model)
     architecture = [(name, tuple(t.shape)) for name, t in model.state_dict().items()]
 
-    compress(model, Spec.parse("flap:0.5"), FixedCalibration())
+    compress(model, Spec.parse("flap:0.5"), fixed_calibration())
 
     config = model.config
     for index, block in enumerate(decoder_layers(model)):
@@ -211,8 +200,10 @@ def test_flap_really_narrows_tiny_llama_and_restores_exactly(fresh_tiny):
     assert not hasattr(model.config, "intermediate_size_per_layer")
 
 
-def test_a_layer_without_heads_outputs_its_bias_and_generates_with_a_cache(fresh_tiny):
-    model, windows = fresh_tiny.model, FixedCalibration().windows(None)
+def test_a_layer_without_heads_outputs_its_bias_and_generates_with_a_cache(
+    fresh_tiny, fixed_calibration
+):
+    model, windows = fresh_tiny.model, fixed_calibration().windows(None)
     stats = dense_layer_stats(model, windows)
     block = decoder_layers(model)[0]
     prune_attention(block, torch.zeros(2, dtype=torch.bool), stats[0].attention_mean)

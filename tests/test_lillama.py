@@ -39,15 +39,6 @@ SETTINGS = settings(max_examples=15, deadline=None)
 MIN_RANK, STEP = 8, 4  # an eighth and a sixteenth of tiny-llama's hidden size 64
 
 
-class FixedCalibration:
-    def __init__(self, nsamples: int = 8, seqlen: int = 32):
-        generator = torch.Generator().manual_seed(0)
-        self._windows = torch.randint(2, 258, (nsamples, seqlen), generator=generator)
-
-    def windows(self, settings) -> torch.Tensor:
-        return self._windows
-
-
 # ----------------------------------------------------------------------------- rank search
 
 
@@ -104,10 +95,10 @@ def test_l1_cos_is_mean_l1_minus_log_sigmoid_cosine(tokens, width, seed):
     assert l1_cos(a, y) >= l1_cos(y, y)
 
 
-def test_one_step_adds_the_teacher_and_student_input_gradients(tiny):
+def test_one_step_adds_the_teacher_and_student_input_gradients(tiny, fixed_calibration):
     block = copy.deepcopy(decoder_layers(tiny.model)[0])
     teacher = copy.deepcopy(block)
-    inputs = capture_layer0_inputs(tiny.model, FixedCalibration(nsamples=2).windows(None))
+    inputs = capture_layer0_inputs(tiny.model, fixed_calibration(nsamples=2).windows(None))
     teacher_in = inputs.hidden
     student_in = teacher_in + 0.1 * torch.randn_like(teacher_in)
     with torch.no_grad():
@@ -146,9 +137,11 @@ def block_errors(model, teachers, windows) -> dict[int, float]:
     return errors
 
 
-def test_distillation_lowers_every_block_error_below_its_svd_initialisation(fresh_tiny):
+def test_distillation_lowers_every_block_error_below_its_svd_initialisation(
+    fresh_tiny, fixed_calibration
+):
     model = fresh_tiny.model
-    windows = FixedCalibration().windows(None)
+    windows = fixed_calibration().windows(None)
     inputs = capture_layer0_inputs(model, windows)
     with torch.no_grad():
         teachers, _ = factorize(model, search_ranks(model, 0.5, MIN_RANK, STEP))
@@ -166,10 +159,10 @@ def test_distillation_lowers_every_block_error_below_its_svd_initialisation(fres
         assert distilled[index] < initial[index] - 1e-3, (index, initial, distilled)
 
 
-def test_the_best_student_is_restored(fresh_tiny):
+def test_the_best_student_is_restored(fresh_tiny, fixed_calibration):
     """A learning rate that wrecks the blocks: the students keep their best (initial) state."""
     model = fresh_tiny.model
-    windows = FixedCalibration().windows(None)
+    windows = fixed_calibration().windows(None)
     inputs = capture_layer0_inputs(model, windows)
     with torch.no_grad():
         teachers, _ = factorize(model, search_ranks(model, 0.3, MIN_RANK, STEP))
@@ -189,14 +182,14 @@ def test_the_best_student_is_restored(fresh_tiny):
 
 
 @pytest.mark.parametrize("spec", ["lillama:0.3[steps=0]", "lillama:0.5[steps=3]"])
-def test_lillama_meets_the_budget_and_restores(fresh_tiny, spec):
+def test_lillama_meets_the_budget_and_restores(fresh_tiny, spec, fixed_calibration):
     model = fresh_tiny.model
     ratio = Spec.parse(spec).stages[0].ratio
     dense = sum(model.get_parameter(n).numel() for n in block_linear_names(model))
     original_hash = state_dict_hash(model)
     snapshot = Snapshot(model)
 
-    footprint = compress(model, Spec.parse(spec), FixedCalibration())
+    footprint = compress(model, Spec.parse(spec), fixed_calibration())
 
     stored = sum(model.get_parameter(n).numel() for n in block_linear_names(model))
     factorized = [m for m in model.modules() if isinstance(m, LowRankLinear)]

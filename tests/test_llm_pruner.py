@@ -34,17 +34,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 STUDY = Path(__file__).resolve().parents[1] / "baselines" / "study"
 
 
-class FixedCalibration:
-    """Random byte-token windows fixed by the test."""
-
-    def __init__(self, nsamples: int = 4, seqlen: int = 24, seed: int = 0):
-        generator = torch.Generator().manual_seed(seed)
-        self._windows = torch.randint(2, 258, (nsamples, seqlen), generator=generator)
-
-    def windows(self, settings) -> torch.Tensor:
-        return self._windows[: settings["nsamples"]]
-
-
 def small_llama(layers: int = 5, heads: int = 4, kv_heads: int = 2):
     """tiny-llama's widths (hidden 64, MLP 128, head_dim 16) with more blocks."""
     config = LlamaConfig(
@@ -125,10 +114,12 @@ def test_channel_importance_is_w_times_g_over_gate_up_rows_and_down_column():
     torch.testing.assert_close(channel_importance(mlp), expected)
 
 
-def test_gradients_are_those_of_the_mean_calibration_loss():
+def test_gradients_are_those_of_the_mean_calibration_loss(fixed_calibration):
     """One window a pass, summed: the same ∂L/∂W as the whole batch's mean loss at once."""
     model = small_llama(3)
-    windows = FixedCalibration().windows({"nsamples": 4})
+    windows = fixed_calibration(nsamples=4, seqlen=24, honour_nsamples=True).windows(
+        {"nsamples": 4}
+    )
     blocks = list(decoder_layers(model))[1:2]
     accumulate_gradients(model, blocks, windows)
     weight = blocks[0].mlp.down_proj.weight
@@ -143,11 +134,11 @@ def test_gradients_are_those_of_the_mean_calibration_loss():
 # Removal
 
 
-def test_pruning_removes_the_least_important_groups_and_equals_zeroing_them():
+def test_pruning_removes_the_least_important_groups_and_equals_zeroing_them(fixed_calibration):
     """The narrower model computes what the full model computes with the removed heads'
     o_proj columns and the removed channels' down_proj columns set to zero."""
     model = small_llama(4)
-    calibration = FixedCalibration()
+    calibration = fixed_calibration(nsamples=4, seqlen=24, honour_nsamples=True)
     windows = calibration.windows({"nsamples": 4})
     zeroed = copy.deepcopy(model)
     accumulate_gradients(zeroed, list(decoder_layers(zeroed)), windows)
@@ -184,11 +175,15 @@ def test_pruning_removes_the_least_important_groups_and_equals_zeroing_them():
     torch.testing.assert_close(logits_of(model), logits_of(zeroed), rtol=0, atol=1e-5)
 
 
-def test_first_and_last_blocks_are_not_pruned():
+def test_first_and_last_blocks_are_not_pruned(fixed_calibration):
     model = small_llama(6)
     untouched = [model.model.layers[i] for i in (0, 1, 5)]
     hashes = [state_dict_hash(block) for block in untouched]
-    compress(model, Spec.parse("llm_pruner:0.3[nsamples=2,first=2,last=1]"), FixedCalibration())
+    compress(
+        model,
+        Spec.parse("llm_pruner:0.3[nsamples=2,first=2,last=1]"),
+        fixed_calibration(nsamples=4, seqlen=24, honour_nsamples=True),
+    )
     assert [state_dict_hash(block) for block in untouched] == hashes
     assert [w["intermediate_size"] < 128 for w in model.config.layer_widths] == [
         False,
@@ -223,7 +218,7 @@ def test_removed_count_follows_metapruner(units, unit_size, ratio, removed):
 
 
 @pytest.mark.parametrize("ratio", [0.1, 0.2, 0.3, 0.45])
-def test_achieved_reduction_is_the_nearest_to_r_that_whole_units_allow(ratio):
+def test_achieved_reduction_is_the_nearest_to_r_that_whole_units_allow(ratio, fixed_calibration):
     """The removed parameter count is the one nearest R·N among all per-block ratios s,
     and the model really loses exactly that many parameters."""
     model = small_llama(6)
@@ -234,7 +229,9 @@ def test_achieved_reduction_is_the_nearest_to_r_that_whole_units_allow(ratio):
     nearest = min(abs(count - ratio * total) for count in reachable)
 
     compress(
-        model, Spec.parse(f"llm_pruner:{ratio}[nsamples=2,first=1,last=1]"), FixedCalibration()
+        model,
+        Spec.parse(f"llm_pruner:{ratio}[nsamples=2,first=1,last=1]"),
+        fixed_calibration(nsamples=4, seqlen=24, honour_nsamples=True),
     )
 
     removed = total - dense_numel(model)
@@ -242,19 +239,27 @@ def test_achieved_reduction_is_the_nearest_to_r_that_whole_units_allow(ratio):
     assert abs(removed - ratio * total) == pytest.approx(nearest)
 
 
-def test_a_ratio_beyond_the_pruned_blocks_is_a_spec_error():
+def test_a_ratio_beyond_the_pruned_blocks_is_a_spec_error(fixed_calibration):
     model = small_llama(4)
     with pytest.raises(SpecError, match="at most"):
-        compress(model, Spec.parse("llm_pruner:0.7[nsamples=2,first=1,last=1]"), FixedCalibration())
+        compress(
+            model,
+            Spec.parse("llm_pruner:0.7[nsamples=2,first=1,last=1]"),
+            fixed_calibration(nsamples=4, seqlen=24, honour_nsamples=True),
+        )
 
 
 # The whole method
 
 
-def test_pruned_model_generates_with_a_cache_and_restores_exactly(fresh_tiny):
+def test_pruned_model_generates_with_a_cache_and_restores_exactly(fresh_tiny, fixed_calibration):
     model = fresh_tiny.model
     snapshot, original, logits = Snapshot(model), state_dict_hash(model), logits_of(model)
-    footprint = compress(model, Spec.parse("llm_pruner:0.4[nsamples=2]"), FixedCalibration())
+    footprint = compress(
+        model,
+        Spec.parse("llm_pruner:0.4[nsamples=2]"),
+        fixed_calibration(nsamples=4, seqlen=24, honour_nsamples=True),
+    )
     assert footprint.relative_size == pytest.approx(dense_numel(model) / 107072)
     ids = torch.arange(2, 10)[None]
     with torch.no_grad():
@@ -267,8 +272,8 @@ def test_pruned_model_generates_with_a_cache_and_restores_exactly(fresh_tiny):
     assert torch.equal(logits_of(model), logits)
 
 
-def test_recover_lora_fine_tunes_the_pruned_model(fresh_tiny):
-    calibration = FixedCalibration()
+def test_recover_lora_fine_tunes_the_pruned_model(fresh_tiny, fixed_calibration):
+    calibration = fixed_calibration(nsamples=4, seqlen=24, honour_nsamples=True)
     plain = copy.deepcopy(fresh_tiny.model)
     compress(plain, Spec.parse("llm_pruner:0.3[nsamples=2]"), calibration)
     model = fresh_tiny.model

@@ -31,15 +31,6 @@ from mpt_core.storage import dense_numel
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-class FixedCalibration:
-    def __init__(self, nsamples: int = 4, seqlen: int = 24):
-        generator = torch.Generator().manual_seed(0)
-        self._windows = torch.randint(2, 258, (nsamples, seqlen), generator=generator)
-
-    def windows(self, settings) -> torch.Tensor:
-        return self._windows
-
-
 def small_llama(layers: int = 4):
     config = LlamaConfig(
         vocab_size=258,
@@ -230,14 +221,18 @@ def test_frozen_blocks_are_the_authors():
     assert pruned_block_indices(2) == range(0, 1)
 
 
-def test_loraprune_removes_the_nearest_reachable_count_and_restores():
+def test_loraprune_removes_the_nearest_reachable_count_and_restores(fixed_calibration):
     model = small_llama(6)
     total = dense_numel(model)
     shapes = [block_shape(decoder_layers(model)[i]) for i in range(5)]
     reachable = {removed_params(shapes, s, loraprune_count) for s in np.linspace(0, 1, 20001)}
     snapshot, original = Snapshot(model), state_dict_hash(model)
 
-    compress(model, Spec.parse("loraprune:0.3[steps=12,nsamples=4]"), FixedCalibration())
+    compress(
+        model,
+        Spec.parse("loraprune:0.3[steps=12,nsamples=4]"),
+        fixed_calibration(nsamples=4, seqlen=24),
+    )
 
     removed = total - dense_numel(model)
     assert removed in reachable

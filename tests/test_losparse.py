@@ -33,15 +33,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 SETTINGS = settings(max_examples=15, deadline=None)
 
 
-class FixedCalibration:
-    def __init__(self, nsamples: int = 8, seqlen: int = 32):
-        generator = torch.Generator().manual_seed(0)
-        self._windows = torch.randint(2, 258, (nsamples, seqlen), generator=generator)
-
-    def windows(self, settings) -> torch.Tensor:
-        return self._windows
-
-
 def linear_of(weight: torch.Tensor) -> nn.Linear:
     linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False, dtype=weight.dtype)
     with torch.no_grad():
@@ -175,14 +166,14 @@ def calibration_loss(model, windows) -> float:
 
 
 @pytest.mark.parametrize("spec", ["losparse:0.4[steps=0]", "losparse:0.4[steps=6,lr=1e-3]"])
-def test_storage_meets_the_budget_and_restores(fresh_tiny, spec):
+def test_storage_meets_the_budget_and_restores(fresh_tiny, spec, fixed_calibration):
     model = fresh_tiny.model
     shapes = {name: model.get_parameter(name).shape for name in block_linear_names(model)}
     original_hash = state_dict_hash(model)
     total = dense_numel(model)
     snapshot = Snapshot(model)
 
-    footprint = compress(model, Spec.parse(spec), FixedCalibration())
+    footprint = compress(model, Spec.parse(spec), fixed_calibration())
 
     budget = 16 * 0.6 * sum(m * n for m, n in shapes.values())
     largest_row = max(16 * n + math.ceil(math.log2(m)) for m, n in shapes.values())
@@ -200,9 +191,11 @@ def test_storage_meets_the_budget_and_restores(fresh_tiny, spec):
     assert not any(isinstance(module, LoSparseLinear) for module in model.modules())
 
 
-def test_training_lowers_the_calibration_loss_below_the_initialisation(fresh_tiny):
+def test_training_lowers_the_calibration_loss_below_the_initialisation(
+    fresh_tiny, fixed_calibration
+):
     model = fresh_tiny.model
-    calibration = FixedCalibration()
+    calibration = fixed_calibration()
     windows = calibration.windows(None)
     snapshot, losses = Snapshot(model), {}
     for steps in (0, 12):
@@ -212,12 +205,12 @@ def test_training_lowers_the_calibration_loss_below_the_initialisation(fresh_tin
     assert losses[12] < losses[0] - 0.02
 
 
-def test_one_shot_prunes_the_rows_the_loss_is_least_sensitive_to(fresh_tiny):
+def test_one_shot_prunes_the_rows_the_loss_is_least_sensitive_to(fresh_tiny, fixed_calibration):
     """steps=0 keeps, over all layers, the rows of largest mean |S ⊙ ∂L/∂S|."""
     from mpt_core.lowrank.losparse import one_shot_scores, replace_linears
 
     model = fresh_tiny.model
-    windows = FixedCalibration().windows(None)
+    windows = fixed_calibration().windows(None)
     with torch.no_grad():
         layers = replace_linears(model, 0.5, 0.25)
     scores = one_shot_scores(model, layers, windows, batch=4)

@@ -30,17 +30,6 @@ from mpt_core.spec import Spec
 from mpt_core.storage import dense_numel
 
 
-class FixedCalibration:
-    """Calibration windows fixed by the test: random byte tokens, no data files needed."""
-
-    def __init__(self, nsamples: int = 8, seqlen: int = 32, seed: int = 0):
-        generator = torch.Generator().manual_seed(seed)
-        self._windows = torch.randint(2, 258, (nsamples, seqlen), generator=generator)
-
-    def windows(self, settings) -> torch.Tensor:
-        return self._windows
-
-
 def correlated_inputs(n: int, tokens: int, seed: int = 0) -> torch.Tensor:
     """Inputs (tokens × n) with very unequal, correlated channels, as LLM activations are."""
     generator = torch.Generator().manual_seed(seed)
@@ -125,16 +114,16 @@ def test_rank_meets_the_parameter_budget(ratio, shape):
 
 
 @pytest.mark.parametrize("method", ["svd", "svd_llm"])
-def test_ratio_zero_keeps_the_dense_layers(fresh_tiny, method):
+def test_ratio_zero_keeps_the_dense_layers(fresh_tiny, method, fixed_calibration):
     model = fresh_tiny.model
     before = logits_of(model)
-    compress(model, Spec.parse(f"{method}:0.0"), FixedCalibration())
+    compress(model, Spec.parse(f"{method}:0.0"), fixed_calibration())
     assert not any(isinstance(m, LowRankLinear) for m in model.modules())
     torch.testing.assert_close(logits_of(model), before, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("method", ["svd", "svd_llm"])
-def test_factorized_layers_really_store_fewer_parameters(fresh_tiny, method):
+def test_factorized_layers_really_store_fewer_parameters(fresh_tiny, method, fixed_calibration):
     """svd_llm:0.3 on tiny-llama: every block linear becomes k·(m + n) ≤ 0.7·m·n parameters
     (rank rounded down, so the saving is at least 30% and under 30% + (m + n)/(m·n))."""
     model = fresh_tiny.model
@@ -146,7 +135,7 @@ def test_factorized_layers_really_store_fewer_parameters(fresh_tiny, method):
     total_before = dense_numel(model)
     snapshot, original_hash = Snapshot(model), state_dict_hash(model)
 
-    footprint = compress(model, Spec.parse(f"{method}:0.3"), FixedCalibration())
+    footprint = compress(model, Spec.parse(f"{method}:0.3"), fixed_calibration())
 
     removed = 0
     for key, (m, n) in shapes.items():
@@ -170,11 +159,11 @@ def test_factorized_layers_really_store_fewer_parameters(fresh_tiny, method):
     assert block_linear_names(model) == [f"model.layers.{k}.weight" for k in shapes]
 
 
-def test_svd_llm_beats_plain_svd_on_the_calibration_data(fresh_tiny):
+def test_svd_llm_beats_plain_svd_on_the_calibration_data(fresh_tiny, fixed_calibration):
     """The whitened factorization reproduces the model's outputs on the calibration
     windows better than the plain one at the same rank."""
     model = fresh_tiny.model
-    calibration = FixedCalibration(nsamples=16)
+    calibration = fixed_calibration(nsamples=16)
     windows = calibration.windows(None)
     with torch.no_grad():
         dense = model(windows).logits
@@ -244,9 +233,11 @@ def test_asvd_search_takes_the_least_harmful_pairs_within_the_budget():
         search_ratios(pairs, numel, target=0.3)
 
 
-def test_asvd_sensitivity_is_the_models_loss_with_one_layer_factorized(fresh_tiny):
+def test_asvd_sensitivity_is_the_models_loss_with_one_layer_factorized(
+    fresh_tiny, fixed_calibration
+):
     model = fresh_tiny.model
-    windows = FixedCalibration(nsamples=4).windows(None)
+    windows = fixed_calibration(nsamples=4).windows(None)
     scales = activation_scales(model, windows)
     pairs = sensitivity(model, windows, scales, alpha=0.5)
     assert len(pairs) == 2 * 7 * 6
@@ -261,12 +252,12 @@ def test_asvd_sensitivity_is_the_models_loss_with_one_layer_factorized(fresh_tin
     assert loss == pytest.approx(nll.item(), rel=1e-5)
 
 
-def test_asvd_meets_the_budget_and_restores(fresh_tiny):
+def test_asvd_meets_the_budget_and_restores(fresh_tiny, fixed_calibration):
     model = fresh_tiny.model
     linears = sum(model.get_parameter(name).numel() for name in block_linear_names(model))
     total = dense_numel(model)
     snapshot, original_hash = Snapshot(model), state_dict_hash(model)
-    compress(model, Spec.parse("asvd:0.3[nsamples=4]"), FixedCalibration())
+    compress(model, Spec.parse("asvd:0.3[nsamples=4]"), fixed_calibration())
     factorized = [m for m in model.modules() if isinstance(m, LowRankLinear)]
     assert factorized
     assert total - dense_numel(model) >= 0.3 * linears - sum(
@@ -278,12 +269,12 @@ def test_asvd_meets_the_budget_and_restores(fresh_tiny):
 
 
 def test_asvd_sensitivity_is_computed_once_per_dense_model_and_matches_a_fresh_search(
-    fresh_tiny, monkeypatch
+    fresh_tiny, monkeypatch, fixed_calibration
 ):
     """Two ratios of one restored model share the sensitivity table; changed weights do
     not; and a cached run gives the very weights a fresh run gives."""
     model = fresh_tiny.model
-    snapshot, calibration = Snapshot(model), FixedCalibration(nsamples=4)
+    snapshot, calibration = Snapshot(model), fixed_calibration(nsamples=4)
     calls = []
     real = asvd_module.sensitivity
     monkeypatch.setattr(asvd_module, "sensitivity", lambda *a: calls.append(1) or real(*a))

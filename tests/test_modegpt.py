@@ -33,15 +33,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 SETTINGS = settings(max_examples=15, deadline=None)
 
 
-class FixedCalibration:
-    def __init__(self, nsamples: int = 8, seqlen: int = 32):
-        generator = torch.Generator().manual_seed(0)
-        self._windows = torch.randint(2, 258, (nsamples, seqlen), generator=generator)
-
-    def windows(self, settings) -> torch.Tensor:
-        return self._windows
-
-
 def activations(tokens: int, width: int, seed: int) -> torch.Tensor:
     """Correlated activations with very unequal channels, as LLM activations are."""
     generator = torch.Generator().manual_seed(seed)
@@ -254,7 +245,7 @@ def logits_of(model) -> torch.Tensor:
         return model(ids, use_cache=False).logits
 
 
-def test_full_width_block_reproduces_the_model(fresh_tiny):
+def test_full_width_block_reproduces_the_model(fresh_tiny, fixed_calibration):
     """Keeping every channel, pair and head dimension, the three decompositions rebuild the
     block exactly (up to float rounding): nothing but the selection loses information."""
     from mpt_core.engine.layerwise import collect_stats, iterate_blocks
@@ -262,7 +253,7 @@ def test_full_width_block_reproduces_the_model(fresh_tiny):
 
     model = fresh_tiny.model
     before = logits_of(model)
-    for index, block, inputs in iterate_blocks(model, FixedCalibration().windows(None)):
+    for index, block, inputs in iterate_blocks(model, fixed_calibration().windows(None)):
         stats = collect_stats(block, inputs, lambda site, lin: ModuleStats(site.name, lin), index)
         width = widths(block, 1.0)
         compress_mlp(block, stats, width["mlp"], ridge=1e-2)
@@ -272,14 +263,16 @@ def test_full_width_block_reproduces_the_model(fresh_tiny):
 
 
 @pytest.mark.parametrize("ratio", [0.2, 0.5])
-def test_modegpt_stores_one_minus_r_of_the_linears_and_restores(fresh_tiny, ratio):
+def test_modegpt_stores_one_minus_r_of_the_linears_and_restores(
+    fresh_tiny, ratio, fixed_calibration
+):
     model = fresh_tiny.model
     names = block_linear_names(model)
     linears = sum(model.get_parameter(name).numel() for name in names)
     original_hash, original_logits = state_dict_hash(model), logits_of(model)
     snapshot = Snapshot(model)
 
-    footprint = compress(model, Spec.parse(f"modegpt:{ratio}"), FixedCalibration())
+    footprint = compress(model, Spec.parse(f"modegpt:{ratio}"), fixed_calibration())
 
     kept = sum(model.get_parameter(name).numel() for name in block_linear_names(model))
     # rounding: half a MLP channel (3·64 values), half a RoPE pair and half a value dimension
@@ -298,11 +291,11 @@ def test_modegpt_stores_one_minus_r_of_the_linears_and_restores(fresh_tiny, rati
     assert not hasattr(model.config, "modegpt_layout")
 
 
-def test_modegpt_beats_plain_svd_at_the_same_size(fresh_tiny):
+def test_modegpt_beats_plain_svd_at_the_same_size(fresh_tiny, fixed_calibration):
     """On the calibration windows the compressed model stays closer to the dense one than
     truncated SVD of every matrix with the same parameter count."""
     model = fresh_tiny.model
-    calibration = FixedCalibration(nsamples=16)
+    calibration = fixed_calibration(nsamples=16)
     windows = calibration.windows(None)
     with torch.no_grad():
         dense = model(windows).logits

@@ -41,17 +41,6 @@ SAMPLES = 20_000
 DRAWS = 1000
 
 
-class FixedCalibration:
-    """Random byte-token windows fixed by the test: no data files needed."""
-
-    def __init__(self, nsamples: int = 4, seqlen: int = 16, seed: int = 0):
-        generator = torch.Generator().manual_seed(seed)
-        self._windows = torch.randint(2, 258, (nsamples, seqlen), generator=generator)
-
-    def windows(self, settings) -> torch.Tensor:
-        return self._windows
-
-
 def gate(log_alpha: float) -> HardConcrete:
     mask = HardConcrete((SAMPLES,), SAMPLES, torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -236,7 +225,7 @@ def test_pruned_model_computes_what_the_masked_model_did(tied):
     assert (model.lm_head.weight is model.model.embed_tokens.weight) == tied
 
 
-def test_sheared_cuts_tiny_llama_to_a_loadable_target_and_restores(fresh_tiny):
+def test_sheared_cuts_tiny_llama_to_a_loadable_target_and_restores(fresh_tiny, fixed_calibration):
     """sheared:0.5[steps=4]: the model is the target shape, its config describes it (a
     fresh LlamaForCausalLM from the config loads the weights and computes the same logits),
     and the snapshot brings back the original."""
@@ -244,7 +233,9 @@ def test_sheared_cuts_tiny_llama_to_a_loadable_target_and_restores(fresh_tiny):
     snapshot, original = Snapshot(model), state_dict_hash(model)
     target = target_shape(model_shape(model), 0.5)
 
-    footprint = compress(model, Spec.parse("sheared:0.5[steps=4]"), FixedCalibration())
+    footprint = compress(
+        model, Spec.parse("sheared:0.5[steps=4]"), fixed_calibration(nsamples=4, seqlen=16)
+    )
 
     assert model_shape(model) == target
     rebuilt = LlamaForCausalLM(model.config).eval()
@@ -259,14 +250,21 @@ def test_sheared_cuts_tiny_llama_to_a_loadable_target_and_restores(fresh_tiny):
     assert model.config.hidden_size == 64
 
 
-def test_training_moves_weights_and_gates_and_leaves_no_trace():
+def test_training_moves_weights_and_gates_and_leaves_no_trace(fixed_calibration):
     model = tiny_llama(tied=False)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     base = model_shape(model)
     masks = ShearingMasks(base, target_shape(base, 0.5), torch.Generator().manual_seed(0))
     log_alpha = masks.masks["intermediate"].log_alpha.detach().clone()
 
-    train_masks(model, masks, FixedCalibration().windows(None), steps=6, batch=2, seed=0)
+    train_masks(
+        model,
+        masks,
+        fixed_calibration(nsamples=4, seqlen=16).windows(None),
+        steps=6,
+        batch=2,
+        seed=0,
+    )
 
     assert not torch.equal(masks.masks["intermediate"].log_alpha, log_alpha)
     moved = [not torch.equal(p, before[name]) for name, p in model.named_parameters()]
@@ -288,11 +286,11 @@ def test_lr_factor_warms_up_linearly_then_decays_to_the_floor(steps, warmup):
     assert all(0.1 - 1e-12 <= factor <= 1 for factor in decay)
 
 
-def test_continued_pretraining_lowers_the_loss_and_leaves_the_weights_frozen():
+def test_continued_pretraining_lowers_the_loss_and_leaves_the_weights_frozen(fixed_calibration):
     model = tiny_llama(tied=True)
     for param in model.parameters():
         param.requires_grad_(False)
-    windows = FixedCalibration(nsamples=4, seqlen=32).windows(None)
+    windows = fixed_calibration(nsamples=4, seqlen=32).windows(None)
     with torch.no_grad():
         before = language_loss(model, windows).item()
 
@@ -304,18 +302,24 @@ def test_continued_pretraining_lowers_the_loss_and_leaves_the_weights_frozen():
     assert all(not p.requires_grad and p.grad is None for p in model.parameters())
 
 
-def test_recover_steps_train_the_cut_model_and_keep_its_shape():
+def test_recover_steps_train_the_cut_model_and_keep_its_shape(fixed_calibration):
     """`recover_steps` is the recovery budget: the same cut, then different weights."""
     pruned, recovered = tiny_llama(tied=False), tiny_llama(tied=False)
-    compress(pruned, Spec.parse("sheared:0.5[steps=4]"), FixedCalibration())
-    compress(recovered, Spec.parse("sheared:0.5[steps=4,recover_steps=3]"), FixedCalibration())
+    compress(pruned, Spec.parse("sheared:0.5[steps=4]"), fixed_calibration(nsamples=4, seqlen=16))
+    compress(
+        recovered,
+        Spec.parse("sheared:0.5[steps=4,recover_steps=3]"),
+        fixed_calibration(nsamples=4, seqlen=16),
+    )
 
     assert model_shape(recovered) == model_shape(pruned)
     assert not torch.equal(logits_of(recovered), logits_of(pruned))
 
 
-def test_a_negative_recovery_budget_is_refused():
+def test_a_negative_recovery_budget_is_refused(fixed_calibration):
     with pytest.raises(SpecError, match="recover_steps=-1 .*0 or more"):
         compress(
-            tiny_llama(tied=False), Spec.parse("sheared:0.5[recover_steps=-1]"), FixedCalibration()
+            tiny_llama(tied=False),
+            Spec.parse("sheared:0.5[recover_steps=-1]"),
+            fixed_calibration(nsamples=4, seqlen=16),
         )

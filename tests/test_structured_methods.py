@@ -21,17 +21,6 @@ from mpt_core.spec import Spec
 from mpt_core.storage import dense_numel
 
 
-class FixedCalibration:
-    """Calibration windows fixed by the test: random byte tokens, no data files needed."""
-
-    def __init__(self, nsamples: int = 8, seqlen: int = 32, seed: int = 0):
-        generator = torch.Generator().manual_seed(seed)
-        self._windows = torch.randint(2, 258, (nsamples, seqlen), generator=generator)
-
-    def windows(self, settings) -> torch.Tensor:
-        return self._windows
-
-
 def deep_tiny(layers: int = 5, tied: bool = False):
     """tiny-llama's shape with more blocks (block choice needs more than two)."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -70,9 +59,9 @@ def calibration_nll(model, windows: torch.Tensor) -> float:
 # ShortGPT
 
 
-def test_shortgpt_removes_exactly_the_lowest_block_influence():
+def test_shortgpt_removes_exactly_the_lowest_block_influence(fixed_calibration):
     model = deep_tiny(6)
-    calibration = FixedCalibration()
+    calibration = fixed_calibration()
     influence = block_influence(model, calibration.windows(None))
     blocks = list(decoder_layers(model))
     keep = sorted(sorted(range(6), key=influence.__getitem__)[3:])
@@ -83,9 +72,9 @@ def test_shortgpt_removes_exactly_the_lowest_block_influence():
     assert model.config.num_hidden_layers == 3
 
 
-def test_block_influence_is_one_minus_cosine_of_block_input_and_output():
+def test_block_influence_is_one_minus_cosine_of_block_input_and_output(fixed_calibration):
     model = deep_tiny(3)
-    windows = FixedCalibration().windows(None)
+    windows = fixed_calibration().windows(None)
     with torch.no_grad():
         states = model(windows, output_hidden_states=True, use_cache=False).hidden_states
     # hidden_states[i] enters block i; the last entry is after the final norm, so block 2's
@@ -99,11 +88,11 @@ def test_block_influence_is_one_minus_cosine_of_block_input_and_output():
 # SLEB
 
 
-def test_sleb_tail_loss_is_the_models_loss():
+def test_sleb_tail_loss_is_the_models_loss(fixed_calibration):
     """The per-candidate shortcut (start from the cached input of the candidate) gives the
     same calibration loss as running the whole model without that block."""
     model = deep_tiny(5)
-    windows = FixedCalibration().windows(None)
+    windows = fixed_calibration().windows(None)
     alive = list(range(5))
     entering = inputs_of_alive_blocks(model, alive, windows)
     blocks = decoder_layers(model)
@@ -114,9 +103,9 @@ def test_sleb_tail_loss_is_the_models_loss():
         assert fast == pytest.approx(calibration_nll(without, windows), rel=1e-5)
 
 
-def test_sleb_removes_the_block_whose_absence_costs_least_each_round():
+def test_sleb_removes_the_block_whose_absence_costs_least_each_round(fixed_calibration):
     model = deep_tiny(6)
-    windows = FixedCalibration().windows(None)
+    windows = fixed_calibration().windows(None)
     reference = copy.deepcopy(model)
     # brute force, as the authors' loop: every candidate off in turn, the best goes
     expected = []
@@ -132,7 +121,7 @@ def test_sleb_removes_the_block_whose_absence_costs_least_each_round():
     alive = list(range(6))
     assert alive[least_harmful(model, alive, windows, 1, 1)] == expected[0]
 
-    compress(model, Spec.parse("sleb:0.3"), FixedCalibration())
+    compress(model, Spec.parse("sleb:0.3"), fixed_calibration())
 
     kept = [blocks[i] for i in range(6) if i not in expected]
     assert list(decoder_layers(model)) == kept
@@ -161,7 +150,7 @@ def test_block_count_rounds_to_whole_blocks(ratio, layers, removed):
     assert blocks_to_remove(model, ratio) == removed
 
 
-def test_shortgpt_on_tiny_llama_removes_one_of_two_blocks_for_real(fresh_tiny):
+def test_shortgpt_on_tiny_llama_removes_one_of_two_blocks_for_real(fresh_tiny, fixed_calibration):
     """shortgpt:0.25 on the 2-block tiny model: round(0.25·2) = 1 block goes; the parameter
     count and footprint drop by exactly that block's parameters."""
     model = fresh_tiny.model
@@ -169,7 +158,7 @@ def test_shortgpt_on_tiny_llama_removes_one_of_two_blocks_for_real(fresh_tiny):
     per_block = [sum(p.numel() for p in block.parameters()) for block in decoder_layers(model)]
     snapshot, original = Snapshot(model), state_dict_hash(model)
 
-    footprint = compress(model, Spec.parse("shortgpt:0.25"), FixedCalibration())
+    footprint = compress(model, Spec.parse("shortgpt:0.25"), fixed_calibration())
 
     assert len(decoder_layers(model)) == model.config.num_hidden_layers == 1
     assert dense_numel(model) == total - per_block[0]
@@ -192,19 +181,19 @@ def test_folding_norms_leaves_outputs_unchanged():
 
 
 @pytest.mark.parametrize("tied", [False, True])
-def test_slicegpt_rotation_without_slicing_is_invariant(tied):
+def test_slicegpt_rotation_without_slicing_is_invariant(tied, fixed_calibration):
     """Computational invariance (the paper's Theorem 1): rotating every block into its PCA
     basis and keeping all d dimensions leaves the outputs unchanged to 1e-4."""
     model = deep_tiny(3, tied=tied)
     before = logits_of(model)
     fold_norms(model)
-    rotate_and_slice(model, FixedCalibration().windows(None), dimension=64)
+    rotate_and_slice(model, fixed_calibration().windows(None), dimension=64)
     embed = model.model.embed_tokens.weight
     assert not torch.allclose(embed, deep_tiny(3, tied=tied).model.embed_tokens.weight)
     torch.testing.assert_close(logits_of(model), before, rtol=0, atol=1e-4)
 
 
-def test_slicegpt_really_narrows_tiny_llama(fresh_tiny):
+def test_slicegpt_really_narrows_tiny_llama(fresh_tiny, fixed_calibration):
     """slicegpt:0.3 on tiny-llama (d = 64): d' = ⌊0.7·64⌋ = 44, rounded down to a multiple
     of 8: 40 (37.5% of the dimension sliced). Every matrix reading or writing the stream
     loses those rows/columns; the shortcut matrices (40×40, and 40×64 into the full-width
@@ -216,7 +205,7 @@ def test_slicegpt_really_narrows_tiny_llama(fresh_tiny):
     total = dense_numel(model)
     snapshot, original = Snapshot(model), state_dict_hash(model)
 
-    footprint = compress(model, Spec.parse("slicegpt:0.3"), FixedCalibration())
+    footprint = compress(model, Spec.parse("slicegpt:0.3"), fixed_calibration())
 
     layers = decoder_layers(model)
     for index, block in enumerate(layers):
@@ -249,9 +238,9 @@ def test_slicegpt_really_narrows_tiny_llama(fresh_tiny):
     assert not hasattr(model.config, "sliced_hidden_size")
 
 
-def test_slicegpt_keeps_the_model_close_at_small_ratios():
+def test_slicegpt_keeps_the_model_close_at_small_ratios(fixed_calibration):
     model = deep_tiny(3)
-    calibration = FixedCalibration(nsamples=16)
+    calibration = fixed_calibration(nsamples=16)
     windows = calibration.windows(None)
     dense = calibration_nll(model, windows)
     compress(model, Spec.parse("slicegpt:0.1"), calibration)
