@@ -253,14 +253,14 @@ NOISE_HEADER = ("model", "dataset", "spec", "metric", "spread", "values")
 
 
 def noise_path(csv_path: str | Path) -> Path:
-    """The noise floors of a CPU-tier CSV (``quant.csv`` -> ``quant.noise.csv``)."""
+    """The noise floors of a CPU-tier CSV (``quant.csv`` -> ``quant.noise.txt``)."""
     path = Path(csv_path)
-    return path.with_name(f"{path.stem}.noise.csv")
+    return path.with_name(f"{path.stem}.noise.txt")
 
 
 class NoiseFloors:
     """Each CPU-tier point's spread under float-order perturbations (threads, calibration
-    batch), from the CSV's ``.noise.csv`` written by ``mpt baselines noise``; read once."""
+    batch), from the CSV's ``.noise.txt`` written by ``mpt baselines noise``; read once."""
 
     def __init__(self):
         self._files: dict[Path, dict[tuple, float]] = {}

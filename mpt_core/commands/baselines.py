@@ -63,7 +63,7 @@ def register(subparsers) -> None:
 
 
 def run_noise(args: argparse.Namespace) -> int:
-    """Write ``<csv>.noise.csv``: each point's spread over threads 1/2 and calibration
+    """Write ``<csv>.noise.txt``: each point's spread over threads 1/2 and calibration
     batch 1/8 (``mpt_core.harness.noise``)."""
     from mpt_core.harness.noise import measure_noise
 

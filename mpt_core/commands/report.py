@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mpt_core import baselines, verdict
+from mpt_core import baselines
 from mpt_core.errors import MptError
+from mpt_core.harness import policy
 from mpt_core.records import read
 from mpt_core.reporting.report import Cell, tables
 
@@ -30,8 +31,8 @@ def run(args: argparse.Namespace) -> int:
     if not records:
         raise MptError(f"{args.results} holds no records")
     rows = _baseline_rows(args.baselines) if args.baselines else {}
-    footprints = baselines.BaselineRecords()
-    cells = [_cell(record, records, rows, footprints) for record in records]
+    footprints, noise = baselines.BaselineRecords(), baselines.NoiseFloors()
+    cells = [_cell(record, records, rows, footprints, noise) for record in records]
     text = tables(cells)
     if args.out:
         Path(args.out).write_text(text, encoding="utf-8")
@@ -52,8 +53,9 @@ def _key(point) -> tuple:
     return (point.model, point.dataset, point.spec, point.metric)
 
 
-def _cell(record, records: list, rows: dict, footprints: baselines.BaselineRecords) -> Cell:
-    """The record as a table cell; against a baseline row, judged by ``verdict.judge``."""
+def _cell(record, records: list, rows: dict, footprints, noise) -> Cell:
+    """The record as a table cell; against a baseline row, judged as the pytest plugin
+    judges it (``policy.judge_row``)."""
     row = rows.get(_key(record))
     if row is None:
         return Cell(record.model, record.dataset, record.spec, record.metric, record.value)
@@ -67,13 +69,13 @@ def _cell(record, records: list, rows: dict, footprints: baselines.BaselineRecor
         None,
     )
     dense_row = rows.get((record.model, record.dataset, "dense", record.metric))
-    baseline_record = footprints.of(row)
-    passed = verdict.judge(
+    passed = policy.judge_row(
+        row,
         record,
-        row.value,
         dense_measured=dense,
         dense_baseline=dense_row.value if dense_row else None,
-        baseline_footprint=baseline_record.footprint if baseline_record else None,
+        baseline_record=footprints.of(row),
+        noise=noise.of(row),
     ).passed
     return Cell(
         record.model, record.dataset, record.spec, record.metric, record.value, row.value, passed

@@ -55,8 +55,8 @@ def grid_rtol(path: Path) -> float | None:
     for line in path.read_text(encoding="utf-8").splitlines():
         if line.startswith("# rtol:"):
             try:
-                return float(line.removeprefix("# rtol:"))
-            except ValueError:
+                return float(line.removeprefix("# rtol:").split()[0])
+            except (ValueError, IndexError):
                 raise BaselineError(f"{path}: # rtol: must be a number") from None
     return None
 

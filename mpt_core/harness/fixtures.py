@@ -11,7 +11,7 @@ from mpt_core.harness import collection, policy
 from mpt_core.harness.curve_check import CurveVerdict, check_curve
 from mpt_core.harness.curve_rows import BaselineCurve
 from mpt_core.harness.state import MptState
-from mpt_core.verdict import Verdict, judge
+from mpt_core.verdict import Verdict
 
 _DENSE = pytest.StashKey[policy.DenseBaselines]()
 _RECORDS = pytest.StashKey[baselines.BaselineRecords]()
@@ -61,17 +61,17 @@ def measure_row(state: MptState, config, row: BaselineRow, spec: str | None = No
 
 def judge_row(state: MptState, config, row: BaselineRow) -> Verdict:
     """Measure ``row`` and dense under its protocol and judge the point (value, regime,
-    recovery, footprint) with ``verdict.judge``; the outcome is kept for the report."""
+    recovery, footprint) with ``policy.judge_row``; the outcome is kept for the report."""
     record = measure_row(state, config, row)
     dense = measure_row(state, config, row, "dense")
-    baseline_record = baseline_records(config).of(row)
-    verdict = judge(
+    verdict = policy.judge_row(
+        row,
         record,
-        row.value,
-        rtol=policy.tolerance(row, config.getoption("--mpt-rtol"), noise_floors(config).of(row)),
         dense_measured=dense.value,
         dense_baseline=dense_baselines(config).of(row),
-        baseline_footprint=baseline_record.footprint if baseline_record else None,
+        baseline_record=baseline_records(config).of(row),
+        rtol_option=config.getoption("--mpt-rtol"),
+        noise=noise_floors(config).of(row),
     )
     state.keep_verdict(row, record, verdict)
     return verdict

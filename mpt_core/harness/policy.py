@@ -13,7 +13,7 @@ from mpt_core import baselines, registry
 from mpt_core.baselines import BaselineRow
 from mpt_core.models import DEFAULT_STUDY_SEQLEN, STUDY_SEQLEN, study_checkpoint
 from mpt_core.spec import Spec
-from mpt_core.verdict import DEFAULT_RTOL, NOISE_MULTIPLE
+from mpt_core.verdict import DEFAULT_RTOL, NOISE_MULTIPLE, Verdict, judge
 
 DEFAULT_CPU_WINDOWS = 8
 DEFAULT_CPU_SEQLEN = 512
@@ -70,6 +70,28 @@ def tolerance(row: BaselineRow, rtol_option: float | None, noise: float | None =
     if row.metric in baselines.DOWNSTREAM_METRICS and row.value:
         return max(rtol, stderr / row.value)
     return rtol
+
+
+def judge_row(
+    row: BaselineRow,
+    record,
+    *,
+    dense_measured: float | None,
+    dense_baseline: float | None,
+    baseline_record=None,
+    rtol_option: float | None = None,
+    noise: float | None = None,
+) -> Verdict:
+    """A measured record against its baseline row: the row's tolerance (``tolerance``), its
+    table's dense values, and the footprint of the record the row was written from."""
+    return judge(
+        record,
+        row.value,
+        rtol=tolerance(row, rtol_option, noise),
+        dense_measured=dense_measured,
+        dense_baseline=dense_baseline,
+        baseline_footprint=baseline_record.footprint if baseline_record else None,
+    )
 
 
 class DenseBaselines:
