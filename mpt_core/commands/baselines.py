@@ -59,6 +59,12 @@ def register(subparsers) -> None:
     )
     add_model_arguments(noise)
     noise.add_argument("--csv", required=True, help="a CPU-tier baseline CSV of that model")
+    noise.add_argument(
+        "--specs", default=None, help="only these specs (comma list; default: every row)"
+    )
+    noise.add_argument(
+        "--datasets", default=None, help="only these datasets (comma list; default: every row)"
+    )
     noise.set_defaults(func=run_noise, dataset=None)
 
 
@@ -70,7 +76,15 @@ def run_noise(args: argparse.Namespace) -> int:
     csv_path = Path(args.csv)
     if not csv_path.is_file():
         raise MptError(f"--csv {csv_path} does not exist")
-    path = measure_noise(open_session(args), csv_path, args.windows)
+    specs = _comma_set(args.specs)
+    datasets = _comma_set(args.datasets)
+
+    def keep(row) -> bool:
+        return (specs is None or row.spec in specs) and (
+            datasets is None or row.dataset in datasets
+        )
+
+    path = measure_noise(open_session(args), csv_path, args.windows, keep)
     print(f"wrote {path}")
     return 0
 
@@ -107,6 +121,26 @@ def run_record(args: argparse.Namespace) -> int:
     count = write_csv(records_path, out, args.family, command, specs, rtol)
     print(f"wrote {count} rows to {out}")
     return 0
+
+
+def _comma_set(text: str | None) -> set[str] | None:
+    """A comma list as a set of canonical specs or names; None when not given."""
+    if text is None:
+        return None
+    return {str(Spec.parse(part)) if ":" in part else part for part in _split(text)}
+
+
+def _split(text: str) -> list[str]:
+    """Split at the commas outside brackets (``rtn:4[group=64,sym]`` stays whole)."""
+    parts, depth, current = [], 0, ""
+    for char in text:
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            parts.append(current.strip())
+            current = ""
+        else:
+            current += char
+    return [part for part in [*parts, current.strip()] if part]
 
 
 def _record_tasks(session, specs, tasks, records_path, out, family, command) -> int:

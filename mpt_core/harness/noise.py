@@ -51,20 +51,36 @@ def spread(baseline: float, values: list[float]) -> float:
     return (max(every) - min(every)) / abs(baseline) if baseline else math.inf
 
 
-def measure_noise(session, csv_path: Path, windows: int | None) -> Path:
-    """Measure each point of ``csv_path`` under every perturbation; write its noise file."""
+def measure_noise(session, csv_path: Path, windows: int | None, keep=lambda row: True) -> Path:
+    """Measure each point of ``csv_path`` that ``keep`` selects under every perturbation
+    and write its noise file; rows measured before keep their lines (resumable)."""
     rows = [row for row in load_file(csv_path, "cpu") if row.metric == "ppl"]
-    values: dict[tuple, list[float]] = {_key(row): [] for row in rows}
-    for spec in dict.fromkeys(row.spec for row in rows):
-        datasets = sorted({row.dataset for row in rows if row.spec == spec})
+    path = noise_path(csv_path)
+    values = _read_values(path)
+    todo = [row for row in rows if keep(row) and _key(row) not in values]
+    for spec in dict.fromkeys(row.spec for row in todo):
+        datasets = sorted({row.dataset for row in todo if row.spec == spec})
+        found: dict[tuple, list[float]] = {}
         for threads, batch in PERTURBATIONS:
             with perturbed(threads, batch):
                 records = session.measure_datasets(Spec.parse(spec), datasets, windows)
             for record in records:
-                values[(record.model, record.dataset, spec, "ppl")].append(record.value)
-    path = noise_path(csv_path)
-    path.write_text(noise_text(rows, values), encoding="utf-8")
+                found.setdefault((record.model, record.dataset, spec, "ppl"), []).append(
+                    record.value
+                )
+        values |= found
+        path.write_text(noise_text(rows, values), encoding="utf-8")
     return path
+
+
+def _read_values(path: Path) -> dict[tuple, list[float]]:
+    if not path.is_file():
+        return {}
+    body = [line for line in path.read_text(encoding="utf-8").splitlines() if line[:1] != "#"]
+    return {
+        tuple(cells[:4]): [float(value) for value in cells[5].split()]
+        for cells in csv.reader(body[1:])
+    }
 
 
 def noise_text(rows: list[BaselineRow], values: dict[tuple, list[float]]) -> str:
@@ -77,6 +93,8 @@ def noise_text(rows: list[BaselineRow], values: dict[tuple, list[float]]) -> str
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(NOISE_HEADER)
     for row in rows:
+        if _key(row) not in values:
+            continue
         measured = values[_key(row)]
         cells = " ".join(f"{value:.6g}" for value in measured)
         writer.writerow([*_key(row), f"{spread(row.value, measured):.3g}", cells])
