@@ -69,6 +69,7 @@ class BaselineRow:
     file: str = ""
     limit: int | None = None  # accuracy rows: lm-eval's limit (None: every question)
     rtol: float | None = None  # the file's declared tolerance (``# rtol:``), if any
+    min_recovery: float | None = None  # the file's recovery gate (``# min_recovery:``)
 
     @property
     def value(self) -> float | None:
@@ -124,20 +125,23 @@ def load_file(path: str | Path, tier: str) -> list[BaselineRow]:
         raise BaselineError(f"{path}: header must be {','.join(HEADER)}; found {','.join(header)}")
     windows = int(meta["windows"]) if "windows" in meta else None
     rows = [_row(path, number, cells, tier, windows) for number, cells in enumerate(reader, 2)]
-    if "rtol" in meta:
-        rows = [replace(row, rtol=_declared_rtol(meta["rtol"], path)) for row in rows]
+    for key in ("rtol", "min_recovery"):
+        if key in meta:
+            value = _declared_number(key, meta[key], path)
+            rows = [replace(row, **{key: value}) for row in rows]
     limits = task_limits(meta.get("limits", ""), where=f"{path}: # limits")
     return [replace(row, limit=limits.get(row.dataset)) for row in rows] if limits else rows
 
 
-def _declared_rtol(text: str, path: Path) -> float:
+def _declared_number(key: str, text: str, path: Path) -> float:
+    """A number a file declares for its rows (``# rtol: 0.001``, ``# min_recovery: 0.95``)."""
     try:
-        rtol = float(text)
-    except ValueError:
-        rtol = math.nan
-    if not (math.isfinite(rtol) and rtol >= 0):
-        raise BaselineError(f"{path}: # rtol: {text!r} must be a number, 0 or more")
-    return rtol
+        number = float(text.split()[0])
+    except (ValueError, IndexError):
+        number = math.nan
+    if not (math.isfinite(number) and number >= 0):
+        raise BaselineError(f"{path}: # {key}: {text!r} must be a number, 0 or more")
+    return number
 
 
 def task_limits(text: str, where: str = "tasks") -> dict[str, int | None]:

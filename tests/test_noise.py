@@ -55,6 +55,9 @@ def test_a_declared_rtol_is_read_and_a_bad_one_is_one_line(tmp_path):
     good = tmp_path / "combined.csv"
     good.write_text("# rtol: 0.0001\n" + text, encoding="utf-8")
     assert {row.rtol for row in baselines.load_file(good, "cpu")} == {1e-4}
+    gated = tmp_path / "semi.csv"
+    gated.write_text("# min_recovery: 0.95\n" + text, encoding="utf-8")
+    assert {row.min_recovery for row in baselines.load_file(gated, "cpu")} == {0.95}
     bad = tmp_path / "quant.csv"
     bad.write_text("# rtol: tight\n" + text, encoding="utf-8")
     with pytest.raises(BaselineError, match=r"quant.csv: # rtol: 'tight'"):

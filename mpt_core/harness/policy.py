@@ -83,7 +83,8 @@ def judge_row(
     noise: float | None = None,
 ) -> Verdict:
     """A measured record against its baseline row: the row's tolerance (``tolerance``), its
-    table's dense values, and the footprint of the record the row was written from."""
+    table's dense values, the footprint of the record the row was written from, and the
+    file's recovery gate (``# min_recovery:``, llm-compressor's recovery test)."""
     return judge(
         record,
         row.value,
@@ -91,6 +92,7 @@ def judge_row(
         dense_measured=dense_measured,
         dense_baseline=dense_baseline,
         baseline_footprint=baseline_record.footprint if baseline_record else None,
+        min_recovery=row.min_recovery,
     )
 
 
