@@ -50,6 +50,12 @@ class Verdict:
     footprint: tuple[str, ...] = ()  # the footprint fields that differ, with both numbers
     min_recovery: float | None = None
     higher_is_better: bool = False
+    noise: float | None = None  # the point's measured noise floor, where known
+
+    @property
+    def chaotic(self) -> bool:
+        """Float order alone moves this point by more than ``CHAOTIC``."""
+        return self.noise is not None and self.noise > CHAOTIC
 
     @property
     def passed(self) -> bool:
@@ -87,6 +93,8 @@ class Verdict:
             )
         if self.footprint:
             text += "; footprint changed: " + ", ".join(self.footprint)
+        if self.chaotic:
+            text += f"; chaotic point (noise floor {self.noise:.1%})"
         return text
 
 
@@ -100,6 +108,7 @@ def check(
     footprint: tuple[str, ...] = (),
     min_recovery: float | None = None,
     higher_is_better: bool = False,
+    noise: float | None = None,
 ) -> Verdict:
     """The verdict of a measured value against its baseline (see the module docstring)."""
     reference = dense_baseline or dense_measured
@@ -109,7 +118,7 @@ def check(
     regime = "collapsed" if collapsed else "stable"
     verdict = Verdict(
         measured, baseline, rtol, regime, "ok", dense_measured, dense_baseline,
-        footprint, min_recovery, higher_is_better,
+        footprint, min_recovery, higher_is_better, noise,
     )  # fmt: skip
     outcome = _value_outcome(verdict, dense_measured or reference)
     if outcome in ("ok", "still collapsed") and footprint:
@@ -181,6 +190,7 @@ def judge(
     dense_baseline: float | None = None,
     baseline_footprint: dict | None = None,
     min_recovery: float | None = None,
+    noise: float | None = None,
 ) -> Verdict:
     """A measured record against a baseline value (and the baseline's footprint, where
     known): what every judge of mpt calls."""
@@ -193,4 +203,5 @@ def judge(
         footprint=footprint_changes(record.footprint, baseline_footprint),
         min_recovery=min_recovery,
         higher_is_better=record.metric in HIGHER_IS_BETTER,
+        noise=noise,
     )

@@ -372,3 +372,10 @@ def test_history_of_three_real_runs_and_compare(tiny_baselines, tmp_path):
     assert "transformers 5." in compared.stdout and "→ 9.99.0" in compared.stdout
     assert "1 points moved" in compared.stdout
     assert "tiny-llama ptb rtn:3[group=64]" in compared.stdout
+
+
+def test_a_chaotic_point_is_named_in_its_message():
+    calm = check(10.1, 10.0, noise=0.001)
+    wild = check(10.1, 10.0, rtol=0.3, noise=0.1)
+    assert not calm.chaotic and "chaotic" not in calm.message
+    assert wild.chaotic and "chaotic point (noise floor 10.0%)" in wild.message

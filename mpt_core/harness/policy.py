@@ -93,6 +93,7 @@ def judge_row(
         dense_baseline=dense_baseline,
         baseline_footprint=baseline_record.footprint if baseline_record else None,
         min_recovery=row.min_recovery,
+        noise=noise,
     )
 
 
