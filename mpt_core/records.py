@@ -1,13 +1,17 @@
 """Records of measurements and the JSONL store they are appended to.
 
 Every record is written as one line, flushed and fsynced before the next point
-starts, so a killed sweep loses at most the point in flight. Readers tolerate a
-torn last line (the write the kill interrupted) and the store cuts it off before
-appending, so a resumed sweep records every point exactly once.
+starts, so a killed sweep loses at most the point in flight. Appends hold an exclusive
+lock on the file (two sweeps on one ``--out`` interleave whole lines). A last line
+without its newline is kept when it parses (the newline is added before the next append);
+a torn one, the write a kill interrupted, is skipped by readers and moved aside to
+``<file>.torn`` by the next append, never deleted, so a resumed sweep records every point
+exactly once.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
@@ -67,31 +71,52 @@ def point_key(model: str, spec: str, dataset: str, seqlen: int, windows: int, me
 
 
 def append(path: str | Path, record: Record) -> None:
-    """Append one record durably (flush + fsync), cutting off a torn last line first."""
+    """Append one record durably (flush + fsync) under an exclusive lock, mending the last
+    line first (``_mend_tail``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _cut_torn_tail(path)
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(record.to_json() + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    with path.open("a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            _mend_tail(path, handle)
+            handle.write((record.to_json() + "\n").encode("utf-8"))
+            handle.flush()
+            os.fsync(handle.fileno())
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _cut_torn_tail(path: Path) -> None:
-    if not path.exists() or path.stat().st_size == 0:
+def _mend_tail(path: Path, handle) -> None:
+    """A last line without its newline: complete it if it is a record, else move it to
+    ``<file>.torn`` (appended, never overwritten) and cut it off."""
+    handle.seek(0)
+    data = handle.read()
+    if not data or data.endswith(b"\n"):
         return
-    data = path.read_bytes()
-    if data.endswith(b"\n"):
+    start = data.rfind(b"\n") + 1
+    tail = data[start:]
+    if _parses(tail):
+        handle.write(b"\n")
         return
-    with path.open("r+b") as handle:
-        handle.truncate(data.rfind(b"\n") + 1)
+    with open(f"{path}.torn", "ab") as torn:
+        torn.write(tail + b"\n")
+    handle.truncate(start)
+
+
+def _parses(line: bytes) -> bool:
+    try:
+        Record.from_dict(json.loads(line.decode("utf-8")))
+    except (UnicodeDecodeError, json.JSONDecodeError, TypeError, AttributeError):
+        return False
+    return True
 
 
 def read(path: str | Path) -> list[Record]:
     """All complete records of a JSONL file.
 
-    A last line without its newline is the torn write of an interrupted run and
-    is skipped (``append`` cuts it off); any other bad line is an error.
+    A last line without its newline counts when it parses; otherwise it is the torn write
+    of an interrupted run and is skipped (``append`` moves it aside). Any other bad line
+    is an error.
     """
     path = Path(path)
     if not path.exists():
@@ -101,6 +126,8 @@ def read(path: str | Path) -> list[Record]:
     for number, line in enumerate(lines[:-1], start=1):
         if line.strip():
             records.append(_parse_line(path, number, line))
+    if lines[-1].strip() and _parses(lines[-1]):
+        records.append(_parse_line(path, len(lines), lines[-1]))
     return records
 
 

@@ -87,15 +87,45 @@ def test_torn_last_line_skipped_by_read_and_cut_by_next_append(tmp_path, torn):
     append(path, make_record("magnitude:0.3"))
     assert specs_of(path) == ["magnitude:0.1", "magnitude:0.2", "magnitude:0.3"]
     expected = [make_record(f"magnitude:0.{i}").to_json() for i in (1, 2, 3)]
-    assert path.read_text() == "\n".join(expected) + "\n"  # the torn bytes are gone
+    assert path.read_text() == "\n".join(expected) + "\n"
+    assert (tmp_path / "r.jsonl.torn").read_text() == torn + "\n"  # moved aside, not deleted
 
 
-def test_torn_only_line_is_cut_entirely(tmp_path):
+def test_torn_only_line_is_moved_aside_entirely(tmp_path):
     path = tmp_path / "r.jsonl"
     path.write_text('{"model": "ti')
     assert read(path) == []
     append(path, make_record("rtn:4"))
     assert path.read_text() == make_record("rtn:4").to_json() + "\n"
+    assert (tmp_path / "r.jsonl.torn").read_text() == '{"model": "ti\n'
+
+
+def test_a_whole_last_record_without_newline_is_read_and_kept(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text(make_record("rtn:4").to_json())
+    assert specs_of(path) == ["rtn:4"]
+    append(path, make_record("rtn:3"))
+    assert specs_of(path) == ["rtn:4", "rtn:3"]
+    assert not (tmp_path / "r.jsonl.torn").exists()
+
+
+def test_two_writers_on_one_file_leave_whole_lines_and_every_record(tmp_path):
+    import multiprocessing
+
+    path = tmp_path / "r.jsonl"
+    context = multiprocessing.get_context("fork")
+    writers = [context.Process(target=_append_many, args=(path, w)) for w in range(2)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join()
+    specs = specs_of(path)
+    assert sorted(specs) == sorted(f"rtn:{w}[group={i + 1}]" for w in range(2) for i in range(40))
+
+
+def _append_many(path, writer: int) -> None:
+    for index in range(40):
+        append(path, make_record(f"rtn:{writer}[group={index + 1}]"))
 
 
 def test_complete_last_record_without_newline_is_neither_lost_nor_duplicated(tmp_path):
