@@ -112,6 +112,12 @@ def pytest_addoption(parser) -> None:
 def pytest_configure(config) -> None:
     for name, text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
+    for option in ("--mpt-data-dir", "--mpt-baselines"):
+        folder = config.getoption(option)
+        if folder and not Path(folder).is_dir():
+            raise pytest.UsageError(
+                f"{option} {folder}: no such folder (a gate given nothing to test is not green)"
+            )
     if config.getoption("--mpt-data-dir"):
         os.environ["MPT_DATA_DIR"] = str(Path(config.getoption("--mpt-data-dir")).resolve())
     if config.getoption("--mpt-shard"):
