@@ -121,6 +121,18 @@ def _deselect(config, items, keep_if) -> None:
         items[:] = keep
 
 
+def selected_rows(items) -> list[BaselineRow]:
+    """The baseline rows the selected tests will measure (a curve's rows included)."""
+    found = []
+    for item in items:
+        params = item.callspec.params if hasattr(item, "callspec") else {}
+        if isinstance(params.get("mpt_row"), BaselineRow):
+            found.append(params["mpt_row"])
+        if isinstance(params.get("mpt_curve"), BaselineCurve):
+            found += params["mpt_curve"].rows
+    return found
+
+
 def in_smoke(item) -> bool:
     """Everything but the CPU tier's curves and its points outside SMOKE_SPECS; the tiny
     tier whole."""

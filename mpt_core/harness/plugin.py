@@ -136,6 +136,7 @@ def pytest_generate_tests(metafunc) -> None:
 
 def pytest_collection_modifyitems(config, items) -> None:
     collection.select(config, items)
+    config.pluginmanager.get_plugin("mpt-state").expect(collection.selected_rows(items))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:

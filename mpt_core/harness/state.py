@@ -38,6 +38,7 @@ class MptState:
         self.cells: list[Cell] = []
         self.measured_rows: list[tuple[BaselineRow, Record]] = []
         self.verdicts: list[tuple[BaselineRow, object]] = []
+        self.datasets: dict[tuple, set[str]] = {}  # (model, spec) -> datasets its rows ask for
         self.outcomes: Counter = Counter()
         self.skips: Counter = Counter()
 
@@ -50,12 +51,34 @@ class MptState:
             self.sessions[key] = Session.open(model, seqlen, device_map=device_map)
         return self.sessions[key]
 
+    def expect(self, rows: list[BaselineRow]) -> None:
+        """The rows this session will measure: a point compresses once for all of its
+        perplexity datasets."""
+        for row in rows:
+            if row.metric == "ppl":
+                self.datasets.setdefault((row.model, row.spec), set()).add(row.dataset)
+
     def measure(self, model: str, seqlen: int, spec: str, dataset: str, windows: int | None):
+        """The perplexity record of a point; the first request compresses the model once
+        and evaluates every dataset the session's rows of that point ask for."""
         key = (model, seqlen, spec, dataset, windows)
         if key not in self.records:
-            record = self.session_for(model, seqlen).measure(Spec.parse(spec), dataset, windows)
-            self._keep(key, record)
+            wanted = {dataset} | self._datasets_of(model, spec)
+            todo = sorted(
+                d for d in wanted if (model, seqlen, spec, d, windows) not in self.records
+            )
+            session = self.session_for(model, seqlen)
+            for record in session.measure_datasets(Spec.parse(spec), todo, windows):
+                self._keep((model, seqlen, spec, record.dataset, windows), record)
         return self.records[key]
+
+    def _datasets_of(self, model: str, spec: str) -> set[str]:
+        """Datasets the expected rows of ``spec`` ask for; a study row names its model by
+        its short name and is measured under its hub checkpoint, so match either."""
+        from mpt_core.models import STUDY_MODELS
+
+        short = {name for name, hub in STUDY_MODELS.items() if hub == model}
+        return set().union(*(self.datasets.get((m, spec), set()) for m in {model, *short}))
 
     def measure_accuracy(
         self, model: str, seqlen: int, spec: str, task: str, limit: int | None, metric: str
