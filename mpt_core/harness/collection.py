@@ -5,6 +5,7 @@ Rows are read once per session (``rows``) and every other lookup uses that list.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -46,14 +47,27 @@ def rows(config) -> list[BaselineRow]:
     return config.stash[_ROWS]
 
 
+def tier(config) -> str:
+    """--mpt-tier; without it the tier follows the machine (CUDA: the study tier, else the
+    CPU tier), unless -m names a tier's marker: then both are collected and -m selects."""
+    chosen = config.getoption("--mpt-tier")
+    if chosen:
+        return chosen
+    if re.search(r"\b(gpu|cpu)\b", config.getoption("markexpr") or ""):
+        return "all"
+    import torch
+
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
 def _read_rows(config) -> list[BaselineRow]:
-    root, tier = baselines_dir(config), config.getoption("--mpt-tier")
+    root, tier_name = baselines_dir(config), tier(config)
     found = []
-    if tier in ("gpu", "all") and (root / "study").is_dir():
+    if tier_name in ("gpu", "all") and (root / "study").is_dir():
         found += baselines.load_dir(root / "study", "study")
     for model in filter(None, config.getoption("--mpt-model").split(",")):
         cpu_dir = root / "cpu" / model.strip()
-        if tier in ("cpu", "all") and cpu_dir.is_dir():
+        if tier_name in ("cpu", "all") and cpu_dir.is_dir():
             found += baselines.load_dir(cpu_dir, "cpu")
     return [row for row in found if row.is_numeric]
 

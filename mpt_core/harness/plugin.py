@@ -54,8 +54,9 @@ def pytest_addoption(parser) -> None:
     group.addoption(
         "--mpt-tier",
         choices=("cpu", "gpu", "all"),
-        default="all",
-        help="which baseline tier to collect (default: all)",
+        default=None,
+        help="which baseline tier to collect (default: the machine's: gpu with CUDA, else cpu; "
+        "both when -m names gpu or cpu)",
     )
     group.addoption(
         "--mpt-model",
