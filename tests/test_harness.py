@@ -252,6 +252,9 @@ def test_a_changed_footprint_fails_even_when_the_value_passes():
     assert not verdict.passed and verdict.outcome == "footprint changed"
     assert "bits_per_weight 4.5 vs baseline 4.25" in verdict.message
     assert footprint_changes(None, {"bytes": 1.0}) == ()
+    near = footprint_changes({"sparsity": 0.3443531}, {"sparsity": 0.3443540})
+    assert near == ()  # float order flips a few rounding zeros: not a change
+    assert footprint_changes({"sparsity": 0.45}, {"sparsity": 0.5}) != ()
 
 
 def test_recovery_gate_fails_a_point_that_keeps_less_than_asked():
