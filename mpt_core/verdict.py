@@ -20,8 +20,12 @@ so they cannot disagree.
   baseline tells a library shift that moves dense alike from broken compression; reported
   for every point, and a gate when ``min_recovery`` is given.
 
+- **Protocol**: a value is compared only when it was measured the way its baseline was
+  (seqlen, windows, dtype); otherwise the verdict is ``protocol differs`` and fails, naming
+  the field: a changed protocol is never read as a regression or a library's effect.
+
 Words: ``ok``, ``still collapsed``, ``regressed``, ``improved``, ``left collapse``,
-``footprint changed``, ``recovery below gate``.
+``footprint changed``, ``recovery below gate``, ``protocol differs``.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ class Verdict:
     min_recovery: float | None = None
     higher_is_better: bool = False
     noise: float | None = None  # the point's measured noise floor, where known
+    protocol: tuple[str, ...] = ()  # protocol fields that differ from the baseline's
 
     @property
     def chaotic(self) -> bool:
@@ -83,6 +88,8 @@ class Verdict:
 
     @property
     def message(self) -> str:
+        if self.protocol:
+            return f"protocol differs: {', '.join(self.protocol)} (measured vs baseline)"
         text = (
             f"{self.outcome}: measured {self.measured:.4f} vs baseline {self.baseline:.4f}, "
             f"ratio {self.ratio:.4f}, tolerance {self.rule}"
@@ -112,6 +119,7 @@ def check(
     min_recovery: float | None = None,
     higher_is_better: bool = False,
     noise: float | None = None,
+    protocol: tuple[str, ...] = (),
 ) -> Verdict:
     """The verdict of a measured value against its baseline (see the module docstring)."""
     reference = dense_baseline or dense_measured
@@ -121,8 +129,10 @@ def check(
     regime = "collapsed" if collapsed else "stable"
     verdict = Verdict(
         measured, baseline, rtol, regime, "ok", dense_measured, dense_baseline,
-        footprint, min_recovery, higher_is_better, noise,
+        footprint, min_recovery, higher_is_better, noise, protocol,
     )  # fmt: skip
+    if protocol:
+        return Verdict(**{**verdict.__dict__, "outcome": "protocol differs"})
     outcome = _value_outcome(verdict, dense_measured or reference)
     if outcome in ("ok", "still collapsed") and footprint:
         outcome = "footprint changed"
@@ -200,9 +210,10 @@ def judge(
     baseline_footprint: dict | None = None,
     min_recovery: float | None = None,
     noise: float | None = None,
+    baseline_protocol: dict | None = None,
 ) -> Verdict:
-    """A measured record against a baseline value (and the baseline's footprint, where
-    known): what every judge of mpt calls."""
+    """A measured record against a baseline value (and the baseline's footprint and
+    protocol, where known): what every judge of mpt calls."""
     return check(
         record.value,
         baseline,
@@ -213,4 +224,30 @@ def judge(
         min_recovery=min_recovery,
         higher_is_better=record.metric in HIGHER_IS_BETTER,
         noise=noise,
+        protocol=protocol_changes(protocol_of(record), baseline_protocol),
+    )
+
+
+PROTOCOL_FIELDS = ("seqlen", "windows", "dtype")
+
+
+def protocol_of(record) -> dict:
+    """The protocol fields of a record (windows only for perplexity: an accuracy record's
+    ``windows`` counts the questions)."""
+    fields = {"seqlen": record.seqlen, "dtype": record.dtype}
+    if record.metric == "ppl":
+        fields["windows"] = record.windows
+    return fields
+
+
+def protocol_changes(measured: dict, baseline: dict | None) -> tuple[str, ...]:
+    """``windows 4 vs 8`` for each protocol field both sides know and disagree on."""
+    if not baseline:
+        return ()
+    return tuple(
+        f"{field} {measured[field]} vs {baseline[field]}"
+        for field in PROTOCOL_FIELDS
+        if baseline.get(field) is not None
+        and measured.get(field) is not None
+        and measured[field] != baseline[field]
     )

@@ -71,3 +71,14 @@ def test_a_changed_footprint_is_a_move_even_at_the_same_value(earlier, tmp_path,
     before, after = _run(tmp_path / "a.jsonl", earlier), _run(tmp_path / "b.jsonl", later)
     assert main(["compare", str(before), str(after), "--fail-on", "regressed"]) == 1
     assert "footprint changed" in capsys.readouterr().out
+
+
+def test_runs_of_different_protocols_are_not_compared(earlier, tmp_path, capsys):
+    later = json.loads(json.dumps(earlier))
+    for record in later:
+        record["windows"] = 4
+    before, after = _run(tmp_path / "a.jsonl", earlier), _run(tmp_path / "b.jsonl", later)
+    assert main(["compare", str(before), str(after)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("protocol differs: windows 8 vs 4")
+    assert "library" not in out.split(":", 1)[1].split("so no move")[0]

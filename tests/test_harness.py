@@ -147,6 +147,19 @@ def test_sabotaged_baseline_fails_exactly_that_test(tiny_baselines, tmp_path):
     assert f"{baseline:.4f}" in message and "ratio 0.66" in message
 
 
+def test_another_window_count_is_a_protocol_error_not_a_verdict(tiny_baselines):
+    """Measured on 2 windows against 4-window baselines: every point fails as "protocol
+    differs", none is judged on its value; the baselines' own windows pass (above)."""
+    result = _pytest(
+        "--mpt-baselines", str(tiny_baselines), "-k", "test_ppl and quant", "-p", "no:randomly",
+        "--mpt-windows", "2",
+    )  # fmt: skip
+    assert result.returncode == 1
+    failed = [line for line in result.stdout.splitlines() if line.startswith("FAILED")]
+    assert len(failed) == 16, result.stdout[-3000:]
+    assert all(f"protocol differs: windows 2 vs {WINDOWS}" in line for line in failed)
+
+
 def test_selection_by_keyword_and_marker(tiny_baselines):
     args = ("--mpt-baselines", str(tiny_baselines), "--collect-only", "-q", "-p", "no:randomly")
     not_rtn = _pytest(*args, "-k", "test_ppl and quant and not rtn").stdout
@@ -233,6 +246,12 @@ def test_verdict_regimes(measured, baseline, dense, outcome, regime):
     assert (verdict.outcome, verdict.regime) == (outcome, regime)
     assert verdict.passed == (outcome in ("ok", "still collapsed"))
     assert verdict.message.startswith(outcome)
+
+
+def test_a_protocol_difference_is_its_own_verdict():
+    verdict = check(10.0, 10.0, protocol=("windows 4 vs 8",))
+    assert verdict.outcome == "protocol differs" and not verdict.passed
+    assert verdict.message == "protocol differs: windows 4 vs 8 (measured vs baseline)"
 
 
 def test_accuracy_is_better_when_higher_and_never_collapses():

@@ -12,7 +12,14 @@ import argparse
 
 from tabulate import tabulate
 
-from mpt_core.reporting.history import judged, load_run, point_label, run_ptps, version_diff
+from mpt_core.reporting.history import (
+    judged,
+    load_run,
+    point_label,
+    protocol_diff,
+    run_ptps,
+    version_diff,
+)
 from mpt_core.verdict import DEFAULT_RTOL
 
 WORSE = ("regressed", "footprint changed", "recovery below gate")
@@ -34,6 +41,13 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     a, b = load_run(args.run_a), load_run(args.run_b)
+    differs = protocol_diff(a, b)
+    if differs:
+        print(
+            f"protocol differs: {', '.join(differs)}: the runs measured different points, "
+            "so no move is attributed to a library version; compare runs of one protocol"
+        )
+        return 1
     versions = version_diff(a, b)
     change = ", ".join(f"{name} {old} → {new}" for name, (old, new) in versions.items())
     print(f"library versions: {change or 'identical'}")

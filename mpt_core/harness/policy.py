@@ -13,7 +13,7 @@ from mpt_core import baselines, registry
 from mpt_core.baselines import BaselineRow
 from mpt_core.models import DEFAULT_STUDY_SEQLEN, STUDY_SEQLEN, study_checkpoint
 from mpt_core.spec import Spec
-from mpt_core.verdict import DEFAULT_RTOL, NOISE_MULTIPLE, Verdict, judge
+from mpt_core.verdict import DEFAULT_RTOL, NOISE_MULTIPLE, Verdict, judge, protocol_of
 
 DEFAULT_CPU_WINDOWS = 8
 DEFAULT_CPU_SEQLEN = 512
@@ -94,7 +94,19 @@ def judge_row(
         baseline_footprint=baseline_record.footprint if baseline_record else None,
         min_recovery=row.min_recovery,
         noise=noise,
+        baseline_protocol=baseline_protocol(row, baseline_record),
     )
+
+
+def baseline_protocol(row: BaselineRow, baseline_record=None) -> dict:
+    """How the baseline was measured: its record's protocol where the CPU tier keeps one,
+    else what the row and its file state (seqlen, ``# windows:``)."""
+    if baseline_record is not None:
+        return protocol_of(baseline_record)
+    stated = {"seqlen": row.seqlen}
+    if row.metric == "ppl" and row.tier == "cpu":
+        stated["windows"] = row.windows
+    return stated
 
 
 class DenseBaselines:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mpt_core.errors import ResultsError
 from mpt_core.records import Record, append, read
-from mpt_core.verdict import DEFAULT_RTOL, Verdict, judge
+from mpt_core.verdict import DEFAULT_RTOL, Verdict, judge, protocol_of
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,30 @@ def judged(before: Run, after: Run, point: tuple, rtol: float = DEFAULT_RTOL) ->
         dense_measured=dense_after.value if dense_after else None,
         dense_baseline=dense_before.value if dense_before else None,
         baseline_footprint=earlier[point].footprint,
+        baseline_protocol=protocol_of(earlier[point]),
     )
+
+
+def protocol_diff(a: Run, b: Run) -> tuple[str, ...]:
+    """The protocol fields (seqlen, windows, dtype) whose values differ between two runs."""
+
+    def seen(run: Run) -> dict[str, set]:
+        fields: dict[str, set] = {}
+        for record in run.records:
+            for field, value in protocol_of(record).items():
+                fields.setdefault(field, set()).add(value)
+        return fields
+
+    before, after = seen(a), seen(b)
+    return tuple(
+        f"{field} {_values(before[field])} vs {_values(after[field])}"
+        for field in sorted(set(before) & set(after))
+        if before[field] != after[field]
+    )
+
+
+def _values(values: set) -> str:
+    return "/".join(str(value) for value in sorted(values, key=str))
 
 
 def moved(before: Run, after: Run, point: tuple, rtol: float = DEFAULT_RTOL) -> bool:
