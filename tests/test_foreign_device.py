@@ -5,11 +5,15 @@ Every registered method runs (each level kind it takes: the tiny tier's grids) o
 held on the CPU while ``torch.device("meta")`` is the default device. A statistic, constant
 or module made without naming its device lands on ``meta`` and either raises when it meets
 the CPU weights or leaves a ``meta`` tensor in the model: the same mistakes that raise on a
-CUDA runner when a CPU default meets CUDA weights.
+CUDA runner when a CPU default meets CUDA weights. With ``MPT_TEST_DEVICE=cuda``
+(``scripts/gpu_check.sh``) the model sits on the GPU and the default device stays the CPU:
+the real thing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 import pytest
@@ -21,6 +25,9 @@ from mpt_core.pipeline import compress
 from mpt_core.spec import Spec
 
 GRIDS = Path(__file__).resolve().parent.parent / "baselines" / "cpu" / "grids" / "tiny-llama"
+DEVICE = os.environ.get("MPT_TEST_DEVICE", "cpu")
+# the default device a mistake lands on: meta on the CPU, the CPU itself beside a GPU
+FOREIGN = "meta" if DEVICE == "cpu" else "cpu"
 SPECS = sorted({spec for grid in GRIDS.glob("*.txt") for spec in read_grid(grid)} - {"dense"})
 
 
@@ -37,12 +44,14 @@ def test_compression_makes_nothing_on_the_default_device(spec, fixed_calibration
         pytest.importorskip("llama_cpp", reason="llama.cpp's quantizer: scripts/setup_gguf.sh")
     if hint := registry.get(Spec.parse(spec).stages[-1].method).unavailable():
         pytest.skip(hint)
-    model = load_model("tiny-llama", device="cpu").model
+    model = load_model("tiny-llama", device=DEVICE).model
     calibration = fixed_calibration(nsamples=4, seqlen=32)
-    with torch.device("meta"):
+    default = torch.device(FOREIGN) if FOREIGN == "meta" else contextlib.nullcontext()
+    with default:
         compress(model, Spec.parse(spec), calibration)
-    stray = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    stray = [name for name, t in tensors if t.device.type != torch.device(DEVICE).type]
     assert not stray, f"{spec} left tensors on the default device: {stray[:5]}"
     with torch.no_grad():
-        logits = model(calibration.windows(None)[:1]).logits
-    assert logits.device.type == "cpu" and torch.isfinite(logits).all()
+        logits = model(calibration.windows(None)[:1].to(DEVICE)).logits
+    assert logits.device.type == torch.device(DEVICE).type and torch.isfinite(logits).all()
