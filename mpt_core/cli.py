@@ -1,4 +1,5 @@
-"""The ``mpt`` command: run | sweep | fit | recommend | report | baselines.
+"""The ``mpt`` command: methods | run | sweep | baselines | report | history | compare | fit |
+recommend | combined, and ``mpt --version``.
 
 Each subcommand lives in ``mpt_core/commands/<name>.py`` and exposes
 ``register(subparsers)``. Bad input raises an ``MptError``; it is printed as one
@@ -14,6 +15,7 @@ import sys
 from mpt_core.errors import MptError
 
 COMMANDS = (
+    "methods",
     "run",
     "sweep",
     "baselines",
@@ -26,9 +28,22 @@ COMMANDS = (
 )
 
 
+def version_text() -> str:
+    """``mpt 0.1.0 (torch 2.13.0+cpu, transformers ..., ...)``: every library a record names."""
+    from mpt_core.records import library_versions
+
+    versions = library_versions()
+    own = versions.get("mpt-core", "unknown")
+    others = ", ".join(f"{name} {v}" for name, v in sorted(versions.items()) if name != "mpt-core")
+    return f"mpt {own} ({others})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mpt", description="Measure what compression does to a causal language model."
+    )
+    parser.add_argument(
+        "--version", action="version", version=version_text(), help="mpt and its libraries"
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:

@@ -145,12 +145,28 @@ def known_keys(path: str | Path) -> set[tuple]:
     return {record.key for record in read(path)}
 
 
+# every library that can touch a point, when installed beside mpt (the venv backends name
+# theirs in each stage's settings)
+LIBRARIES = (
+    "torch",
+    "transformers",
+    "tokenizers",
+    "accelerate",
+    "mpt-core",
+    "gguf",
+    "numpy",
+    "llama-cpp-python",
+    "lm-eval",
+    "bitsandbytes",
+)
+
+
 @lru_cache(maxsize=1)
 def library_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     versions = {"python": platform.python_version()}
-    for name in ("torch", "transformers", "mpt-core", "gguf", "numpy"):
+    for name in LIBRARIES:
         try:
             versions[name] = version(name)
         except PackageNotFoundError:

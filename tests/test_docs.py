@@ -1,6 +1,6 @@
 """The documentation's shape: a short README, result pages under docs/results/, generated
 blocks that name their commands, unique headings, links that resolve, and the scripts
-behind them (update_readme, prefix_headings, methods_table)."""
+behind them (update_readme, prefix_headings, mpt methods)."""
 
 from __future__ import annotations
 
@@ -122,8 +122,9 @@ def test_update_readme_defaults_and_fails_on_a_broken_pipe():
 
 def test_methods_table_lists_every_registered_method():
     from mpt_core import registry
+    from mpt_core.commands.methods import table as methods_table
 
-    table = load_script("methods_table").table()
+    table = methods_table()
     rows = [line for line in table.splitlines() if line.startswith("| `")]
     assert [row.split("`")[1] for row in rows] == registry.names()
     assert all(row.count(" | ") == 6 for row in rows), "a cell holds an unescaped |"

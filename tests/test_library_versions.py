@@ -52,3 +52,18 @@ def test_venv_backend_version_is_read_from_its_own_venv(tmp_path, monkeypatch):
 def test_missing_venv_backend_is_unknown_not_an_error(tmp_path, monkeypatch):
     monkeypatch.setenv("MPT_BACKEND_VENVS", str(tmp_path))
     assert library_version("llmcompressor") == "llmcompressor unknown"
+
+
+def test_records_and_mpt_version_name_every_installed_library(capsys):
+    from mpt_core.cli import main
+    from mpt_core.records import library_versions
+
+    versions = library_versions()
+    assert {"torch", "transformers", "tokenizers", "mpt-core"} <= set(versions)
+    if __import__("importlib").util.find_spec("llama_cpp"):
+        assert versions["llama-cpp-python"] == version("llama-cpp-python")
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("mpt ") and f"torch {versions['torch']}" in out

@@ -1,14 +1,14 @@
-"""Print a markdown table of every method the registry knows: the README's method list.
+"""``mpt methods``: every method the registry knows, as a markdown table (the README's list).
 
 One row per ``mpt_core.registry`` method: its family, the levels a spec may give it,
 its options with their defaults (the calibration options ``calib``/``nsamples``/``seed``
 folded into one column), the library that does the work, and the paper, taken from the
-first paragraph of the method module's docstring. Usage:
-``python scripts/methods_table.py``.
+first paragraph of the method module's docstring.
 """
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 
@@ -105,10 +105,11 @@ def table() -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("methods", help="the registered methods, levels and options")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
     print(table())
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
