@@ -169,3 +169,25 @@ def test_bad_input_is_one_clean_error(outcomes, case_id):
 
 def test_at_least_twelve_bad_inputs_are_covered():
     assert len(set(CASE_IDS)) == len(CASES) >= 12
+
+
+@pytest.mark.parametrize(
+    ("out", "fragment"),
+    [
+        ("{tmp}", "is a folder: name a .jsonl file in it"),
+        ("{tmp}/missing/r.jsonl", "does not exist: create it first"),
+    ],
+)
+@pytest.mark.parametrize("command", ["run", "sweep"])
+def test_a_bad_out_is_refused_before_anything_is_measured(tmp_path, out, fragment, command):
+    path = out.format(tmp=tmp_path)
+    levels = {
+        "run": ["--spec", "magnitude:0.5"],
+        "sweep": ["--method", "magnitude", "--ratios", "0.5"],
+    }
+    result = run_cli(command, "--model", "tiny-llama", *levels[command], "--out", path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"mpt: error: --out {path}")
+    assert fragment in lines[0]
+    assert "PPL" not in result.stdout  # refused before anything was measured

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 import torch
 
@@ -37,6 +39,22 @@ def check_protocol(args: argparse.Namespace) -> None:
         raise MptError(f"--seqlen {args.seqlen} is too short: use at least 2 tokens")
     if args.windows is not None and args.windows < 1:
         raise MptError(f"--windows {args.windows}: use a positive number of windows")
+
+
+def check_out(path: str | None) -> None:
+    """Refuse an ``--out`` that cannot take records before anything is measured: a point
+    measured for minutes is never lost to a bad path."""
+    if path is None:
+        return
+    out = Path(path)
+    if out.is_dir():
+        raise MptError(f"--out {path} is a folder: name a .jsonl file in it")
+    if not out.parent.is_dir():
+        raise MptError(f"--out {path}: folder {out.parent} does not exist: create it first")
+    if out.exists() and not os.access(out, os.W_OK):
+        raise MptError(f"--out {path} is not writable")
+    if not out.exists() and not os.access(out.parent, os.W_OK):
+        raise MptError(f"--out {path}: folder {out.parent} is not writable")
 
 
 def open_session(args: argparse.Namespace):

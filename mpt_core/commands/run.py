@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from mpt_core.commands.common import add_model_arguments, describe, open_session
+from mpt_core.commands.common import add_model_arguments, check_out, describe, open_session
 from mpt_core.errors import MptError
 from mpt_core.evaluate.tasks import TASKS
 from mpt_core.pipeline import plan
@@ -70,6 +70,7 @@ def describe_score(record) -> str:
 def run(args: argparse.Namespace) -> int:
     spec = plan(Spec.parse(args.spec))  # validated and resolved once, before the model loads
     check_limit(args)
+    check_out(args.out)
     tasks = task_list(args.task) if args.task else None
     if tasks:
         from mpt_core.evaluate.zeroshot import require_lm_eval

@@ -11,7 +11,7 @@ import math
 
 from tqdm import tqdm
 
-from mpt_core.commands.common import add_model_arguments, describe, open_session
+from mpt_core.commands.common import add_model_arguments, check_out, describe, open_session
 from mpt_core.errors import MptError
 from mpt_core.pipeline import Plan, plan
 from mpt_core.records import append, known_keys, point_key, read
@@ -75,6 +75,7 @@ def sweep_specs(args: argparse.Namespace) -> list[Plan]:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_out(args.out)
     if args.adaptive:
         return run_adaptive(args)
     specs = sweep_specs(args)
