@@ -44,8 +44,10 @@ def test_compression_makes_nothing_on_the_default_device(spec, fixed_calibration
         pytest.importorskip("llama_cpp", reason="llama.cpp's quantizer: scripts/setup_gguf.sh")
     if hint := registry.get(Spec.parse(spec).stages[-1].method).unavailable():
         pytest.skip(hint)
-    model = load_model("tiny-llama", device=DEVICE).model
+    loaded = load_model("tiny-llama", device=DEVICE)
+    model = loaded.model
     calibration = fixed_calibration(nsamples=4, seqlen=32)
+    calibration.tokenizer = loaded.tokenizer  # gguf writes it into the file it quantizes
     default = torch.device(FOREIGN) if FOREIGN == "meta" else contextlib.nullcontext()
     with default:
         compress(model, Spec.parse(spec), calibration)

@@ -136,7 +136,7 @@ def test_schedule_is_the_reference_cubic_between_the_warmups(steps):
 def test_sensitivity_averages_each_window_then_smooths_across_windows():
     """The reference's PLATON update with deltaT = 2, β₁ = 0.5, on a one-row S."""
     S = nn.Parameter(torch.tensor([[2.0, -1.0]]))
-    sensitivity = Sensitivity(1, beta1=0.5, delta=2)
+    sensitivity = Sensitivity(1, beta1=0.5, delta=2, device="cpu")
     grads = [[1.0, 1.0], [3.0, 0.0], [0.5, 2.0], [1.0, 1.0], [0.0, 0.0]]
     entries = [(S.detach() * torch.tensor([g])).abs().mean().item() for g in grads]
     for step, grad in enumerate(grads):

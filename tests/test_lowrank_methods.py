@@ -85,7 +85,7 @@ def test_whitening_beats_plain_svd_on_the_calibration_outputs():
 
 def test_gram_accumulates_xtx_over_batches():
     X = torch.randn(3, 10, 6)
-    gram = Gram(6)
+    gram = Gram(6, "cpu")
     gram.add_batch(X[:2], None)
     gram.add_batch(X[2:], None)
     flat = X.reshape(-1, 6)

@@ -25,13 +25,13 @@ def weights(shape=(576, 576), seed=0) -> torch.Tensor:
 
 
 def test_code_books():
-    nf4 = codebook("nf4")
+    nf4 = codebook("nf4", "cpu")
     assert nf4.numel() == 16 and nf4[0] == -1 and nf4[-1] == 1 and 0.0 in nf4
     # NF4 has 8 positive and 7 negative values around an exact zero (the paper's §3)
     assert (nf4 > 0).sum() == 8 and (nf4 < 0).sum() == 7
-    fp4 = codebook("fp4")
+    fp4 = codebook("fp4", "cpu")
     assert torch.equal(fp4[8:], torch.tensor([0, 0.0625, 2, 3, 4, 6, 8, 12]) / 12)
-    code8 = dynamic_code()
+    code8 = dynamic_code("cpu")
     assert code8.numel() == 256 and code8.max() == 1 and torch.all(code8[1:] >= code8[:-1])
 
 
@@ -41,7 +41,7 @@ def test_values_are_code_values_times_block_absmax(quant_type):
     quantized = quantize_4bit(weight, quant_type, double_quant=False).reshape(-1, 64)
     absmax = weight.reshape(-1, 64).abs().amax(dim=1, keepdim=True)
     on_grid = quantized[absmax.flatten() > 0] / absmax[absmax.flatten() > 0]
-    nearest = (on_grid.unsqueeze(-1) - codebook(quant_type)).abs().amin(dim=-1)
+    nearest = (on_grid.unsqueeze(-1) - codebook(quant_type, "cpu")).abs().amin(dim=-1)
     assert nearest.max() < 1e-6
 
 
@@ -85,7 +85,7 @@ def test_double_quantization_matches_bitsandbytes_up_to_its_cpu_rounding(quant_t
     ours_absmax = double_quantize(absmax)
     offset = absmax.mean()
     assert torch.equal(
-        lut_rounding(dynamic_code(), absmax - offset, BLOCKSIZE2) + offset, theirs_absmax
+        lut_rounding(dynamic_code("cpu"), absmax - offset, BLOCKSIZE2) + offset, theirs_absmax
     )
     differ = (ours_absmax != theirs_absmax).float().mean().item()
     assert differ < 0.01

@@ -20,6 +20,11 @@ which can miss the budget by one pair, ours takes the last cut that meets it.
 ``R`` is the fraction of block-linear parameters removed; the candidates keep at least
 40% of every layer, so R ≤ 0.6.
 
+Precision and devices: the activation scales are summed in float32 on the weights' device,
+as their forward hook sums them there. The SVD is float64 here; the authors' is float32
+(``linear.weight.data.float()`` into ``torch.svd_lowrank``): ours is exact where theirs is
+randomized, and float64 keeps the results recorded so far.
+
 The sensitivity costs one partial forward pass per (layer, ratio): 6·7·L passes over
 the calibration windows (1,260 for a 30-block model), so ``nsamples`` defaults to 8. It
 does not depend on R, so, as the authors cache it to disk, it is computed once per
@@ -51,13 +56,14 @@ PARAM_RATIO_CANDIDATES = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 class AbsMean:
-    """Σ over calibration windows of mean_t |x_t|, per input channel (ASVD's ``abs_mean``)."""
+    """Σ over calibration windows of mean_t |x_t|, per input channel (ASVD's ``abs_mean``),
+    kept on ``device`` (the weights'), where the activations are."""
 
-    def __init__(self, in_features: int):
-        self.scale = torch.zeros(in_features)
+    def __init__(self, in_features: int, device: torch.device | str):
+        self.scale = torch.zeros(in_features, dtype=torch.float32, device=device)
 
     def add_batch(self, inp: torch.Tensor, out: torch.Tensor) -> None:
-        self.scale += inp.abs().float().mean(dim=-2).reshape(-1, inp.shape[-1]).sum(0).cpu()
+        self.scale += inp.abs().float().mean(dim=-2).reshape(-1, inp.shape[-1]).sum(0)
 
 
 @torch.no_grad()
@@ -66,7 +72,10 @@ def activation_scales(model, windows: torch.Tensor) -> dict[tuple[int, str], tor
     scales = {}
     for index, block, inputs in iterate_blocks(model, windows, propagate="dense"):
         stats = collect_stats(
-            block, inputs, lambda _site, linear: AbsMean(linear.in_features), index
+            block,
+            inputs,
+            lambda _site, linear: AbsMean(linear.in_features, linear.weight.device),
+            index,
         )
         scales |= {(index, name): stat.scale for name, stat in stats.items()}
     return scales
@@ -79,7 +88,8 @@ def asvd_rank(linear: nn.Linear, param_ratio: float) -> int:
 def asvd_factors(
     W: torch.Tensor, scale: torch.Tensor, alpha: float, rank: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(U_k√Σ_k, √Σ_k V_kᵀ diag(1/s)) of W·diag(s), s = scale^α + 1e-6, in float64."""
+    """(U_k√Σ_k, √Σ_k V_kᵀ diag(1/s)) of W·diag(s), s = scale^α + 1e-6, in float64 (the
+    authors: float32; see the module's docstring)."""
     s = scale.double().to(W.device) ** alpha + 1e-6
     U, S, Vt = torch.linalg.svd(W.double() * s, full_matrices=False)
     u, vt = split_sigma(U, S, Vt, rank)

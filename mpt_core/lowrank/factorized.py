@@ -65,7 +65,10 @@ def split_sigma(
 
 
 def truncated_svd(W: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Factors (U_k·√Σ_k, √Σ_k·Vᵀ_k) of the best rank-k approximation of W, in float64."""
+    """Factors (U_k·√Σ_k, √Σ_k·Vᵀ_k) of the best rank-k approximation of W, in float64, on
+    W's device. float64 is ours: Lillama's ``_init_svd`` takes the SVD in float32 and
+    LoSparse's ``low_rank_decomposition`` in the weights' dtype; float64 keeps the results
+    recorded so far."""
     U, S, Vt = torch.linalg.svd(W.double(), full_matrices=False)
     return split_sigma(U, S, Vt, rank)
 

@@ -171,9 +171,11 @@ def distill(students: dict[int, Student], model, inputs: LayerInputs, settings) 
     on the teacher's and on the students' own activations."""
     blocks = decoder_layers(model)
     last = max(students)
+    hidden = inputs.hidden
     for step in range(settings["steps"]):
-        index = (torch.arange(settings["batch"]) + step * settings["batch"]) % len(inputs.hidden)
-        teacher_in = student_in = inputs.hidden[index]
+        index = torch.arange(settings["batch"], device=hidden.device)
+        index = (index + step * settings["batch"]) % len(hidden)
+        teacher_in = student_in = hidden[index]
         for layer in range(last + 1):
             if layer in students:
                 teacher_in, student_in = students[layer].step(teacher_in, student_in, inputs.kwargs)

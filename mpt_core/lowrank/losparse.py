@@ -30,6 +30,11 @@ with these differences, all forced by measuring a pretrained LLM on a CPU:
   low-rank part (0.25: the MNLI command's 0.05 of 0.20), the rest goes to S rows, ranked
   globally. The pruned S is stored as its kept rows and their indices, as the authors'
   ``prune_sparse``.
+
+Devices and precision: the sensitivities live on the weights' device and rows are ranked
+there, as the reference's ``Pruner`` scores and thresholds on the parameters' device; they
+are accumulated in float64 where the reference keeps the parameters' dtype (float64 keeps
+the results recorded so far).
 """
 
 from __future__ import annotations
@@ -140,13 +145,17 @@ def sparse_budget(layers: dict[str, LoSparseLinear], ratio: float) -> float:
 def keep_rows(
     scores: dict[str, torch.Tensor], bits: dict[str, int], budget: float
 ) -> dict[str, torch.Tensor]:
-    """Rows of S to keep: the most important over all layers while their bits fit ``budget``."""
+    """Rows of S to keep: the most important over all layers while their bits fit ``budget``;
+    ranked on the scores' device."""
     names = list(scores)
-    flat = torch.cat([scores[name].float().cpu() for name in names])
-    cost = torch.cat([torch.full((len(scores[name]),), float(bits[name])) for name in names])
+    flat = torch.cat([scores[name].float() for name in names])
+    device = flat.device
+    cost = torch.cat(
+        [torch.full((len(scores[name]),), float(bits[name]), device=device) for name in names]
+    )
     order = flat.argsort(descending=True, stable=True)
     kept_in_order = cost[order].cumsum(0) <= budget
-    keep = torch.zeros(len(flat), dtype=torch.bool)
+    keep = torch.zeros(len(flat), dtype=torch.bool, device=device)
     keep[order[kept_in_order]] = True
     return dict(zip(names, keep.split([len(scores[name]) for name in names])))
 
@@ -171,15 +180,15 @@ class Sensitivity:
     """PLATON's smoothed sensitivity of one S, reduced to its rows: |S ⊙ ∇S| row means,
     averaged over each window of ``delta`` steps, then an EMA (β₁) across windows. The row
     mean commutes with both averages, so this equals the reference's row-mean of its
-    per-entry scores."""
+    per-entry scores. Kept on ``device``, S's."""
 
-    def __init__(self, rows: int, beta1: float, delta: int):
-        self.window = torch.zeros(rows, dtype=torch.float64)
-        self.smoothed = torch.zeros(rows, dtype=torch.float64)
+    def __init__(self, rows: int, beta1: float, delta: int, device: torch.device | str):
+        self.window = torch.zeros(rows, dtype=torch.float64, device=device)
+        self.smoothed = torch.zeros(rows, dtype=torch.float64, device=device)
         self.beta1, self.delta = beta1, delta
 
     def update(self, step: int, S: torch.Tensor) -> None:
-        current = (S.detach() * S.grad).abs().mean(dim=1).double().cpu()
+        current = (S.detach() * S.grad).abs().mean(dim=1).double()
         local = step % self.delta
         if local == 0:
             self.smoothed = self.beta1 * self.smoothed + (1 - self.beta1) * self.window
@@ -196,7 +205,8 @@ def lm_loss(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
 def one_shot_scores(model, layers, windows, batch) -> dict[str, torch.Tensor]:
     """Mean |S ⊙ ∇S| per row over the calibration windows, no weight updated (``steps=0``)."""
     scores = {
-        name: torch.zeros(layer.out_features, dtype=torch.float64) for name, layer in layers.items()
+        name: torch.zeros(layer.out_features, dtype=torch.float64, device=layer.sparse.device)
+        for name, layer in layers.items()
     }
     count = math.ceil(len(windows) / batch)
     with training_only(model, [layer.sparse for layer in layers.values()]):
@@ -204,7 +214,7 @@ def one_shot_scores(model, layers, windows, batch) -> dict[str, torch.Tensor]:
             lm_loss(model, batches(windows, batch, step)).backward()
             for name, layer in layers.items():
                 S = layer.sparse
-                scores[name] += (S.detach() * S.grad).abs().mean(dim=1).double().cpu() / count
+                scores[name] += (S.detach() * S.grad).abs().mean(dim=1).double() / count
                 S.grad = None
     return scores
 
@@ -215,7 +225,9 @@ def train_and_prune(model, layers, windows, settings, budget: float) -> dict[str
     every_row = sum(layer.out_features * bits[name] for name, layer in layers.items())
     params = [param for layer in layers.values() for param in layer.parameters()]
     sensitivity = {
-        name: Sensitivity(layer.out_features, settings["beta1"], settings["deltaT"])
+        name: Sensitivity(
+            layer.out_features, settings["beta1"], settings["deltaT"], layer.sparse.device
+        )
         for name, layer in layers.items()
     }
     keep = {}

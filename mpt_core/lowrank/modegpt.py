@@ -159,9 +159,11 @@ def allocate_sparsity(
     unclipped layers in proportion to their softmax weights."""
     if mean_sparsity > highest:
         raise SpecError(f"modegpt:{mean_sparsity} exceeds max_sparsity={highest}")
-    weights = torch.softmax(-torch.tensor(influence, dtype=torch.float64) / epsilon, dim=0)
+    # a handful of numbers per layer, worked out in host memory and returned as floats
+    scores = torch.tensor(influence, dtype=torch.float64, device="cpu")
+    weights = torch.softmax(-scores / epsilon, dim=0)
     sparsity = len(influence) * mean_sparsity * weights
-    clipped = torch.zeros(len(influence), dtype=torch.bool)
+    clipped = torch.zeros(len(influence), dtype=torch.bool, device="cpu")
     while (sparsity > highest + 1e-12).any():
         clipped |= sparsity > highest
         excess = (sparsity[clipped] - highest).sum()
@@ -237,20 +239,22 @@ class DecomposedAttention(nn.Module):
 
 class ModuleStats:
     """A linear's statistics for its role (ROLES): input Gram Σ xᵀx and/or Σ y² per output
-    channel, float32 products accumulated in float64."""
+    channel, float32 products accumulated in float64, on the weights' device, where the
+    activations are."""
 
     def __init__(self, name: str, linear: nn.Linear):
         gram, energy = ROLES.get(name, (False, False))
         n, m = linear.in_features, linear.out_features
-        self.gram = torch.zeros(n, n, dtype=torch.float64) if gram else None
-        self.energy = torch.zeros(m, dtype=torch.float64) if energy else None
+        like = {"dtype": torch.float64, "device": linear.weight.device}
+        self.gram = torch.zeros(n, n, **like) if gram else None
+        self.energy = torch.zeros(m, **like) if energy else None
 
     def add_batch(self, inp: torch.Tensor, out: torch.Tensor) -> None:
         if self.gram is not None:
             X = inp.reshape(-1, inp.shape[-1]).float()
-            self.gram += (X.T @ X).double().cpu()
+            self.gram += (X.T @ X).double()
         if self.energy is not None:
-            self.energy += out.reshape(-1, out.shape[-1]).float().square().sum(0).double().cpu()
+            self.energy += out.reshape(-1, out.shape[-1]).float().square().sum(0).double()
 
 
 def _linear(weight: torch.Tensor, like: nn.Linear) -> nn.Linear:

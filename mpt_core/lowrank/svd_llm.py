@@ -9,10 +9,16 @@ the optimal rank-k choice for the calibration data. The layer is stored as
 U_k·√Σ_k and √Σ_k·V_kᵀ·S⁻¹.
 
 As the authors' ``profle_svdllm`` / ``whitening``: X Xᵀ is accumulated in float32
-from the dense model's activations (every block sees the uncompressed inputs),
-Cholesky in float64 with their shift of the spectrum when X Xᵀ is not positive
-definite, rank k = ⌊(1 − R)·m·n / (m + n)⌋. Their optional sequential parameter
-update of U (the "SVD-LLM (U)" variant) is not part of ``svd_llm``.
+from the dense model's activations (every block sees the uncompressed inputs), on the
+weights' device as their forward hook does, Cholesky in float64 with their shift of the
+spectrum when X Xᵀ is not positive definite, rank k = ⌊(1 − R)·m·n / (m + n)⌋. Their
+optional sequential parameter update of U (the "SVD-LLM (U)" variant) is not part of
+``svd_llm``.
+
+Precision: float64 for the Cholesky factor is the authors' (``.double()`` before
+``torch.linalg.cholesky``). The SVD of W·S and the solve against S are float64 here, while
+the authors cast S and S⁻¹ back to float32 and take the SVD of ``W.float() @ S`` in
+float32; ours keeps float64 (an exact reference, and the results recorded so far).
 """
 
 from __future__ import annotations
@@ -26,13 +32,14 @@ from mpt_core.storage import TensorStorage
 
 
 class Gram:
-    """X Xᵀ of a linear's inputs over the calibration tokens (in × in, float32 as the authors)."""
+    """X Xᵀ of a linear's inputs over the calibration tokens (in × in, float32 as the
+    authors), kept on ``device`` (the weights'), where the activations are."""
 
-    def __init__(self, in_features: int):
-        self.XXt = torch.zeros(in_features, in_features)
+    def __init__(self, in_features: int, device: torch.device | str):
+        self.XXt = torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
 
     def add_batch(self, inp: torch.Tensor, out: torch.Tensor) -> None:
-        X = inp.reshape(-1, inp.shape[-1]).float().cpu()
+        X = inp.reshape(-1, inp.shape[-1]).float()
         self.XXt += X.T @ X
 
 
@@ -42,14 +49,16 @@ def whitening_factor(XXt: torch.Tensor) -> torch.Tensor:
     S, info = torch.linalg.cholesky_ex(XXt)
     if info != 0:
         smallest = torch.linalg.eigvalsh(XXt)[0]
-        S = torch.linalg.cholesky(XXt + (1e-6 - smallest) * torch.eye(len(XXt), dtype=XXt.dtype))
+        identity = torch.eye(len(XXt), dtype=XXt.dtype, device=XXt.device)
+        S = torch.linalg.cholesky(XXt + (1e-6 - smallest) * identity)
     return S
 
 
 def whitened_svd(
     W: torch.Tensor, S: torch.Tensor, rank: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Factors (U_k√Σ_k, √Σ_k V_kᵀ S⁻¹) of W and the singular values of W·S, in float64."""
+    """Factors (U_k√Σ_k, √Σ_k V_kᵀ S⁻¹) of W and the singular values of W·S, in float64
+    (the authors: float32; see the module's docstring)."""
     S = S.to(W.device)
     U, sigma, Vt = torch.linalg.svd(W.double() @ S, full_matrices=False)
     u, vt_whitened = split_sigma(U, sigma, Vt, rank)
@@ -65,7 +74,12 @@ def svd_llm(model, stage, settings, calibration) -> dict[str, TensorStorage]:
     storage: dict[str, TensorStorage] = {}
     windows = calibration.windows(settings)
     for index, block, inputs in iterate_blocks(model, windows, propagate="dense"):
-        grams = collect_stats(block, inputs, lambda _site, linear: Gram(linear.in_features), index)
+        grams = collect_stats(
+            block,
+            inputs,
+            lambda _site, linear: Gram(linear.in_features, linear.weight.device),
+            index,
+        )
         for name, linear in linear_layers(block).items():
             rank = rank_for_ratio(*linear.weight.shape, stage.ratio)
             if rank is None:

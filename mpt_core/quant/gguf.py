@@ -253,8 +253,9 @@ def load_quantized(model: nn.Module, path: Path) -> dict[str, TensorStorage]:
     storage = {}
     for tensor in gguf.GGUFReader(path).tensors:
         name = by_gguf_name[tensor.name]
-        # torch.tensor copies: F16/F32 tensors come back as read-only views of the mapped file
-        values = torch.tensor(gguf.quants.dequantize(tensor.data, tensor.tensor_type))
+        # torch.tensor copies (F16/F32 tensors come back as read-only views of the mapped
+        # file) into host memory, where the numpy array is; copy_ then moves it to the weight
+        values = torch.tensor(gguf.quants.dequantize(tensor.data, tensor.tensor_type), device="cpu")
         heads = rotary_heads(model.config, name)
         if heads:
             values = unpermute(values, heads)

@@ -53,31 +53,33 @@ NF4_CODE = (
 FP4_MAGNITUDES = (0.0, 0.0625, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0)
 
 
-def codebook(quant_type: str) -> torch.Tensor:
-    """The 16 code values of ``nf4`` or ``fp4`` in [-1, 1], sorted."""
+def codebook(quant_type: str, device: torch.device | str) -> torch.Tensor:
+    """The 16 code values of ``nf4`` or ``fp4`` in [-1, 1], sorted, on ``device`` (the
+    weights' device: ``bucketize`` and the code lookup need them together)."""
     if quant_type == "nf4":
-        return torch.tensor(NF4_CODE, dtype=torch.float32)
-    magnitudes = torch.tensor(FP4_MAGNITUDES, dtype=torch.float32)
+        return torch.tensor(NF4_CODE, dtype=torch.float32, device=device)
+    magnitudes = torch.tensor(FP4_MAGNITUDES, dtype=torch.float32, device=device)
     code = torch.cat([magnitudes, -magnitudes])
     return torch.sort(code / code.abs().max()).values
 
 
-def dynamic_code() -> torch.Tensor:
+def dynamic_code(device: torch.device | str) -> torch.Tensor:
     """The signed 8-bit dynamic (tree) data type of 8-bit optimizers (Dettmers et al., 2022),
     bitsandbytes' ``create_dynamic_map``: a sign, a run of zeros that sets the decimal
-    exponent (10⁻⁶ … 10⁰), an indicator bit, and a linear fraction in the remaining bits."""
+    exponent (10⁻⁶ … 10⁰), an indicator bit, and a linear fraction in the remaining bits.
+    Its values are worked out on the host, as bitsandbytes does, and returned on ``device``."""
     exponent_bits, non_sign_bits = 7, 7
     data: list[float] = []
     for i in range(exponent_bits):
         fraction_items = 2 ** (i + non_sign_bits - exponent_bits) + 1
-        boundaries = torch.linspace(0.1, 1, fraction_items, dtype=torch.float32)
+        boundaries = torch.linspace(0.1, 1, fraction_items, dtype=torch.float32, device="cpu")
         means = (boundaries[:-1] + boundaries[1:]) / 2.0
         data += ((10 ** (-(exponent_bits - 1) + i)) * means).tolist()
         data += (-(10 ** (-(exponent_bits - 1) + i)) * means).tolist()
     data += [0.0, 1.0]
     data += [0.0] * (256 - len(data))
     data.sort()
-    return torch.tensor(data, dtype=torch.float32)
+    return torch.tensor(data, dtype=torch.float32, device=device)
 
 
 def blockwise_absmax_quantize(
@@ -108,14 +110,14 @@ def double_quantize(absmax: torch.Tensor) -> torch.Tensor:
     """The block absmaxes as double quantization stores them, dequantized: the mean plus
     8-bit dynamic codes scaled per block of 256."""
     offset = absmax.mean()
-    code = dynamic_code()
+    code = dynamic_code(absmax.device)
     index, absmax2 = blockwise_absmax_quantize(absmax - offset, code, BLOCKSIZE2)
     return blockwise_dequantize(index, absmax2, code, BLOCKSIZE2) + offset
 
 
 def quantize_4bit(weight: torch.Tensor, quant_type: str, double_quant: bool) -> torch.Tensor:
     """``weight`` quantized to NF4/FP4 in blocks of 64, returned dequantized."""
-    code = codebook(quant_type)
+    code = codebook(quant_type, weight.device)
     index, absmax = blockwise_absmax_quantize(weight.detach().float().reshape(-1), code, BLOCKSIZE)
     if double_quant:
         absmax = double_quantize(absmax)
