@@ -169,8 +169,8 @@ class BlockMasks:
         """Drop the hooks and delete the masked structures (adapters already merged)."""
         for handle in self.handles:
             handle.remove()
-        keep_head_groups(self.block.self_attn, self.head_mask.nonzero().flatten().cpu())
-        keep_channels(self.block.mlp, self.channel_mask.nonzero().flatten().cpu())
+        keep_head_groups(self.block.self_attn, self.head_mask.nonzero().flatten())
+        keep_channels(self.block.mlp, self.channel_mask.nonzero().flatten())
 
 
 def _masked_to(mask: torch.Tensor, score: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -181,9 +181,9 @@ def _masked_to(mask: torch.Tensor, score: torch.Tensor, ratio: float) -> torch.T
     if missing <= 0:
         return mask
     candidates = torch.where(mask > 0, score, torch.full_like(score, torch.inf))
-    order = torch.argsort(candidates.cpu(), stable=True)[:missing]
+    order = torch.argsort(candidates, stable=True)[:missing]
     mask = mask.clone()
-    mask[order.to(mask.device)] = 0
+    mask[order] = 0
     return mask
 
 
