@@ -130,11 +130,11 @@ class BlockMasks:
 
     def __init__(self, block: nn.Module, shape: BlockShape):
         self.block, self.groups, self.channels = block, shape.groups, shape.channels
-        device = block.self_attn.k_proj.base.weight.device
-        self.head_mask = torch.ones(shape.groups, device=device)
-        self.channel_mask = torch.ones(shape.channels, device=device)
-        self.head_score = torch.zeros(shape.groups, device=device)
-        self.channel_score = torch.zeros(shape.channels, device=device)
+        like = dict(device=block.self_attn.k_proj.base.weight.device, dtype=torch.float32)
+        self.head_mask = torch.ones(shape.groups, **like)
+        self.channel_mask = torch.ones(shape.channels, **like)
+        self.head_score = torch.zeros(shape.groups, **like)
+        self.channel_score = torch.zeros(shape.channels, **like)
         query_rows = block.self_attn.num_key_value_groups * shape.head_dim
         attention, mlp = block.self_attn, block.mlp
         self.handles = [
