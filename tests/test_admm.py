@@ -25,7 +25,7 @@ def correlated_inputs(seed: int = 0) -> torch.Tensor:
 
 
 def gram(X: torch.Tensor) -> torch.Tensor:
-    stats = GramStats(X.shape[1])
+    stats = GramStats(X.shape[1], X.device)
     stats.add_batch(X.unsqueeze(0), None)
     return stats.XX
 
@@ -84,7 +84,7 @@ def test_with_a_fixed_mask_it_converges_to_the_masked_least_squares(layer):
 
 def test_gram_statistics_do_not_depend_on_the_batch_split(layer):
     _, X = layer
-    split = GramStats(COLUMNS)
+    split = GramStats(COLUMNS, X.device)
     for part in X.reshape(4, -1, COLUMNS):
         split.add_batch(part.unsqueeze(0), None)
     torch.testing.assert_close(split.XX, gram(X), rtol=1e-4, atol=1e-2)

@@ -25,14 +25,14 @@ STEP = 0.01
 @pytest.fixture
 def allocation():
     score = torch.rand(6, 50, generator=torch.Generator().manual_seed(0))
-    allocation = SparsityAllocation(score, sparsity_candidates(STEP), "row", sigmoid=False)
+    allocation = SparsityAllocation(score, sparsity_candidates(STEP, "cpu"), "row", sigmoid=False)
     with torch.no_grad():
         allocation.logits.copy_(torch.randn(6, 101, generator=torch.Generator().manual_seed(1)))
     return score, allocation
 
 
 def test_candidates_run_from_one_to_zero():
-    candidates = sparsity_candidates(STEP)
+    candidates = sparsity_candidates(STEP, "cpu")
     assert len(candidates) == 101
     assert candidates[0] == 1.0 and candidates[-1] == 0.0
 
@@ -61,7 +61,7 @@ def test_mask_is_hard_forward_and_the_keep_probability_backward(allocation):
 
 
 def test_sigmoid_smoothing_bounds_the_expected_sparsity():
-    candidates = sparsity_candidates(STEP)
+    candidates = sparsity_candidates(STEP, "cpu")
     bound = max_expected_sparsity(candidates)
     assert bound == pytest.approx(0.6237, abs=1e-4)
     # no logits exceed it: sigmoid ∈ (0, 1) caps any probability ratio at e

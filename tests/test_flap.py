@@ -57,7 +57,7 @@ def inputs_of(model, windows, name: str) -> list[torch.Tensor]:
 
 def test_fluctuation_is_the_sample_variance_over_every_token():
     x = torch.tensor([[[1.0, 10.0], [3.0, 10.0]], [[5.0, 10.0], [7.0, 14.0]]])
-    stats = Fluctuation(2)
+    stats = Fluctuation(2, "cpu")
     stats.add_batch(x[:1])
     stats.add_batch(x[1:])
     # channel 0: tokens 1, 3, 5, 7 -> mean 4, squared deviations 9+1+1+9 = 20, / (4 - 1)

@@ -42,7 +42,7 @@ DRAWS = 1000
 
 
 def gate(log_alpha: float) -> HardConcrete:
-    mask = HardConcrete((SAMPLES,), SAMPLES, torch.Generator().manual_seed(0))
+    mask = HardConcrete((SAMPLES,), SAMPLES, torch.Generator().manual_seed(0), "cpu")
     with torch.no_grad():
         mask.log_alpha.fill_(log_alpha)
     return mask
@@ -76,7 +76,7 @@ def test_expected_size_is_the_mean_size_of_sampled_architectures(seed):
     """E[block parameters] in closed form = the Monte-Carlo mean of the parameter count of
     architectures drawn from the gates (the gates are independent)."""
     generator = torch.Generator().manual_seed(seed)
-    masks = ShearingMasks(TINY, target_shape(TINY, 0.5), generator)
+    masks = ShearingMasks(TINY, target_shape(TINY, 0.5), generator, "cpu")
     with torch.no_grad():
         for mask in masks.masks.values():
             mask.log_alpha.uniform_(-3, 3, generator=generator)
@@ -92,7 +92,7 @@ def test_expected_size_is_the_mean_size_of_sampled_architectures(seed):
 
 
 def test_deterministic_gates_keep_the_target_count_of_largest_log_alpha():
-    mask = HardConcrete((3, 5), 2, torch.Generator().manual_seed(0))
+    mask = HardConcrete((3, 5), 2, torch.Generator().manual_seed(0), "cpu")
     log_alpha = torch.tensor([[1.0, -2.0, 3.0, 0.5, 4.0], [0.0, 0.1, -1.0, 2.0, -3.0]] * 2)[:3]
     with torch.no_grad():
         mask.log_alpha.copy_(log_alpha)
@@ -132,7 +132,7 @@ def test_lagrangian_drives_the_expected_shape_to_the_target():
     multipliers ascending) and ramp: after 200 steps every mask type's expected sparsity
     is within 0.03 of its target and the expected size within 3% of the target's."""
     target = target_shape(TINY, 0.5)
-    masks = ShearingMasks(TINY, target, torch.Generator().manual_seed(0))
+    masks = ShearingMasks(TINY, target, torch.Generator().manual_seed(0), "cpu")
     optimizer = torch.optim.AdamW(
         [
             {"params": [mask.log_alpha for mask in masks.masks.values()], "lr": 1.0},
@@ -210,7 +210,7 @@ def test_pruned_model_computes_what_the_masked_model_did(tied):
     model = tiny_llama(tied)
     base = model_shape(model)
     target = target_shape(base, 0.5, layers=2)
-    masks = ShearingMasks(base, target, torch.Generator().manual_seed(0))
+    masks = ShearingMasks(base, target, torch.Generator().manual_seed(0), "cpu")
     with torch.no_grad():
         for mask in masks.masks.values():
             mask.log_alpha.uniform_(-4, 4)
@@ -254,7 +254,7 @@ def test_training_moves_weights_and_gates_and_leaves_no_trace(fixed_calibration)
     model = tiny_llama(tied=False)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     base = model_shape(model)
-    masks = ShearingMasks(base, target_shape(base, 0.5), torch.Generator().manual_seed(0))
+    masks = ShearingMasks(base, target_shape(base, 0.5), torch.Generator().manual_seed(0), "cpu")
     log_alpha = masks.masks["intermediate"].log_alpha.detach().clone()
 
     train_masks(

@@ -139,10 +139,11 @@ def training_chunks(windows: torch.Tensor, length: int = CHUNK) -> torch.Tensor:
 
 
 def shuffled(chunks: torch.Tensor, seed: int) -> Iterator[torch.Tensor]:
-    """The chunks in a fresh random order every epoch, for as long as asked."""
-    order = torch.Generator().manual_seed(seed)
+    """The chunks in a fresh random order every epoch, for as long as asked. The order is
+    drawn on the host (it only picks chunks), so a seed gives one order on every device."""
+    order = torch.Generator(device="cpu").manual_seed(seed)
     while True:
-        for index in torch.randperm(len(chunks), generator=order).tolist():
+        for index in torch.randperm(len(chunks), generator=order, device="cpu").tolist():
             yield chunks[index]
 
 

@@ -30,7 +30,8 @@ class InputNormStats:
     Wanda's WrappedGPT does (``scaler_row``)."""
 
     def __init__(self, linear: nn.Linear):
-        self.scaler_row = torch.zeros(linear.weight.shape[1], device=linear.weight.device)
+        columns, device = linear.weight.shape[1], linear.weight.device
+        self.scaler_row = torch.zeros(columns, device=device, dtype=torch.float32)
         self.nsamples = 0
 
     def add_batch(self, inp: torch.Tensor, _out: torch.Tensor | None = None) -> None:
@@ -52,7 +53,7 @@ class HessianStats:
 
     def __init__(self, linear: nn.Linear):
         columns = linear.weight.shape[1]
-        self.H = torch.zeros(columns, columns, device=linear.weight.device)
+        self.H = torch.zeros(columns, columns, device=linear.weight.device, dtype=torch.float32)
         self.nsamples = 0
 
     def add_batch(self, inp: torch.Tensor, _out: torch.Tensor | None = None) -> None:

@@ -27,5 +27,5 @@ def training_only(model: nn.Module, params: list[nn.Parameter]):
 
 def batches(windows: torch.Tensor, batch: int, step: int) -> torch.Tensor:
     """The windows of ``step``, taken in turn and wrapping around."""
-    index = (torch.arange(batch) + step * batch) % len(windows)
+    index = (torch.arange(batch, device=windows.device) + step * batch) % len(windows)
     return windows[index]

@@ -28,10 +28,11 @@ from mpt_core.storage import TensorStorage
 
 
 class GramStats:
-    """Accumulates XᵀX over the calibration tokens seen by one linear."""
+    """Accumulates XᵀX over the calibration tokens seen by one linear, on ``device`` (the
+    linear's: the activations that feed it are there)."""
 
-    def __init__(self, columns: int):
-        self.XX = torch.zeros(columns, columns)
+    def __init__(self, columns: int, device: torch.device | str):
+        self.XX = torch.zeros(columns, columns, device=device, dtype=torch.float32)
 
     def add_batch(self, inp: torch.Tensor, out: torch.Tensor) -> None:
         X = inp.reshape(-1, inp.shape[-1]).float()
@@ -65,9 +66,10 @@ def admm_prune(
     norm = XX.diag().sqrt() + 1e-8
     XX = XX / norm / norm[:, None]  # D⁻¹ XᵀX D⁻¹: unit-norm input columns
     W = (weight.float() * norm).contiguous()  # a restored weight may be a strided view
-    XX = XX + percdamp * XX.diag().mean() * torch.eye(len(XX))
+    eye = torch.eye(len(XX), device=XX.device, dtype=XX.dtype)
+    XX = XX + percdamp * XX.diag().mean() * eye
     XY = W @ XX
-    XXinv = torch.linalg.inv(XX + rho * torch.eye(len(XX)))
+    XXinv = torch.linalg.inv(XX + rho * eye)
     U = torch.zeros_like(W)
     mask = None
     for t in range(iters):
@@ -99,7 +101,7 @@ def admm(model, stage, settings, calibration) -> dict[str, TensorStorage]:
     prune_iters = min(settings["prune_iters"], settings["iters"])
 
     def make_stats(_site, linear):
-        return GramStats(linear.in_features)
+        return GramStats(linear.in_features, linear.weight.device)
 
     def compress(_site, linear, stats):
         linear.weight.copy_(

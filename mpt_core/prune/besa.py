@@ -55,20 +55,25 @@ from mpt_core.storage import TensorStorage
 ALLOCATIONS = ("row", "layer")
 
 
-def sparsity_candidates(step: float) -> torch.Tensor:
-    """c_k = 1, 1 − step, …, 0 (the reference's ``arange`` with its last value forced to 0)."""
-    candidates = torch.arange(1.0, -1 * step, -1 * step)
+def sparsity_candidates(step: float, device: torch.device | str) -> torch.Tensor:
+    """c_k = 1, 1 − step, …, 0 (the reference's ``arange`` with its last value forced to 0),
+    on ``device``: the weights' for training, ``"cpu"`` for the bound of a spec."""
+    candidates = torch.arange(1.0, -1 * step, -1 * step, device=device, dtype=torch.float32)
     candidates[-1] = 0.0
     return candidates
 
 
 def max_expected_sparsity(candidates: torch.Tensor) -> float:
     """The largest Σ p_k c_k a sigmoid-smoothed softmax reaches: weight e on the top
-    candidates, 1 on the rest (sigmoid ∈ (0, 1)), at the best split."""
+    candidates, 1 on the rest (sigmoid ∈ (0, 1)), at the best split. A check of the spec,
+    not the method's arithmetic: it sums in float64, where ``candidates`` are."""
     top_first = candidates.sort(descending=True).values.double()
+    like = dict(device=candidates.device, dtype=candidates.dtype)
     best = 0.0
     for split in range(len(top_first) + 1):
-        weights = torch.cat([torch.full((split,), math.e), torch.ones(len(top_first) - split)])
+        weights = torch.cat(
+            [torch.full((split,), math.e, **like), torch.ones(len(top_first) - split, **like)]
+        )
         best = max(best, float((weights * top_first).sum() / weights.sum()))
     return best
 
@@ -119,17 +124,20 @@ class Prodigy(torch.optim.Optimizer):
 
 class SparsityAllocation(nn.Module):
     """One linear's learnable sparsity: logits over the candidates, per row or per layer,
-    and the masks they define on the weights sorted by Wanda's score."""
+    and the masks they define on the weights sorted by Wanda's score. Everything lives on
+    the device of ``score`` (the weights'), where ``candidates`` must be too."""
 
     def __init__(self, score: torch.Tensor, candidates: torch.Tensor, alloc: str, sigmoid: bool):
         super().__init__()
         rows, columns = score.shape
         self.columns, self.alloc, self.sigmoid = columns, alloc, sigmoid
         self.candidates = candidates
-        self.logits = nn.Parameter(torch.zeros(rows if alloc == "row" else 1, len(candidates)))
+        like = dict(device=score.device, dtype=torch.float32)
+        shape = (rows if alloc == "row" else 1, len(candidates))
+        self.logits = nn.Parameter(torch.zeros(shape, **like))
         self.sort_indices = torch.argsort(score, dim=1, stable=True)
         # prob_map[k, position] = 1 where candidate c_k prunes that sorted position
-        self.prob_map = torch.zeros(len(candidates), columns)
+        self.prob_map = torch.zeros(len(candidates), columns, **like)
         for k, c in enumerate(candidates.tolist()):
             self.prob_map[k, : int(columns * c)] = 1
 
@@ -144,7 +152,8 @@ class SparsityAllocation(nn.Module):
     def hard_mask(self) -> torch.Tensor:
         """1 where kept: the lowest int(s · columns) of each row pruned."""
         prune = (self.sparsities() * self.columns).long().expand(len(self.sort_indices))
-        kept_sorted = torch.arange(self.columns) >= prune.unsqueeze(1)
+        columns = torch.arange(self.columns, device=self.sort_indices.device)
+        kept_sorted = columns >= prune.unsqueeze(1)
         return self._unsort(kept_sorted.float())
 
     def keep_probability(self) -> torch.Tensor:
@@ -188,7 +197,7 @@ def learn_block(
     """Train the block's sparsity allocation, then prune it at the learned sparsities."""
     linears = linear_layers(block)
     stats = collect_stats(block, inputs, lambda _site, linear: InputNormStats(linear), index)
-    candidates = sparsity_candidates(settings["step"])
+    candidates = sparsity_candidates(settings["step"], next(iter(linears.values())).weight.device)
     allocations = {
         name: SparsityAllocation(
             wanda_score(linear.weight, stats[name].scaler_row),
@@ -221,7 +230,7 @@ def learn_block(
 def check_reachable(stage, settings) -> None:
     if not settings["sigmoid"]:
         return
-    bound = max_expected_sparsity(sparsity_candidates(settings["step"]))
+    bound = max_expected_sparsity(sparsity_candidates(settings["step"], "cpu"))
     if stage.ratio > bound:
         raise SpecError(
             f"{stage}: with sigmoid smoothing BESA's expected sparsity is at most {bound:.3f}; "

@@ -37,12 +37,14 @@ METRICS = ("angular",)  # Kim et al.'s Taylor+ and PPL criteria are not implemen
 
 @torch.no_grad()
 def last_token_states(model, windows: torch.Tensor) -> torch.Tensor:
-    """x^(0) … x^(L) at the final token of every window: (L + 1, windows, hidden), float64."""
+    """x^(0) … x^(L) at the final token of every window: (L + 1, windows, hidden), on the
+    model's device. In float64, which is ours (the paper has no code): arccos is steep where
+    cos is near 1, where the best blocks lie."""
     inputs = capture_layer0_inputs(model, windows)
-    states = [inputs.hidden[:, -1].double().cpu()]
+    states = [inputs.hidden[:, -1].double()]
     for block in decoder_layers(model):
         outputs = run_block(block, inputs)
-        states.append(outputs[:, -1].double().cpu())
+        states.append(outputs[:, -1].double())
         inputs = LayerInputs(outputs, inputs.kwargs)
     return torch.stack(states)
 

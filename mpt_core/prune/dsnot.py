@@ -50,8 +50,9 @@ class DSnoTStats:
         columns = linear.in_features
         self.wanda = InputNormStats(linear)
         self.sparsegpt = HessianStats(linear) if init == "sparsegpt" else None
-        self.sum_metric_row = torch.zeros(columns)
-        self.var = torch.zeros(columns)
+        like = dict(device=linear.weight.device, dtype=torch.float32)
+        self.sum_metric_row = torch.zeros(columns, **like)
+        self.var = torch.zeros(columns, **like)
         self.nsamples = 0
         self.ntokens = 0
 
@@ -156,7 +157,7 @@ def dsnot_nm(W, W_hat, pruned, mean, var, score, m, max_cycle, threshold):
     error = ((W - W_hat) * mean).sum(dim=1, keepdim=True)
     sign0 = torch.sign(error)
     grow_order = growing_order(grow_metric, var, pruned)
-    grow_ptr = _pointers(torch.full((W.shape[0],), W.shape[1]))
+    grow_ptr = _pointers(torch.full((W.shape[0],), W.shape[1], device=W.device))
     score = score.masked_fill(pruned, torch.inf)
     update = torch.ones_like(error, dtype=torch.bool)
     for _ in range(max_cycle):
@@ -164,7 +165,7 @@ def dsnot_nm(W, W_hat, pruned, mean, var, score, m, max_cycle, threshold):
             break
         grow = _take(grow_order, grow_ptr, (error > 0).long())
         start = grow - grow % m
-        group = start + torch.arange(m)
+        group = start + torch.arange(m, device=start.device)
         prune = start + score.gather(1, group).argmin(dim=1, keepdim=True)
         delta = prune_metric_all.gather(1, prune) - grow_metric.gather(1, grow)
         update &= (torch.sign(error + delta) == sign0) & (error.abs() > threshold)

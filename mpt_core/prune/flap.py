@@ -55,15 +55,17 @@ SCORED = ("self_attn.o_proj", "mlp.down_proj")
 
 class Fluctuation:
     """Mean and unbiased variance of each input channel of a linear over every token it
-    reads, merged batch by batch (Chan et al.'s parallel update, in float64)."""
+    reads, merged batch by batch (Chan et al.'s parallel update), on ``device``: the
+    linear's, where its inputs arrive. In float64, which is ours (the reference's running
+    estimate is float32): the exact variance of deliberate difference (1)."""
 
-    def __init__(self, columns: int):
+    def __init__(self, columns: int, device: torch.device | str):
         self.count = 0
-        self.mean = torch.zeros(columns, dtype=torch.float64)
-        self.m2 = torch.zeros(columns, dtype=torch.float64)
+        self.mean = torch.zeros(columns, dtype=torch.float64, device=device)
+        self.m2 = torch.zeros(columns, dtype=torch.float64, device=device)
 
     def add_batch(self, inp: torch.Tensor) -> None:
-        X = inp.reshape(-1, inp.shape[-1]).double().cpu()
+        X = inp.reshape(-1, inp.shape[-1]).double()
         n, batch_mean = X.shape[0], X.mean(0)
         batch_m2 = ((X - batch_mean) ** 2).sum(0)
         total = self.count + n
@@ -79,7 +81,7 @@ class Fluctuation:
 
 def wifv(fluctuation: Fluctuation, linear: nn.Linear) -> torch.Tensor:
     """Weighted input feature variance: Var(x_j) · ‖W[:, j]‖² per input channel j."""
-    return fluctuation.variance * linear.weight.detach().double().cpu().pow(2).sum(0)
+    return fluctuation.variance * linear.weight.detach().double().pow(2).sum(0)
 
 
 def standardize(scores: torch.Tensor) -> torch.Tensor:
@@ -106,7 +108,10 @@ def group_channels(attention: nn.Module) -> int:
 def block_fluctuations(block: nn.Module, inputs) -> dict[str, Fluctuation]:
     """Fluctuation of the inputs of o_proj and down_proj while the block runs on ``inputs``."""
     modules = {name: block.get_submodule(name) for name in SCORED}
-    stats = {name: Fluctuation(module.in_features) for name, module in modules.items()}
+    stats = {
+        name: Fluctuation(module.in_features, module.weight.device)
+        for name, module in modules.items()
+    }
     with forward_hooks(modules, lambda name: lambda _m, args, _out: stats[name].add_batch(args[0])):
         run_block(block, inputs)
     return stats

@@ -152,7 +152,7 @@ def channel_importance(mlp: nn.Module) -> torch.Tensor:
 
 def survivors(importance: torch.Tensor, count: int) -> torch.Tensor:
     """Sorted indices of the units that stay when the ``count`` least important go."""
-    order = torch.argsort(importance.cpu(), stable=True)
+    order = torch.argsort(importance, stable=True)
     return order[count:].sort().values
 
 

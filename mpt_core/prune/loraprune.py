@@ -130,11 +130,11 @@ class BlockMasks:
 
     def __init__(self, block: nn.Module, shape: BlockShape):
         self.block, self.groups, self.channels = block, shape.groups, shape.channels
-        device = block.self_attn.k_proj.base.weight.device
-        self.head_mask = torch.ones(shape.groups, device=device)
-        self.channel_mask = torch.ones(shape.channels, device=device)
-        self.head_score = torch.zeros(shape.groups, device=device)
-        self.channel_score = torch.zeros(shape.channels, device=device)
+        like = dict(device=block.self_attn.k_proj.base.weight.device, dtype=torch.float32)
+        self.head_mask = torch.ones(shape.groups, **like)
+        self.channel_mask = torch.ones(shape.channels, **like)
+        self.head_score = torch.zeros(shape.groups, **like)
+        self.channel_score = torch.zeros(shape.channels, **like)
         query_rows = block.self_attn.num_key_value_groups * shape.head_dim
         attention, mlp = block.self_attn, block.mlp
         self.handles = [
@@ -169,8 +169,8 @@ class BlockMasks:
         """Drop the hooks and delete the masked structures (adapters already merged)."""
         for handle in self.handles:
             handle.remove()
-        keep_head_groups(self.block.self_attn, self.head_mask.nonzero().flatten().cpu())
-        keep_channels(self.block.mlp, self.channel_mask.nonzero().flatten().cpu())
+        keep_head_groups(self.block.self_attn, self.head_mask.nonzero().flatten())
+        keep_channels(self.block.mlp, self.channel_mask.nonzero().flatten())
 
 
 def _masked_to(mask: torch.Tensor, score: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -181,9 +181,9 @@ def _masked_to(mask: torch.Tensor, score: torch.Tensor, ratio: float) -> torch.T
     if missing <= 0:
         return mask
     candidates = torch.where(mask > 0, score, torch.full_like(score, torch.inf))
-    order = torch.argsort(candidates.cpu(), stable=True)[:missing]
+    order = torch.argsort(candidates, stable=True)[:missing]
     mask = mask.clone()
-    mask[order.to(mask.device)] = 0
+    mask[order] = 0
     return mask
 
 

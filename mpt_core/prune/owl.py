@@ -50,8 +50,9 @@ def layer_outlier_ratio(scores: list[torch.Tensor], M: float) -> float:
 
 
 def owl_sparsities(lod: list[float], R: float, lam: float) -> list[float]:
-    """Per-layer sparsity: LOD rescaled to [0, 2λ], centred on density 1 - R."""
-    lod_t = torch.tensor(lod, dtype=torch.float64)
+    """Per-layer sparsity: LOD rescaled to [0, 2λ], centred on density 1 - R; one number a
+    layer, on the host in float64 as the reference's numpy arrays."""
+    lod_t = torch.tensor(lod, dtype=torch.float64, device="cpu")
     spread = lod_t.max() - lod_t.min()
     if spread == 0:  # no layer stands out: OWL reduces to the uniform ratio
         return [R] * len(lod)

@@ -86,12 +86,22 @@ MASK_TYPES = ("layer", "head", "intermediate", "hidden")
 
 
 class HardConcrete(nn.Module):
-    """Hard-concrete gates for rows of ``size`` units, of which ``target`` should stay."""
+    """Hard-concrete gates for rows of ``size`` units, of which ``target`` should stay, with
+    log α on ``device``. Its random numbers (log α's initialisation, the noise u of every
+    sample) come from ``generator`` where it draws, the host, and then move to ``device``:
+    a seed gives the same gates on every device."""
 
-    def __init__(self, shape: tuple[int, ...], target: int, generator: torch.Generator):
+    def __init__(
+        self,
+        shape: tuple[int, ...],
+        target: int,
+        generator: torch.Generator,
+        device: torch.device | str,
+    ):
         super().__init__()
-        init = LOG_ALPHA_INIT + LOG_ALPHA_INIT_STD * torch.randn(shape, generator=generator)
-        self.log_alpha = nn.Parameter(init)
+        noise = torch.randn(shape, generator=generator, device=generator.device)
+        init = LOG_ALPHA_INIT + LOG_ALPHA_INIT_STD * noise
+        self.log_alpha = nn.Parameter(init.to(device))
         self.size, self.target = shape[-1], target
 
     def constrain(self) -> None:
@@ -100,8 +110,8 @@ class HardConcrete(nn.Module):
 
     def sample(self, generator: torch.Generator) -> torch.Tensor:
         """z = min(1, max(0, sigmoid((logit u + log α)/β)·(ζ − γ) + γ)), u ~ U(ε, 1 − ε)."""
-        u = torch.rand(self.log_alpha.shape, generator=generator).clamp(EPSILON, 1 - EPSILON)
-        u = u.to(self.log_alpha.device)
+        u = torch.rand(self.log_alpha.shape, generator=generator, device=generator.device)
+        u = u.clamp(EPSILON, 1 - EPSILON).to(self.log_alpha.device)
         s = torch.sigmoid((u.log() - (1 - u).log() + self.log_alpha) / TEMPERATURE)
         low, high = STRETCH
         return (s * (high - low) + low).clamp(0, 1)
@@ -179,9 +189,12 @@ def target_shape(base: Shape, ratio: float, layers: int | None = None) -> Shape:
 
 
 class ShearingMasks(nn.Module):
-    """The four mask types of a base shape toward a target, with their Lagrange multipliers."""
+    """The four mask types of a base shape toward a target, with their Lagrange multipliers,
+    on ``device`` (the model's)."""
 
-    def __init__(self, base: Shape, target: Shape, generator: torch.Generator):
+    def __init__(
+        self, base: Shape, target: Shape, generator: torch.Generator, device: torch.device | str
+    ):
         super().__init__()
         shapes = {
             "layer": ((base.layers,), target.layers),
@@ -190,10 +203,17 @@ class ShearingMasks(nn.Module):
             "hidden": ((base.hidden,), target.hidden),
         }
         self.masks = nn.ModuleDict(
-            {name: HardConcrete(shape, kept, generator) for name, (shape, kept) in shapes.items()}
+            {
+                name: HardConcrete(shape, kept, generator, device)
+                for name, (shape, kept) in shapes.items()
+            }
         )
         self.lambdas = nn.ParameterDict(
-            {f"{name}_{i}": nn.Parameter(torch.zeros(())) for name in MASK_TYPES for i in (1, 2)}
+            {
+                f"{name}_{i}": nn.Parameter(torch.zeros((), device=device))
+                for name in MASK_TYPES
+                for i in (1, 2)
+            }
         )
         self.base, self.target = base, target
 
@@ -327,7 +347,8 @@ def language_loss(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
 
 def window_batches(windows: torch.Tensor, steps: int, batch: int, generator: torch.Generator):
     """``steps`` batches of ``batch`` windows, cycling through one shuffled order."""
-    shuffled = windows[torch.randperm(len(windows), generator=generator)]
+    order = torch.randperm(len(windows), generator=generator, device=generator.device)
+    shuffled = windows[order.to(windows.device)]
     for step in range(steps):
         yield batches(shuffled, batch, step)
 
@@ -336,7 +357,7 @@ def train_masks(
     model: nn.Module, masks: ShearingMasks, windows: torch.Tensor, steps: int, batch: int, seed: int
 ) -> None:
     """Jointly learn weights and masks: LM loss + Lagrangian, multipliers by ascent."""
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device="cpu").manual_seed(seed)  # host draws: see HardConcrete
     device = next(model.parameters()).device
     gates: dict = {}
     with training_only(model, list(model.parameters())), masked(model, gates):
@@ -368,7 +389,8 @@ def continue_pretraining(
     cosine decay to 10%, gradient norm clipped to 1 (the reference's continue_pretrain.sh).
     Its dynamic batch loading reweights data domains by their loss above a scaling-law
     target; calibration text is one domain, so there is nothing to reweight here."""
-    generator = torch.Generator().manual_seed(seed + 1)  # a fresh order, not the pruning's
+    # a fresh order, not the pruning's; drawn on the host, as the pruning's
+    generator = torch.Generator(device="cpu").manual_seed(seed + 1)
     device = next(model.parameters()).device
     weights = list(model.parameters())
     with training_only(model, weights):
@@ -489,8 +511,8 @@ def prune_to_gates(model: nn.Module, gates: dict, target: Shape) -> None:
 def sheared(model, stage, settings, calibration) -> dict[str, TensorStorage]:
     base = model_shape(model)
     target = target_shape(base, stage.ratio, settings["layers"])
-    generator = torch.Generator().manual_seed(settings["seed"])
-    masks = ShearingMasks(base, target, generator).to(next(model.parameters()).device)
+    generator = torch.Generator(device="cpu").manual_seed(settings["seed"])  # see HardConcrete
+    masks = ShearingMasks(base, target, generator, next(model.parameters()).device)
     windows = calibration.windows(settings)
     train_masks(model, masks, windows, settings["steps"], settings["batch"], settings["seed"])
     prune_to_gates(model, masks.deterministic(), target)

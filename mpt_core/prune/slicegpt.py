@@ -78,8 +78,8 @@ class SlicedDecoderLayer(nn.Module):
         self.self_attn, self.mlp = block.self_attn, block.mlp
         self.input_layernorm = RMSN(width, eps)
         self.post_attention_layernorm = RMSN(width, eps)
-        self.attn_shortcut = _matrix_linear(torch.eye(width, dtype=torch.float64), like)
-        self.mlp_shortcut = _matrix_linear(torch.eye(width, dtype=torch.float64), like)
+        self.attn_shortcut = _matrix_linear(_identity(width, like), like)
+        self.mlp_shortcut = _matrix_linear(_identity(width, like), like)
 
     def forward(self, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
         attended, _ = self.self_attn(hidden_states=self.input_layernorm(hidden_states), **kwargs)
@@ -87,6 +87,11 @@ class SlicedDecoderLayer(nn.Module):
         return self.mlp_shortcut(hidden_states) + self.mlp(
             self.post_attention_layernorm(hidden_states)
         )
+
+
+def _identity(width: int, like: torch.Tensor) -> torch.Tensor:
+    """The float64 identity on the device of ``like`` (the weights'), as the rotations are."""
+    return torch.eye(width, dtype=torch.float64, device=like.device)
 
 
 def _matrix_linear(M: torch.Tensor, like: torch.Tensor) -> nn.Linear:
@@ -110,11 +115,12 @@ def sliced_dimension(hidden_size: int, ratio: float, multiple: int) -> int:
 
 @torch.no_grad()
 def principal_directions(X: torch.Tensor) -> torch.Tensor:
-    """Eigenvectors of Σ XᵀX (damped by 1% of its mean diagonal), largest eigenvalue first."""
+    """Eigenvectors of Σ XᵀX (damped by 1% of its mean diagonal), largest eigenvalue first,
+    on the device of ``X``; in float64, as the authors' ``pca_calc``."""
     flat = X.reshape(-1, X.shape[-1])
-    H = torch.zeros(flat.shape[1], flat.shape[1], dtype=torch.float64)
+    H = torch.zeros(flat.shape[1], flat.shape[1], dtype=torch.float64, device=flat.device)
     for chunk in flat.split(4096):
-        chunk = chunk.double().cpu()
+        chunk = chunk.double()
         H += chunk.T @ chunk
     H.diagonal().add_(PCA_DAMPING * H.diagonal().mean())
     eigenvalues, eigenvectors = torch.linalg.eigh(H)
@@ -194,7 +200,7 @@ def rotate_and_slice_block(
     # until o_proj and the MLP are rotated, the rest of the block works in the original
     # basis: the attention shortcut maps back with Qᵀ, the MLP shortcut is the identity
     block.attn_shortcut = _matrix_linear(Q.T[:dimension], like)
-    block.mlp_shortcut = _matrix_linear(torch.eye(width, dtype=torch.float64), like)
+    block.mlp_shortcut = _matrix_linear(_identity(width, like), like)
     sliced = LayerInputs(_in_basis(inputs.hidden, Q, dimension), inputs.kwargs)
     Q_mid = principal_directions(mlp_norm_inputs(block, sliced))
 

@@ -117,7 +117,7 @@ def _keep_columns(linear: nn.Linear, columns: torch.Tensor) -> None:
 
 def _expand(units: torch.Tensor, size: int) -> torch.Tensor:
     """Indices of the ``size`` consecutive rows of each unit in ``units``."""
-    return (units[:, None] * size + torch.arange(size)).flatten()
+    return (units[:, None] * size + torch.arange(size, device=units.device)).flatten()
 
 
 def keep_head_groups(attention: nn.Module, keep: torch.Tensor) -> None:
