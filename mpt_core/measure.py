@@ -103,6 +103,7 @@ class Session:
                         stderr=result.stderr,
                         fingerprint=fingerprint,
                         versions=library_versions(),
+                        window_losses=list(result.window_losses),
                     )
                 )
         finally:

@@ -45,6 +45,7 @@ class Record:
     versions: dict = field(default_factory=dict)
     git_sha: str = ""
     created: str = ""
+    window_losses: list = field(default_factory=list)  # perplexity: each window's mean loss
 
     @property
     def key(self) -> tuple:

@@ -20,6 +20,10 @@ so they cannot disagree.
   baseline tells a library shift that moves dense alike from broken compression; reported
   for every point, and a gate when ``min_recovery`` is given.
 
+- **Paired windows**: where both sides carry each window's loss on the same windows, the
+  change is judged on the paired differences: a stable point fails only when the 95%
+  interval of its mean log-loss change lies wholly outside the tolerance (the tolerance is
+  the floor; on a deterministic tier the interval is a point and this is the plain rule).
 - **Protocol**: a value is compared only when it was measured the way its baseline was
   (seqlen, windows, dtype); otherwise the verdict is ``protocol differs`` and fails, naming
   the field: a changed protocol is never read as a regression or a library's effect.
@@ -42,6 +46,10 @@ FOOTPRINT_FIELDS = ("bytes", "bits_per_weight", "sparsity")
 SPARSITY_ATOL = 1e-5  # ~1,300 of SmolLM2's 135M weights; pruning 10% less moves it by 0.01+
 NOISE_MULTIPLE = 3.0  # a tolerance is never below this multiple of the point's noise floor
 CHAOTIC = 0.05  # a noise floor above this: the point is chaotic (float order alone moves it)
+# Student's t, two-sided 95%, for 1..30 degrees of freedom (then 1.96 is near enough)
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+         2.060, 2.056, 2.052, 2.048, 2.045, 2.042)  # fmt: skip
 HIGHER_IS_BETTER = DOWNSTREAM_METRICS  # accuracies; perplexity is better lower
 
 
@@ -59,6 +67,7 @@ class Verdict:
     higher_is_better: bool = False
     noise: float | None = None  # the point's measured noise floor, where known
     protocol: tuple[str, ...] = ()  # protocol fields that differ from the baseline's
+    paired: tuple[float, float] | None = None  # (mean log-loss change, its 95% half-width)
 
     @property
     def chaotic(self) -> bool:
@@ -103,6 +112,9 @@ class Verdict:
             )
         if self.footprint:
             text += "; footprint changed: " + ", ".join(self.footprint)
+        if self.paired is not None:
+            mean, half = self.paired
+            text += f"; paired windows: log change {mean:+.5f} ± {half:.5f} (95%)"
         if self.chaotic:
             text += f"; chaotic point (noise floor {self.noise:.1%})"
         return text
@@ -120,6 +132,7 @@ def check(
     higher_is_better: bool = False,
     noise: float | None = None,
     protocol: tuple[str, ...] = (),
+    paired: tuple[float, float] | None = None,
 ) -> Verdict:
     """The verdict of a measured value against its baseline (see the module docstring)."""
     reference = dense_baseline or dense_measured
@@ -129,7 +142,7 @@ def check(
     regime = "collapsed" if collapsed else "stable"
     verdict = Verdict(
         measured, baseline, rtol, regime, "ok", dense_measured, dense_baseline,
-        footprint, min_recovery, higher_is_better, noise, protocol,
+        footprint, min_recovery, higher_is_better, noise, protocol, paired,
     )  # fmt: skip
     if protocol:
         return Verdict(**{**verdict.__dict__, "outcome": "protocol differs"})
@@ -150,6 +163,10 @@ def _value_outcome(verdict: Verdict, dense: float | None) -> str:
     # an accuracy can be 0: there only the same 0 is within a relative tolerance
     if measured == baseline or (baseline != 0 and abs(measured / baseline - 1) <= verdict.rtol):
         return "ok"
+    if verdict.paired is not None:
+        mean, half = verdict.paired
+        if abs(mean) - half <= math.log1p(verdict.rtol):
+            return "ok"  # the paired interval still reaches inside the tolerance
     better = measured > baseline if verdict.higher_is_better else measured < baseline
     return "improved" if better else "regressed"
 
@@ -211,6 +228,7 @@ def judge(
     min_recovery: float | None = None,
     noise: float | None = None,
     baseline_protocol: dict | None = None,
+    baseline_losses: list | None = None,
 ) -> Verdict:
     """A measured record against a baseline value (and the baseline's footprint and
     protocol, where known): what every judge of mpt calls."""
@@ -225,7 +243,31 @@ def judge(
         higher_is_better=record.metric in HIGHER_IS_BETTER,
         noise=noise,
         protocol=protocol_changes(protocol_of(record), baseline_protocol),
+        paired=_consistent(paired_change(record.window_losses, baseline_losses), record, baseline),
     )
+
+
+def _consistent(paired, record, baseline: float):
+    """The paired change only where it is the change of the values themselves (a value
+    edited or rounded apart from its windows is judged on the values)."""
+    if paired is None or not (record.value > 0 and baseline > 0):
+        return None
+    # 1e-5: a CSV prints values to 6 significant digits
+    return paired if abs(math.log(record.value / baseline) - paired[0]) < 1e-5 else None
+
+
+def paired_change(measured: list, baseline: list | None) -> tuple[float, float] | None:
+    """Mean per-window log-loss change and the half-width of its 95% t interval, where both
+    sides scored the same number (two or more) of windows; else None."""
+    if not measured or not baseline or len(measured) != len(baseline) or len(measured) < 2:
+        return None
+    differences = [a - b for a, b in zip(measured, baseline, strict=True)]
+    if not all(math.isfinite(d) for d in differences):
+        return None
+    n = len(differences)
+    mean = sum(differences) / n
+    spread = math.sqrt(sum((d - mean) ** 2 for d in differences) / (n - 1))
+    return mean, T_975[min(n - 1, len(T_975)) - 1] * spread / math.sqrt(n)
 
 
 PROTOCOL_FIELDS = ("seqlen", "windows", "dtype")

@@ -401,3 +401,29 @@ def test_a_chaotic_point_is_named_in_its_message():
     wild = check(10.1, 10.0, rtol=0.3, noise=0.1)
     assert not calm.chaotic and "chaotic" not in calm.message
     assert wild.chaotic and "chaotic point (noise floor 10.0%)" in wild.message
+
+
+def _windows_record(value: float, losses: list[float]):
+    from mpt_core.records import Record
+
+    return Record(
+        "m", "h", "rtn:4", "wikitext2", 64, len(losses), "ppl", value, 0.0, {}, {}, "cpu",
+        "float32", window_losses=losses,
+    )  # fmt: skip
+
+
+def test_paired_windows_forgive_a_change_their_interval_cannot_place_outside_tolerance():
+    import math
+
+    from mpt_core.verdict import judge
+
+    base = [3.0, 3.1, 2.9, 3.2, 3.0, 2.8, 3.1, 3.0]
+    noisy = [b + d for b, d in zip(base, [0.2, -0.15, 0.1, -0.05, 0.18, -0.1, 0.05, -0.07])]
+    value = lambda losses: math.exp(sum(losses) / len(losses))  # noqa: E731
+    verdict = judge(_windows_record(value(noisy), noisy), value(base), baseline_losses=base)
+    assert verdict.paired is not None and verdict.passed  # 2.0% mean change, +-11% interval
+    shifted = [b + 0.05 for b in base]  # every window 5% worse: the interval is a point
+    moved = judge(_windows_record(value(shifted), shifted), value(base), baseline_losses=base)
+    assert moved.outcome == "regressed" and "paired windows" in moved.message
+    edited = judge(_windows_record(value(base) * 1.25, base), value(base), baseline_losses=base)
+    assert edited.paired is None and edited.outcome == "regressed"  # value apart from windows

@@ -95,6 +95,7 @@ def judge_row(
         min_recovery=row.min_recovery,
         noise=noise,
         baseline_protocol=baseline_protocol(row, baseline_record),
+        baseline_losses=baseline_record.window_losses if baseline_record else None,
     )
 
 

@@ -105,6 +105,7 @@ def judged(before: Run, after: Run, point: tuple, rtol: float = DEFAULT_RTOL) ->
         dense_baseline=dense_before.value if dense_before else None,
         baseline_footprint=earlier[point].footprint,
         baseline_protocol=protocol_of(earlier[point]),
+        baseline_losses=earlier[point].window_losses,
     )
 
 
