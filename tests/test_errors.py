@@ -137,7 +137,8 @@ def outcomes(request, tmp_path_factory) -> dict[str, tuple[Path, Future]]:
     wanted = {
         item.callspec.params["case_id"]
         for item in request.session.items
-        if item.module is request.module and hasattr(item, "callspec")
+        if item.module is request.module
+        and "case_id" in getattr(getattr(item, "callspec", None), "params", {})
     }
     cases = sorted((BY_ID[i] for i in wanted), key=lambda case: not case.loads_model)
     pool = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)))
