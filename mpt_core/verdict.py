@@ -34,7 +34,9 @@ Words: ``ok``, ``still collapsed``, ``regressed``, ``improved``, ``left collapse
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import statistics
 from dataclasses import dataclass
 
 from mpt_core.baselines import DOWNSTREAM_METRICS
@@ -46,10 +48,6 @@ FOOTPRINT_FIELDS = ("bytes", "bits_per_weight", "sparsity")
 SPARSITY_ATOL = 1e-5  # ~1,300 of SmolLM2's 135M weights; pruning 10% less moves it by 0.01+
 NOISE_MULTIPLE = 3.0  # a tolerance is never below this multiple of the point's noise floor
 CHAOTIC = 0.05  # a noise floor above this: the point is chaotic (float order alone moves it)
-# Student's t, two-sided 95%, for 1..30 degrees of freedom (then 1.96 is near enough)
-T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
-         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
-         2.060, 2.056, 2.052, 2.048, 2.045, 2.042)  # fmt: skip
 HIGHER_IS_BETTER = DOWNSTREAM_METRICS  # accuracies; perplexity is better lower
 
 
@@ -145,13 +143,13 @@ def check(
         footprint, min_recovery, higher_is_better, noise, protocol, paired,
     )  # fmt: skip
     if protocol:
-        return Verdict(**{**verdict.__dict__, "outcome": "protocol differs"})
+        return dataclasses.replace(verdict, outcome="protocol differs")
     outcome = _value_outcome(verdict, dense_measured or reference)
     if outcome in ("ok", "still collapsed") and footprint:
         outcome = "footprint changed"
     if outcome == "ok" and _below_gate(verdict):
         outcome = "recovery below gate"
-    return Verdict(**{**verdict.__dict__, "outcome": outcome})
+    return dataclasses.replace(verdict, outcome=outcome)
 
 
 def _value_outcome(verdict: Verdict, dense: float | None) -> str:
@@ -172,22 +170,14 @@ def _value_outcome(verdict: Verdict, dense: float | None) -> str:
 
 
 def _collapsed_outcome(measured: float, baseline: float, dense: float | None) -> str:
-    if not math.isfinite(baseline):
-        return "still collapsed" if not math.isfinite(measured) else _left_or_band(measured, dense)
     if not math.isfinite(measured):
-        return "regressed"
+        return "regressed" if math.isfinite(baseline) else "still collapsed"
     if dense is not None and measured < COLLAPSE_FACTOR * dense:
         return "left collapse"
-    if abs(math.log(measured / baseline)) <= math.log(COLLAPSE_BAND):
+    # a finite value against a non-finite baseline, still past the collapse, has no band
+    if not math.isfinite(baseline) or abs(math.log(measured / baseline)) <= math.log(COLLAPSE_BAND):
         return "still collapsed"
     return "improved" if measured < baseline else "regressed"
-
-
-def _left_or_band(measured: float, dense: float | None) -> str:
-    """A finite value against a non-finite baseline: collapsed still, or out of it."""
-    if dense is not None and measured < COLLAPSE_FACTOR * dense:
-        return "left collapse"
-    return "still collapsed"
 
 
 def _below_gate(verdict: Verdict) -> bool:
@@ -264,10 +254,11 @@ def paired_change(measured: list, baseline: list | None) -> tuple[float, float] 
     differences = [a - b for a, b in zip(measured, baseline, strict=True)]
     if not all(math.isfinite(d) for d in differences):
         return None
+    from scipy import stats
+
     n = len(differences)
-    mean = sum(differences) / n
-    spread = math.sqrt(sum((d - mean) ** 2 for d in differences) / (n - 1))
-    return mean, T_975[min(n - 1, len(T_975)) - 1] * spread / math.sqrt(n)
+    t_975 = stats.t.ppf(0.975, n - 1)
+    return statistics.fmean(differences), t_975 * statistics.stdev(differences) / math.sqrt(n)
 
 
 PROTOCOL_FIELDS = ("seqlen", "windows", "dtype")
