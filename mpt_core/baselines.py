@@ -212,44 +212,57 @@ def sidecar_path(csv_path: str | Path) -> Path:
     return path.with_name(f"{path.stem}.records.jsonl")
 
 
-class BaselineRecords:
-    """The full record behind each CPU-tier baseline row, read once per file.
+class _SidecarIndex:
+    """What a CPU-tier CSV's sidecar file holds for its rows, read once per file; a study
+    row, or a CSV without the file, has nothing."""
+
+    def __init__(self, path_of, read):
+        self._path_of, self._read = path_of, read
+        self._files: dict[Path, dict] = {}
+
+    def _entries(self, row: BaselineRow) -> dict:
+        if row.tier != "cpu" or not row.file:
+            return {}
+        path = self._path_of(row.file)
+        if path not in self._files:
+            self._files[path] = self._read(path) if path.is_file() else {}
+        return self._files[path]
+
+
+class BaselineRecords(_SidecarIndex):
+    """The full record behind each CPU-tier baseline row.
 
     A row's record has the row's (model, dataset, spec, metric, seqlen, and for perplexity
-    its windows); where a
-    point was recorded twice, the last record whose value prints as the row's value wins
-    (that is the one the CSV was written from)."""
+    its windows); where a point was recorded twice, the last record whose value prints as
+    the row's value wins (that is the one the CSV was written from)."""
 
     def __init__(self):
-        self._files: dict[Path, dict[tuple, list]] = {}
+        super().__init__(sidecar_path, _read_records)
 
     def of(self, row: BaselineRow):
-        """The row's record, or None (a study row, or a CSV without its records file)."""
-        if row.tier != "cpu" or not row.file:
-            return None
+        """The row's record, or None."""
         key = (row.model, row.dataset, row.spec, row.metric, row.seqlen)
         matches = [
             record
-            for record in self._index(Path(row.file)).get(key, [])
+            for record in self._entries(row).get(key, [])
             if row.metric != "ppl" or row.windows in (None, record.windows)
         ]
-        printed = [record for record in matches if _printed(record.value) == row.raw_value]
+        printed = [record for record in matches if printed_value(record.value) == row.raw_value]
         return (printed or matches or [None])[-1]
 
-    def _index(self, csv_path: Path) -> dict[tuple, list]:
-        from mpt_core.records import read
 
-        if csv_path not in self._files:
-            index: dict[tuple, list] = {}
-            for record in read(sidecar_path(csv_path)):
-                key = (record.model, record.dataset, record.spec, record.metric, record.seqlen)
-                index.setdefault(key, []).append(record)
-            self._files[csv_path] = index
-        return self._files[csv_path]
+def _read_records(path: Path) -> dict[tuple, list]:
+    from mpt_core.records import read
+
+    index: dict[tuple, list] = {}
+    for record in read(path):
+        key = (record.model, record.dataset, record.spec, record.metric, record.seqlen)
+        index.setdefault(key, []).append(record)
+    return index
 
 
-def _printed(value: float) -> str:
-    """A value as the CSV writer prints it."""
+def printed_value(value: float) -> str:
+    """A value as a baseline CSV prints it: six significant digits, ``nan`` if not finite."""
     return f"{value:.6g}" if math.isfinite(value) else "nan"
 
 
@@ -262,23 +275,21 @@ def noise_path(csv_path: str | Path) -> Path:
     return path.with_name(f"{path.stem}.noise.txt")
 
 
-class NoiseFloors:
+class NoiseFloors(_SidecarIndex):
     """Each CPU-tier point's spread under float-order perturbations (threads, calibration
-    batch), from the CSV's ``.noise.txt`` written by ``mpt baselines noise``; read once."""
+    batch), from the CSV's ``.noise.txt`` written by ``mpt baselines noise``."""
 
     def __init__(self):
-        self._files: dict[Path, dict[tuple, float]] = {}
+        super().__init__(noise_path, read_noise)
 
     def of(self, row: BaselineRow) -> float | None:
-        if row.tier != "cpu" or not row.file:
-            return None
-        path = noise_path(row.file)
-        if path not in self._files:
-            self._files[path] = _read_noise(path) if path.is_file() else {}
-        return self._files[path].get((row.model, row.dataset, row.spec, row.metric))
+        entry = self._entries(row).get((row.model, row.dataset, row.spec, row.metric))
+        return entry[0] if entry else None
 
 
-def _read_noise(path: Path) -> dict[tuple, float]:
+def read_noise(path: Path) -> dict[tuple, tuple[float, list[float]]]:
+    """(model, dataset, spec, metric) -> (spread, the perturbed values) of a noise file;
+    a malformed line is one BaselineError naming it."""
     body = [
         line for line in path.read_text(encoding="utf-8").splitlines() if not line.startswith("#")
     ]
@@ -290,7 +301,12 @@ def _read_noise(path: Path) -> dict[tuple, float]:
         if len(cells) != len(NOISE_HEADER):
             raise BaselineError(f"{path}:{number}: expected {len(NOISE_HEADER)} cells")
         try:
-            floors[tuple(cells[:4])] = float(cells[4])
+            spread = float(cells[4])
         except ValueError:
             raise BaselineError(f"{path}:{number}: spread {cells[4]!r} is not a number") from None
+        try:
+            values = [float(value) for value in cells[5].split()]
+        except ValueError:
+            raise BaselineError(f"{path}:{number}: values {cells[5]!r} are not numbers") from None
+        floors[tuple(cells[:4])] = (spread, values)
     return floors

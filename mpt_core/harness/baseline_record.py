@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 from pathlib import Path
 
-from mpt_core.baselines import DOWNSTREAM_METRICS, HEADER, BaselineRow, task_limits
+from mpt_core.baselines import (
+    DOWNSTREAM_METRICS,
+    HEADER,
+    BaselineRow,
+    printed_value,
+    task_limits,
+)
 from mpt_core.data import CALIBRATION_SPLITS
 from mpt_core.errors import BaselineError, SpecError
 from mpt_core.records import Record, now, read
@@ -142,17 +147,13 @@ def _cells(record: Record, family: str) -> list[str]:
         record.dataset,
         record.spec,
         record.metric,
-        _number(record.value),
-        _number(record.stderr),
+        printed_value(record.value),
+        printed_value(record.stderr),
         f"{size:.2f}",
         "pct_fp16",
         str(record.seqlen),
         f"mpt baselines record --family {family}",
     ]
-
-
-def _number(value: float) -> str:
-    return f"{value:.6g}" if math.isfinite(value) else "nan"
 
 
 def write_csv(
@@ -198,7 +199,7 @@ def _rewrite_line(line: str, updates: dict[tuple, Record]) -> str:
     record = updates.get((cells[1], cells[2], cells[3]))
     if record is None:
         return line
-    cells[4], cells[5] = _number(record.value), _number(record.stderr)
+    cells[4], cells[5] = printed_value(record.value), printed_value(record.stderr)
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="").writerow(cells)
     return buffer.getvalue()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from mpt_core.baselines import NOISE_HEADER, BaselineRow, load_file, noise_path
+from mpt_core.baselines import NOISE_HEADER, BaselineRow, load_file, noise_path, read_noise
 from mpt_core.engine import layerwise
 from mpt_core.records import now
 from mpt_core.spec import Spec
@@ -74,13 +74,7 @@ def measure_noise(session, csv_path: Path, windows: int | None, keep=lambda row:
 
 
 def _read_values(path: Path) -> dict[tuple, list[float]]:
-    if not path.is_file():
-        return {}
-    body = [line for line in path.read_text(encoding="utf-8").splitlines() if line[:1] != "#"]
-    return {
-        tuple(cells[:4]): [float(value) for value in cells[5].split()]
-        for cells in csv.reader(body[1:])
-    }
+    return {key: values for key, (_, values) in read_noise(path).items()} if path.is_file() else {}
 
 
 def noise_text(rows: list[BaselineRow], values: dict[tuple, list[float]]) -> str:
