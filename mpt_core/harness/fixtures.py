@@ -7,40 +7,15 @@ import pytest
 from mpt_core import baselines
 from mpt_core.baselines import BaselineRow
 from mpt_core.errors import DataError, ModelError
-from mpt_core.harness import collection, policy
+from mpt_core.harness import policy
 from mpt_core.harness.curve_check import CurveVerdict, check_curve
 from mpt_core.harness.curve_rows import BaselineCurve
 from mpt_core.harness.state import MptState
 from mpt_core.verdict import Verdict
 
-_DENSE = pytest.StashKey[policy.DenseBaselines]()
-_RECORDS = pytest.StashKey[baselines.BaselineRecords]()
-_NOISE = pytest.StashKey[baselines.NoiseFloors]()
-
 
 def _state(request) -> MptState:
     return request.config.pluginmanager.get_plugin("mpt-state")
-
-
-def dense_baselines(config) -> policy.DenseBaselines:
-    """The dense baseline index of the session's rows, built once."""
-    if _DENSE not in config.stash:
-        config.stash[_DENSE] = policy.DenseBaselines(collection.rows(config))
-    return config.stash[_DENSE]
-
-
-def baseline_records(config) -> baselines.BaselineRecords:
-    """The full records behind the CPU tier's rows (their footprints), read once per file."""
-    if _RECORDS not in config.stash:
-        config.stash[_RECORDS] = baselines.BaselineRecords()
-    return config.stash[_RECORDS]
-
-
-def noise_floors(config) -> baselines.NoiseFloors:
-    """The CPU tier's measured noise floors, read once per file."""
-    if _NOISE not in config.stash:
-        config.stash[_NOISE] = baselines.NoiseFloors()
-    return config.stash[_NOISE]
 
 
 def measure_row(state: MptState, config, row: BaselineRow, spec: str | None = None):
@@ -68,10 +43,10 @@ def judge_row(state: MptState, config, row: BaselineRow) -> Verdict:
         row,
         record,
         dense_measured=dense.value,
-        dense_baseline=dense_baselines(config).of(row),
-        baseline_record=baseline_records(config).of(row),
+        dense_baseline=state.dense_baselines.of(row),
+        baseline_record=state.baseline_records.of(row),
         rtol_option=config.getoption("--mpt-rtol"),
-        noise=noise_floors(config).of(row),
+        noise=state.noise_floors.of(row),
     )
     state.keep_verdict(row, record, verdict)
     return verdict

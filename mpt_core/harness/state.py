@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import asdict
+from functools import cached_property
 
 import pytest
 
-from mpt_core.baselines import BaselineRow
-from mpt_core.harness import outputs
+from mpt_core.baselines import BaselineRecords, BaselineRow, NoiseFloors
+from mpt_core.harness import collection, outputs, policy
 from mpt_core.harness.scaleout import part_path
 from mpt_core.records import Record, append
 from mpt_core.reporting.report import Cell
@@ -38,9 +39,17 @@ class MptState:
         self.cells: list[Cell] = []
         self.measured_rows: list[tuple[BaselineRow, Record]] = []
         self.verdicts: list[tuple[BaselineRow, object]] = []
-        self.datasets: dict[tuple, set[str]] = {}  # (model, spec) -> datasets its rows ask for
+        # (model, seqlen, spec, windows) as measured -> the datasets its rows ask for
+        self.datasets: dict[tuple, set[str]] = {}
         self.outcomes: Counter = Counter()
         self.skips: Counter = Counter()
+        self.baseline_records = BaselineRecords()  # the CPU tier's footprints, read once
+        self.noise_floors = NoiseFloors()  # the CPU tier's measured noise floors, read once
+
+    @cached_property
+    def dense_baselines(self) -> policy.DenseBaselines:
+        """The dense baseline index of the session's rows, built once."""
+        return policy.DenseBaselines(collection.rows(self.config))
 
     def session_for(self, model: str, seqlen: int):
         from mpt_core.measure import Session
@@ -54,16 +63,19 @@ class MptState:
     def expect(self, rows: list[BaselineRow]) -> None:
         """The rows this session will measure: a point compresses once for all of its
         perplexity datasets."""
+        windows_option = self.config.getoption("--mpt-windows")
         for row in rows:
             if row.metric == "ppl":
-                self.datasets.setdefault((row.model, row.spec), set()).add(row.dataset)
+                model, seqlen, windows = policy.row_protocol(row, windows_option)
+                point = (model, seqlen, row.spec, windows)
+                self.datasets.setdefault(point, set()).add(row.dataset)
 
     def measure(self, model: str, seqlen: int, spec: str, dataset: str, windows: int | None):
         """The perplexity record of a point; the first request compresses the model once
         and evaluates every dataset the session's rows of that point ask for."""
         key = (model, seqlen, spec, dataset, windows)
         if key not in self.records:
-            wanted = {dataset} | self._datasets_of(model, spec)
+            wanted = {dataset} | self.datasets.get((model, seqlen, spec, windows), set())
             todo = sorted(
                 d for d in wanted if (model, seqlen, spec, d, windows) not in self.records
             )
@@ -71,14 +83,6 @@ class MptState:
             for record in session.measure_datasets(Spec.parse(spec), todo, windows):
                 self._keep((model, seqlen, spec, record.dataset, windows), record)
         return self.records[key]
-
-    def _datasets_of(self, model: str, spec: str) -> set[str]:
-        """Datasets the expected rows of ``spec`` ask for; a study row names its model by
-        its short name and is measured under its hub checkpoint, so match either."""
-        from mpt_core.models import STUDY_MODELS
-
-        short = {name for name, hub in STUDY_MODELS.items() if hub == model}
-        return set().union(*(self.datasets.get((m, spec), set()) for m in {model, *short}))
 
     def measure_accuracy(
         self, model: str, seqlen: int, spec: str, task: str, limit: int | None, metric: str
