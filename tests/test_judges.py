@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from mpt_core import baselines
-from mpt_core.commands.report import _cell
+from mpt_core.commands.report import judged_cells
 from mpt_core.harness import policy
 from mpt_core.records import Record
 from mpt_core.reporting.history import Run, _point, judged
@@ -51,8 +51,9 @@ def _judgements(path: Path, move: str) -> list[tuple[str, bool, bool, bool]]:
     runs = Run("before", tuple(before)), Run("after", tuple(after))
     by_key = {(r.model, r.dataset, r.spec, r.metric): r for r in rows}
     dense_after = {(r.dataset, r.seqlen, r.windows): r.value for r in after if r.spec == "dense"}
+    reported = judged_cells(after, by_key, behind, noise)
     out = []
-    for (row, _), measured in zip(pairs, after, strict=True):
+    for (row, _), measured, cell in zip(pairs, after, reported, strict=True):
         dense_row = by_key.get((row.model, row.dataset, "dense", row.metric))
         plugin = policy.judge_row(
             row,
@@ -62,7 +63,7 @@ def _judgements(path: Path, move: str) -> list[tuple[str, bool, bool, bool]]:
             baseline_record=behind.of(row),
             noise=noise.of(row),
         ).passed
-        report = _cell(measured, after, by_key, behind, noise).passed
+        report = cell.passed
         rtol = policy.tolerance(row, None, noise.of(row))
         history = judged(*runs, _point(measured), rtol).passed
         out.append((row.spec, plugin, report, history))

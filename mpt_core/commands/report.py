@@ -31,8 +31,7 @@ def run(args: argparse.Namespace) -> int:
     if not records:
         raise MptError(f"{args.results} holds no records")
     rows = _baseline_rows(args.baselines) if args.baselines else {}
-    footprints, noise = baselines.BaselineRecords(), baselines.NoiseFloors()
-    cells = [_cell(record, records, rows, footprints, noise) for record in records]
+    cells = judged_cells(records, rows, baselines.BaselineRecords(), baselines.NoiseFloors())
     text = tables(cells)
     if args.out:
         Path(args.out).write_text(text, encoding="utf-8")
@@ -53,26 +52,29 @@ def _key(point) -> tuple:
     return (point.model, point.dataset, point.spec, point.metric)
 
 
-def _cell(record, records: list, rows: dict, footprints, noise) -> Cell:
+def judged_cells(records: list, rows: dict, footprints, noise) -> list[Cell]:
+    """Each record as a table cell, judged against its baseline row where it has one, beside
+    the first dense record of its protocol."""
+    dense = {_dense_key(r): r.value for r in reversed(records) if r.spec == "dense"}
+    return [_cell(record, dense, rows, footprints, noise) for record in records]
+
+
+def _dense_key(record) -> tuple:
+    """What a record shares with the dense record it is judged beside."""
+    return (record.model, record.dataset, record.metric, record.seqlen, record.windows)
+
+
+def _cell(record, dense: dict, rows: dict, footprints, noise) -> Cell:
     """The record as a table cell; against a baseline row, judged as the pytest plugin
     judges it (``policy.judge_row``)."""
     row = rows.get(_key(record))
     if row is None:
         return Cell(record.model, record.dataset, record.spec, record.metric, record.value)
-    dense = next(
-        (
-            other.value
-            for other in records
-            if _key(other) == (record.model, record.dataset, "dense", record.metric)
-            and (other.seqlen, other.windows) == (record.seqlen, record.windows)
-        ),
-        None,
-    )
     dense_row = rows.get((record.model, record.dataset, "dense", record.metric))
     passed = policy.judge_row(
         row,
         record,
-        dense_measured=dense,
+        dense_measured=dense.get(_dense_key(record)),
         dense_baseline=dense_row.value if dense_row else None,
         baseline_record=footprints.of(row),
         noise=noise.of(row),
