@@ -66,7 +66,7 @@ class StagePlan:
     @property
     def family(self) -> str:
         """An N:M level makes any pruning method semi-structured."""
-        return "semi" if self.stage.level_kind == "nm" else self.method.family
+        return registry.family_of(self.stage, self.method)
 
     def record(self) -> dict:
         """What a record stores of this stage."""

@@ -178,9 +178,10 @@ CALIBRATION_OPTIONS = {
 }
 
 
-def family_of(stage: Stage) -> str:
-    """A stage's family; an N:M level makes any pruning method semi-structured."""
-    return "semi" if stage.level_kind == "nm" else get(stage.method).family
+def family_of(stage: Stage, method: Method | None = None) -> str:
+    """A stage's family; an N:M level makes any pruning method semi-structured. ``method``
+    saves the lookup where the caller holds it."""
+    return "semi" if stage.level_kind == "nm" else (method or get(stage.method)).family
 
 
 _loaded = False
