@@ -1,0 +1,69 @@
+"""The plugin's command-line options (``pytest --help``, group ``mpt``)."""
+
+from __future__ import annotations
+
+from mpt_core.verdict import DEFAULT_RTOL
+
+DEFAULT_PTP_TOL = 0.05
+
+
+def add_options(parser) -> None:
+    """The ``--mpt-*`` command-line options, in the ``mpt`` group of ``pytest --help``."""
+    group = parser.getgroup("mpt", "mpt regression harness")
+    group.addoption(
+        "--mpt-tier",
+        choices=("cpu", "gpu", "all"),
+        default=None,
+        help="which baseline tier to collect (default: the machine's: gpu with CUDA, else cpu; "
+        "both when -m names gpu or cpu)",
+    )
+    group.addoption(
+        "--mpt-model",
+        default="smollm2-135m,tiny-llama",
+        help="the CPU tier's models, comma-separated (default: smollm2-135m,tiny-llama)",
+    )
+    group.addoption("--mpt-data-dir", default=None, help="offline data (sets MPT_DATA_DIR)")
+    group.addoption(
+        "--mpt-windows",
+        type=int,
+        default=None,
+        help="evaluation windows (default: the baseline file's)",
+    )
+    group.addoption(
+        "--mpt-rtol",
+        type=float,
+        default=None,
+        help=f"relative tolerance before the collapse (default {DEFAULT_RTOL})",
+    )
+    group.addoption("--mpt-baselines", default=None, help="baselines folder (default: ./baselines)")
+    group.addoption("--mpt-results", default=None, help="append every record to this JSONL")
+    group.addoption("--mpt-report", default=None, help="write the markdown report here")
+    group.addoption(
+        "--mpt-ptp-tol",
+        type=float,
+        default=DEFAULT_PTP_TOL,
+        help=f"largest PTP shift a curve test accepts (default {DEFAULT_PTP_TOL})",
+    )
+    group.addoption("--mpt-history", default=None, help="write this run's records into DIR")
+    group.addoption(
+        "--mpt-smoke",
+        action="store_true",
+        help="keep only a few CPU-tier points per family (what CI runs)",
+    )
+    group.addoption(
+        "--mpt-shard",
+        default=None,
+        metavar="I/N",
+        help="keep shard I of N (1-based) of the collected tests: a CI matrix's share",
+    )
+    group.addoption(
+        "--mpt-device-map",
+        default=None,
+        choices=("auto",),
+        help="spread each model over every visible GPU (accelerate): models past one GPU",
+    )
+    group.addoption(
+        "--mpt-update-baselines",
+        action="store_true",
+        help="rewrite the CPU-tier CSVs from this run (never the study's)",
+    )
