@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import pytest
 
-from mpt_core.models import Snapshot, load_model
+from mpt_core.models import load_model
 from mpt_core.pipeline import Calibration, compress
+from mpt_core.snapshot import Snapshot
 from mpt_core.spec import Spec
 
 pytestmark = pytest.mark.speed

@@ -13,8 +13,9 @@ import importlib.util
 
 import pytest
 
-from mpt_core.models import Snapshot, load_model, state_dict_hash
+from mpt_core.models import load_model, state_dict_hash
 from mpt_core.pipeline import Calibration, compress
+from mpt_core.snapshot import Snapshot
 from mpt_core.spec import Spec
 
 pytestmark = pytest.mark.speed

@@ -16,9 +16,10 @@ import torch
 
 from mpt_core.data import load_text, tokenize
 from mpt_core.evaluate.perplexity import eval_windows, perplexity
-from mpt_core.models import LoadedModel, Snapshot, load_model
+from mpt_core.models import LoadedModel, load_model
 from mpt_core.pipeline import Calibration, Plan, apply_stages, plan
 from mpt_core.records import Record, git_sha, library_versions, now
+from mpt_core.snapshot import Snapshot
 from mpt_core.spec import Spec
 from mpt_core.storage import Footprint, dense_numel, measure
 
@@ -40,10 +41,12 @@ class Session:
     once. Methods are deterministic for fixed settings, so this changes no number.
     """
 
-    def __init__(self, loaded: LoadedModel, seqlen: int):
+    def __init__(self, loaded: LoadedModel, seqlen: int, snapshot: Snapshot | None = None):
+        """``snapshot``: the model's snapshot when another session of the same model (at
+        another seqlen) already holds one, so a model is copied to host memory once."""
         self.loaded = loaded
         self.seqlen = seqlen
-        self.snapshot = Snapshot(loaded.model)
+        self.snapshot = snapshot or Snapshot(loaded.model)
         self.dense_numel = dense_numel(loaded.model)
         self.calibration = Calibration(loaded.tokenizer, seqlen)
         self._eval: dict[str, tuple[torch.Tensor, dict]] = {}

@@ -43,6 +43,11 @@ STUDY_MODELS = {
 }
 STUDY_SEQLEN = {"llama2-7b": 4096}  # PROTOCOLS.md: Table 2's dense 5.12 is seqlen 4096
 DEFAULT_STUDY_SEQLEN = 2048
+# Share of free GPU memory kept for activations, the calibration inputs and a method's
+# statistics when deciding whether a model fits (a LLaMA-2-7B block's fp32 Hessians alone
+# take ~0.9 GB; 128 calibration windows of 4096 tokens ~4 GB in fp16).
+HEADROOM = 0.2
+_OFFLOAD = "_mpt_offload"  # (host device, compute device) of an offloaded model
 
 
 def study_checkpoint(name: str) -> str:
@@ -61,7 +66,8 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where it computes (an offloaded model's weights stay in host memory)."""
+        return compute_device(self.model)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -99,13 +105,55 @@ def load_model(
     else:
         model, tokenizer = _load(name, dtype)
         try:
-            model.to(device).eval()
+            place(model, device)
         except (RuntimeError, AssertionError) as error:
             raise ModelError(
                 f"device {device} is not usable here: {str(error).splitlines()[0]}"
             ) from None
+        model.eval()
     model.config.use_cache = False
     return LoadedModel(name, model, tokenizer, state_dict_hash(model))
+
+
+def place(model: nn.Module, device: torch.device) -> None:
+    """Move ``model`` to ``device``, or, on a GPU it does not fit, keep it in host memory
+    and offload it: its blocks then compute on the GPU one at a time (engine.offload)."""
+    if device.type == "cuda" and not fits(model_bytes(model), torch.cuda.mem_get_info(device)[0]):
+        offload(model, device)
+    else:
+        model.to(device)
+
+
+def model_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def fits(needed_bytes: int, free_bytes: int) -> bool:
+    """Whether a model of ``needed_bytes`` can live on a device with ``free_bytes`` free,
+    leaving ``HEADROOM`` for activations, calibration inputs and a method's statistics."""
+    return needed_bytes <= (1 - HEADROOM) * free_bytes
+
+
+def offload(model: nn.Module, device: str | torch.device) -> None:
+    """Keep ``model``'s weights where they are (host memory); its blocks compute on
+    ``device``."""
+    setattr(model, _OFFLOAD, (host_device(model), torch.device(device)))
+
+
+def is_offloaded(model: nn.Module) -> bool:
+    return getattr(model, _OFFLOAD, None) is not None
+
+
+def host_device(model: nn.Module) -> torch.device:
+    """Where the model's weights live between uses (an offloaded model's home)."""
+    placed = getattr(model, _OFFLOAD, None)
+    return placed[0] if placed else next(model.parameters()).device
+
+
+def compute_device(model: nn.Module) -> torch.device:
+    """Where the model computes: an offloaded model's device, else its weights' device."""
+    placed = getattr(model, _OFFLOAD, None)
+    return placed[1] if placed else next(model.parameters()).device
 
 
 def _device(device: str | torch.device | None) -> torch.device:
@@ -247,49 +295,3 @@ def state_dict_hash(model: nn.Module) -> str:
         digest.update(f"{name}|{tuple(data.shape)}|{data.dtype}|".encode())
         digest.update(data.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
-
-
-def _structure(model: nn.Module) -> list[tuple]:
-    modules = [(name, type(module)) for name, module in model.named_modules()]
-    tensors = [(name, tuple(t.shape), t.dtype) for name, t in model.state_dict().items()]
-    return modules + tensors + [model.config.to_json_string()]
-
-
-class Snapshot:
-    """The exact original weights and architecture of a model, restorable in place.
-
-    Restore copies weights back into the same tensors when the architecture is
-    unchanged (cheap, keeps object identity); after a structural change (sliced
-    matrices, removed blocks, wrapped modules) it rebuilds the module tree from a
-    deep copy. Either way the model object the caller holds is the one restored. A model
-    spread over GPUs (``device_map``) keeps a CPU copy of its weights only.
-    """
-
-    def __init__(self, model: nn.Module):
-        self._structure = _structure(model)
-        if getattr(model, "hf_device_map", None):
-            # spread over GPUs because it fills them: keep the copy in CPU memory, weights only
-            self._saved = None
-            self._weights = {
-                k: t.detach().to("cpu", copy=True) for k, t in model.state_dict().items()
-            }
-        else:
-            self._saved = copy.deepcopy(model)
-
-    def restore(self, model: nn.Module) -> None:
-        if _structure(model) == self._structure and not _has_hooks(model):
-            with torch.no_grad():
-                saved = self._weights if self._saved is None else self._saved.state_dict()
-                for name, tensor in model.state_dict().items():
-                    tensor.copy_(saved[name])
-        elif self._saved is None:
-            raise ModelError(
-                "a model loaded with device_map='auto' keeps only its weights to restore: "
-                "structural methods (and hooks left behind) need it on one device"
-            )
-        else:
-            model.__dict__.update(copy.deepcopy(self._saved).__dict__)
-
-
-def _has_hooks(model: nn.Module) -> bool:
-    return any(module._forward_hooks or module._forward_pre_hooks for module in model.modules())

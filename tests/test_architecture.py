@@ -16,6 +16,7 @@ CORE = {
     "mpt_core.storage",
     "mpt_core.data",
     "mpt_core.models",
+    "mpt_core.snapshot",
     "mpt_core.registry",
     "mpt_core.records",
     "mpt_core.baselines",

@@ -11,9 +11,10 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from mpt_core.engine.layerwise import decoder_layers
 from mpt_core.errors import SpecError
-from mpt_core.models import Snapshot, state_dict_hash
+from mpt_core.models import state_dict_hash
 from mpt_core.pipeline import compress
 from mpt_core.prune.depth import angular_distance, block_distances, last_token_states
+from mpt_core.snapshot import Snapshot
 from mpt_core.spec import Spec
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -9,10 +9,10 @@ import torch
 
 from mpt_core.engine.layerwise import decoder_layers, linear_layers
 from mpt_core.engine.signals import wanda_score
-from mpt_core.models import Snapshot
 from mpt_core.pipeline import Calibration, compress
 from mpt_core.prune.dsnot import DSnoTStats, dsnot_nm, dsnot_unstructured, prune_linear
 from mpt_core.prune.mask import nm_mask, unstructured_mask
+from mpt_core.snapshot import Snapshot
 from mpt_core.spec import Spec
 
 ROWS, COLUMNS, SAMPLES, TOKENS = 32, 256, 6, 40

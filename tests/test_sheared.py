@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from mpt_core.errors import SpecError
-from mpt_core.models import Snapshot, state_dict_hash
+from mpt_core.models import state_dict_hash
 from mpt_core.pipeline import compress
 from mpt_core.prune.sheared import (
     BETAS,
@@ -31,6 +31,7 @@ from mpt_core.prune.sheared import (
     target_shape,
     train_masks,
 )
+from mpt_core.snapshot import Snapshot
 from mpt_core.spec import Spec
 
 pytestmark = pytest.mark.usefixtures("one_thread")

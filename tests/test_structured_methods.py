@@ -12,11 +12,12 @@ import torch.nn.functional as F
 
 from mpt_core.engine.layerwise import decoder_layers
 from mpt_core.engine.signals import block_influence, inputs_of_alive_blocks, loss_from
-from mpt_core.models import Snapshot, state_dict_hash
+from mpt_core.models import state_dict_hash
 from mpt_core.pipeline import compress
 from mpt_core.prune.blocks import blocks_to_remove, remove_blocks
 from mpt_core.prune.sleb import least_harmful
 from mpt_core.prune.slicegpt import SlicedDecoderLayer, fold_norms, rotate_and_slice
+from mpt_core.snapshot import Snapshot
 from mpt_core.spec import Spec
 from mpt_core.storage import dense_numel
 

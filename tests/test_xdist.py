@@ -108,7 +108,8 @@ def test_device_map_auto_loads_and_restores_weights(tmp_path, fresh_tiny):
     import torch
 
     from mpt_core.errors import ModelError
-    from mpt_core.models import Snapshot, load_model, state_dict_hash
+    from mpt_core.models import load_model, state_dict_hash
+    from mpt_core.snapshot import Snapshot
 
     fresh_tiny.model.save_pretrained(tmp_path)
     fresh_tiny.tokenizer.save_pretrained(tmp_path)

@@ -9,7 +9,8 @@
    statistics, then run the compressed layer again so the next layer sees the
    compressed model's activations.
 
-Peak memory is one layer's activations for the calibration set. A method
+Peak memory is one layer's activations for the calibration set. An offloaded model
+(``engine.offload``: weights in host memory) has one block at a time on the compute device. A method
 supplies only ``make_stats(site, linear)`` and ``compress(site, linear, stats)``; a
 ``LinearSite`` carries the block index and the linear's name inside the block and in the
 model. ``propagate="dense"`` feeds each block the dense model's activations instead.
@@ -28,6 +29,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from mpt_core.engine.offload import on_compute
+from mpt_core.models import compute_device
 from mpt_core.storage import TensorStorage
 
 CALIBRATION_BATCH = 8
@@ -84,10 +87,17 @@ def weight_name(index: int, name: str) -> str:
 
 def block_linears(model: nn.Module) -> Iterator[tuple[LinearSite, nn.Linear]]:
     """Every linear of every decoder block with its site: the loop of methods that need
-    no calibration data."""
+    no calibration data (an offloaded model's block on the compute device meanwhile)."""
     for index, block in enumerate(decoder_layers(model)):
-        for name, linear in linear_layers(block).items():
-            yield LinearSite(index, name), linear
+        with on_compute(model, block):
+            for name, linear in linear_layers(block).items():
+                yield LinearSite(index, name), linear
+
+
+def stem_modules(model: nn.Module) -> list[nn.Module]:
+    """What runs outside the blocks: embeddings, rotary tables, final norm, the head."""
+    inner = model.model
+    return [inner.embed_tokens, getattr(inner, "rotary_emb", None), inner.norm, model.lm_head]
 
 
 def block_linear_names(model: nn.Module) -> list[str]:
@@ -99,7 +109,7 @@ def block_linear_names(model: nn.Module) -> list[str]:
 def capture_layer0_inputs(model: nn.Module, windows: torch.Tensor) -> LayerInputs:
     """Hidden states and keyword arguments decoder layer 0 receives for ``windows``."""
     first = decoder_layers(model)[0]
-    device = next(model.parameters()).device
+    device = compute_device(model)
     batches: list[torch.Tensor] = []
     kwargs: dict = {}
 
@@ -110,9 +120,10 @@ def capture_layer0_inputs(model: nn.Module, windows: torch.Tensor) -> LayerInput
 
     handle = first.register_forward_pre_hook(catch, with_kwargs=True)
     try:
-        for batch in windows.split(CALIBRATION_BATCH):
-            with contextlib.suppress(_Captured):
-                model(batch.to(device), use_cache=False)
+        with on_compute(model, *stem_modules(model)):
+            for batch in windows.split(CALIBRATION_BATCH):
+                with contextlib.suppress(_Captured):
+                    model(batch.to(device), use_cache=False)
     finally:
         handle.remove()
     kwargs["use_cache"] = False
@@ -152,9 +163,10 @@ def iterate_blocks(
         raise ValueError(f"propagate must be 'compressed' or 'dense', not {propagate!r}")
     inputs = capture_layer0_inputs(model, windows)
     for index, block in enumerate(decoder_layers(model)):
-        dense_outputs = run_block(block, inputs) if propagate == "dense" else None
-        yield index, block, inputs
-        outputs = run_block(block, inputs) if dense_outputs is None else dense_outputs
+        with on_compute(model, block):
+            dense_outputs = run_block(block, inputs) if propagate == "dense" else None
+            yield index, block, inputs
+            outputs = run_block(block, inputs) if dense_outputs is None else dense_outputs
         inputs = LayerInputs(outputs, inputs.kwargs)
 
 

@@ -9,13 +9,17 @@ A non-finite loss is a collapsed model: ppl is ``inf``, never an exception.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from mpt_core.engine.layerwise import decoder_layers, stem_modules
+from mpt_core.engine.offload import streamed
 from mpt_core.errors import DataError
+from mpt_core.models import compute_device, is_offloaded
 
 
 @dataclass(frozen=True)
@@ -47,19 +51,30 @@ def eval_windows(ids: torch.Tensor, seqlen: int, windows: int | None = None) -> 
 
 @torch.no_grad()
 def window_losses(model, windows: torch.Tensor, batch_size: int = 4) -> list[float]:
-    """Mean shifted cross-entropy of each window, in fp32."""
-    device = next(model.parameters()).device
+    """Mean shifted cross-entropy of each window, in fp32 (an offloaded model streamed
+    through the compute device block by block)."""
+    device = compute_device(model)
     losses: list[float] = []
-    for start in range(0, windows.shape[0], batch_size):
-        batch = windows[start : start + batch_size].to(device)
-        logits = model(batch, use_cache=False).logits.float()
-        per_token = F.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]),
-            batch[:, 1:].reshape(-1),
-            reduction="none",
-        ).view(batch.shape[0], -1)
-        losses.extend(per_token.mean(dim=1).tolist())
+    with _streamed_if_offloaded(model):
+        for start in range(0, windows.shape[0], batch_size):
+            losses.extend(_batch_losses(model, windows[start : start + batch_size].to(device)))
     return losses
+
+
+def _streamed_if_offloaded(model):
+    if not is_offloaded(model):
+        return contextlib.nullcontext()
+    return streamed(model, decoder_layers(model), stem_modules(model))
+
+
+def _batch_losses(model, batch: torch.Tensor) -> list[float]:
+    logits = model(batch, use_cache=False).logits.float()
+    per_token = F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]),
+        batch[:, 1:].reshape(-1),
+        reduction="none",
+    ).view(batch.shape[0], -1)
+    return per_token.mean(dim=1).tolist()
 
 
 def perplexity(

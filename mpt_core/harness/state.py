@@ -8,6 +8,7 @@ it gathered to ``mpt_core.harness.outputs`` (or, in an xdist worker, to the cont
 
 from __future__ import annotations
 
+import gc
 import json
 from collections import Counter
 from dataclasses import asdict
@@ -52,13 +53,32 @@ class MptState:
         return policy.DenseBaselines(collection.rows(self.config))
 
     def session_for(self, model: str, seqlen: int):
+        """The measuring session of (model, seqlen). One model is resident per process: a
+        session of another model frees the last one first (the study's models fill a GPU);
+        sessions of one model at several seqlens share its weights and snapshot."""
         from mpt_core.measure import Session
+        from mpt_core.models import load_model
 
         key = (model, seqlen)
         if key not in self.sessions:
-            device_map = self.config.getoption("--mpt-device-map")
-            self.sessions[key] = Session.open(model, seqlen, device_map=device_map)
+            resident = next(iter(self.sessions.values()), None)
+            if resident is not None and resident.loaded.name != model:
+                resident = None
+                self._free_resident()
+            if resident is None:
+                loaded = load_model(model, device_map=self.config.getoption("--mpt-device-map"))
+                self.sessions[key] = Session(loaded, seqlen)
+            else:
+                self.sessions[key] = Session(resident.loaded, seqlen, resident.snapshot)
         return self.sessions[key]
+
+    def _free_resident(self) -> None:
+        import torch
+
+        self.sessions.clear()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def expect(self, rows: list[BaselineRow]) -> None:
         """The rows this session will measure: a point compresses once for all of its
