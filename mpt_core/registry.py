@@ -228,8 +228,7 @@ def resolve(stage: Stage) -> tuple[Method, dict[str, object]]:
     if unknown:
         allowed = ", ".join(sorted(method.options)) or "none"
         raise SpecError(
-            f"unknown option {unknown[0]!r} for {stage.method} (in {stage}); "
-            f"its options: {allowed}"
+            f"unknown option {unknown[0]!r} for {stage.method} (in {stage}); its options: {allowed}"
         )
     return method, method.settings(stage)
 

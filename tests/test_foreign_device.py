@@ -7,7 +7,7 @@ or module made without naming its device lands on ``meta`` and either raises whe
 the CPU weights or leaves a ``meta`` tensor in the model: the same mistakes that raise on a
 CUDA runner when a CPU default meets CUDA weights. With ``MPT_TEST_DEVICE=cuda``
 (``scripts/gpu_check.sh``) the model sits on the GPU and the default device stays the CPU:
-the real thing.
+the real thing. A second test runs each in fp16, the study's dtype.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ DEVICE = os.environ.get("MPT_TEST_DEVICE", "cpu")
 # the default device a mistake lands on: meta on the CPU, the CPU itself beside a GPU
 FOREIGN = "meta" if DEVICE == "cpu" else "cpu"
 SPECS = sorted({spec for grid in GRIDS.glob("*.txt") for spec in read_grid(grid)} - {"dense"})
+# one spec per method (or pipeline of methods): a dtype mistake does not depend on the level
+ONE_PER_METHOD = list({tuple(Spec.parse(spec).methods): spec for spec in reversed(SPECS)}.values())
 
 
 def test_the_specs_cover_every_registered_method():
@@ -57,3 +59,23 @@ def test_compression_makes_nothing_on_the_default_device(spec, fixed_calibration
     with torch.no_grad():
         logits = model(calibration.windows(None)[:1].to(DEVICE)).logits
     assert logits.device.type == torch.device(DEVICE).type and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("spec", ONE_PER_METHOD)
+def test_compression_in_the_study_dtype_leaves_a_finite_model(spec, fixed_calibration):
+    """The study's models run in fp16: a method that mixes an fp32 statistic into an fp16
+    forward, or trains fp16 weights with AdamW (its eps rounds to 0), breaks here first."""
+    from mpt_core.models import load_model
+
+    if "gguf" in spec:
+        pytest.importorskip("llama_cpp", reason="llama.cpp's quantizer: scripts/setup_gguf.sh")
+    if hint := registry.get(Spec.parse(spec).stages[-1].method).unavailable():
+        pytest.skip(hint)
+    loaded = load_model("tiny-llama", device=DEVICE, dtype=torch.float16)
+    calibration = fixed_calibration(nsamples=4, seqlen=32)
+    calibration.tokenizer = loaded.tokenizer
+    compress(loaded.model, Spec.parse(spec), calibration)
+    assert {p.dtype for p in loaded.model.parameters()} == {torch.float16}
+    with torch.no_grad():
+        logits = loaded.model(calibration.windows(None)[:1].to(DEVICE)).logits
+    assert torch.isfinite(logits).all(), f"{spec} in fp16 left a model with non-finite logits"

@@ -47,7 +47,7 @@ from torch import nn
 
 from mpt_core.engine.layerwise import block_linears
 from mpt_core.engine.modules import replace_module
-from mpt_core.engine.training import batches, training_only
+from mpt_core.engine.training import batches, in_fp32, training_only
 from mpt_core.errors import SpecError
 from mpt_core.lowrank.factorized import check_ratio, truncated_svd
 from mpt_core.registry import Option, float_in, positive_float, positive_int, register
@@ -300,14 +300,15 @@ def losparse(model, stage, settings, calibration) -> dict[str, TensorStorage]:
     if stage.ratio == 0:
         return {}
     windows = calibration.windows(settings)
-    with torch.no_grad():
-        layers = replace_linears(model, stage.ratio, settings["rank_share"])
-    budget = sparse_budget(layers, stage.ratio)
-    if settings["steps"] == 0:
-        scores = one_shot_scores(model, layers, windows, settings["batch"])
-        bits = {name: row_bits(layer) for name, layer in layers.items()}
-        keep = keep_rows(scores, bits, budget)
-    else:
-        keep = train_and_prune(model, layers, windows, settings, budget)
-    with torch.no_grad():
-        return install_kept(model, layers, keep)
+    with in_fp32(model):
+        with torch.no_grad():
+            layers = replace_linears(model, stage.ratio, settings["rank_share"])
+        budget = sparse_budget(layers, stage.ratio)
+        if settings["steps"] == 0:
+            scores = one_shot_scores(model, layers, windows, settings["batch"])
+            bits = {name: row_bits(layer) for name, layer in layers.items()}
+            keep = keep_rows(scores, bits, budget)
+        else:
+            keep = train_and_prune(model, layers, windows, settings, budget)
+        with torch.no_grad():
+            return install_kept(model, layers, keep)

@@ -183,8 +183,9 @@ def reconstruction_loss(reference: torch.Tensor, output: torch.Tensor) -> torch.
 
 
 def masked_forward(block, linears, allocations, hidden, kwargs) -> torch.Tensor:
+    # the mask is fp32 (its logits train in fp32); the product takes the block's dtype
     weights = {
-        f"{name}.weight": linears[name].weight.detach() * a.mask()
+        f"{name}.weight": (linears[name].weight.detach() * a.mask()).to(linears[name].weight.dtype)
         for name, a in allocations.items()
     }
     out = functional_call(block, weights, (hidden,), _fit_batch(kwargs, hidden.shape[0]))

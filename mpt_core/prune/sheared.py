@@ -65,7 +65,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mpt_core.engine.layerwise import decoder_layers
-from mpt_core.engine.training import batches, training_only
+from mpt_core.engine.training import batches, in_fp32, training_only
 from mpt_core.errors import SpecError
 from mpt_core.prune.blocks import remove_blocks
 from mpt_core.registry import Option, nonnegative_int, positive_int, register
@@ -514,10 +514,11 @@ def sheared(model, stage, settings, calibration) -> dict[str, TensorStorage]:
     generator = torch.Generator(device="cpu").manual_seed(settings["seed"])  # see HardConcrete
     masks = ShearingMasks(base, target, generator, next(model.parameters()).device)
     windows = calibration.windows(settings)
-    train_masks(model, masks, windows, settings["steps"], settings["batch"], settings["seed"])
-    prune_to_gates(model, masks.deterministic(), target)
-    if settings["recover_steps"]:
-        continue_pretraining(
-            model, windows, settings["recover_steps"], settings["batch"], settings["seed"]
-        )
+    with in_fp32(model):
+        train_masks(model, masks, windows, settings["steps"], settings["batch"], settings["seed"])
+        prune_to_gates(model, masks.deterministic(), target)
+        if settings["recover_steps"]:
+            continue_pretraining(
+                model, windows, settings["recover_steps"], settings["batch"], settings["seed"]
+            )
     return {name: TensorStorage() for name, _ in model.named_parameters()}
