@@ -13,6 +13,7 @@ import pytest
 
 from mpt_core import baselines
 from mpt_core.baselines import BaselineRow
+from mpt_core.harness import rehearsal
 from mpt_core.harness.curve_rows import BaselineCurve, baseline_curves
 from mpt_core.harness.scaleout import in_shard, parse_shard
 
@@ -53,6 +54,8 @@ def tier(config) -> str:
     chosen = config.getoption("--mpt-tier")
     if chosen:
         return chosen
+    if rehearsal.rehearsal_model(config):
+        return "gpu"
     if re.search(r"\b(gpu|cpu)\b", config.getoption("markexpr") or ""):
         return "all"
     import torch
@@ -118,9 +121,15 @@ def _curve_ids(found: list[BaselineCurve]) -> list[str]:
 
 
 def select(config, items) -> None:
-    """Keep the smoke subset and this runner's shard, deselecting (and reporting) the rest."""
+    """Keep the smoke subset (of a rehearsal: its sample) and this runner's shard,
+    deselecting (and reporting) the rest."""
     if config.getoption("--mpt-smoke"):
         _deselect(config, items, in_smoke)
+        if rehearsal.rehearsal_model(config):
+            sample = rehearsal.sample(items)
+            _deselect(
+                config, items, lambda item: item.nodeid in sample or not rehearsal.study_rows(item)
+            )
     if config.getoption("--mpt-shard"):
         index, count = parse_shard(config.getoption("--mpt-shard"))
         _deselect(config, items, lambda item: in_shard(item.nodeid, index, count))

@@ -7,7 +7,7 @@ import pytest
 from mpt_core import baselines
 from mpt_core.baselines import BaselineRow
 from mpt_core.errors import DataError, ModelError
-from mpt_core.harness import policy
+from mpt_core.harness import policy, rehearsal
 from mpt_core.harness.curve_check import CurveVerdict, check_curve
 from mpt_core.harness.curve_rows import BaselineCurve
 from mpt_core.harness.state import MptState
@@ -21,17 +21,37 @@ def _state(request) -> MptState:
 def measure_row(state: MptState, config, row: BaselineRow, spec: str | None = None):
     """The record of ``row`` (or of ``spec`` under row's protocol); skips with one line
     when the method, metric, device, model or data is missing."""
-    reason = policy.skip_reason(row)
+    rehearse = _rehearsing(config, row)
+    reason = policy.skip_reason(row, rehearsing=bool(rehearse))
     if reason:
         pytest.skip(reason)
-    model, seqlen, windows = policy.row_protocol(row, config.getoption("--mpt-windows"))
+    model, seqlen, windows = policy.row_protocol(row, config.getoption("--mpt-windows"), rehearse)
+    dtype = rehearsal.rehearsal_dtype() if rehearse else None
     spec = spec or row.spec
     try:
         if row.metric in baselines.DOWNSTREAM_METRICS:
-            return state.measure_accuracy(model, seqlen, spec, row.dataset, row.limit, row.metric)
-        return state.measure(model, seqlen, spec, row.dataset, windows)
+            limit = rehearsal.REHEARSAL_QUESTIONS if rehearse else row.limit
+            return state.measure_accuracy(
+                model, seqlen, spec, row.dataset, limit, row.metric, dtype=dtype
+            )
+        return state.measure(model, seqlen, spec, row.dataset, windows, dtype=dtype)
     except (DataError, ModelError) as error:
         pytest.skip(f"missing input: {error}")
+
+
+def _rehearsing(config, row: BaselineRow) -> str | None:
+    """The model standing in for a study row's in a rehearsal, else None."""
+    return rehearsal.rehearsal_model(config) if row.tier == "study" else None
+
+
+def _end_rehearsal(config, row: BaselineRow) -> None:
+    """A rehearsed study row ends here, with the protocol it ran under, not a verdict."""
+    rehearse = _rehearsing(config, row)
+    if rehearse:
+        model, seqlen, windows = policy.row_protocol(
+            row, config.getoption("--mpt-windows"), rehearse
+        )
+        pytest.skip(rehearsal.rehearsed(row, model, seqlen, windows))
 
 
 def judge_row(state: MptState, config, row: BaselineRow) -> Verdict:
@@ -48,6 +68,7 @@ def judge_row(state: MptState, config, row: BaselineRow) -> Verdict:
         rtol_option=config.getoption("--mpt-rtol"),
         noise=state.noise_floors.of(row),
     )
+    _end_rehearsal(config, row)
     state.keep_verdict(row, record, verdict)
     return verdict
 
@@ -80,11 +101,13 @@ def mpt_measure_curve(request):
 
     def measure(curve: BaselineCurve) -> CurveVerdict:
         measured = [measure_row(state, config, row).value for row in curve.rows]
-        return check_curve(
+        verdict = check_curve(
             curve.label,
             (curve.x, [row.value for row in curve.rows]),
             (curve.x, measured),
             ptp_tol=config.getoption("--mpt-ptp-tol"),
         )
+        _end_rehearsal(config, curve.rows[-1])
+        return verdict
 
     return measure

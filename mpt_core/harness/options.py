@@ -63,6 +63,13 @@ def add_options(parser) -> None:
         help="spread each model over every visible GPU (accelerate): models past one GPU",
     )
     group.addoption(
+        "--mpt-rehearse",
+        default=None,
+        metavar="MODEL",
+        help="rehearse the study tier on MODEL (tiny-llama, smollm2-135m, a local checkpoint): "
+        "every study row's code path, no GPU needed; rows end 'rehearsed', not judged",
+    )
+    group.addoption(
         "--mpt-update-baselines",
         action="store_true",
         help="rewrite the CPU-tier CSVs from this run (never the study's)",

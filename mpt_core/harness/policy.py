@@ -11,6 +11,7 @@ import math
 
 from mpt_core import baselines, registry
 from mpt_core.baselines import BaselineRow
+from mpt_core.harness.rehearsal import REHEARSAL_WINDOWS
 from mpt_core.models import DEFAULT_STUDY_SEQLEN, STUDY_SEQLEN, study_checkpoint
 from mpt_core.spec import Spec
 from mpt_core.verdict import DEFAULT_RTOL, NOISE_MULTIPLE, Verdict, judge, protocol_of
@@ -23,8 +24,8 @@ TOKENS_PER_S_SKIP = (
 )
 
 
-def skip_reason(row: BaselineRow) -> str | None:
-    """Why this row cannot be measured here, or None."""
+def skip_reason(row: BaselineRow, rehearsing: bool = False) -> str | None:
+    """Why this row cannot be measured here (a rehearsal needs no GPU), or None."""
     import torch
 
     for method in Spec.parse(row.spec).methods:
@@ -41,7 +42,7 @@ def skip_reason(row: BaselineRow) -> str | None:
             return INSTALL_HINT
     elif row.metric != "ppl":
         return f"metric {row.metric} not implemented"
-    if row.tier == "study" and not torch.cuda.is_available():
+    if row.tier == "study" and not rehearsing and not torch.cuda.is_available():
         return (
             f"GPU tier: needs a CUDA device and the model {study_checkpoint(row.model)}; "
             "run `pytest benchmarks -m gpu` on a GPU runner"
@@ -49,10 +50,15 @@ def skip_reason(row: BaselineRow) -> str | None:
     return None
 
 
-def row_protocol(row: BaselineRow, windows_option: int | None) -> tuple[str, int, int | None]:
-    """(model to load, seqlen, evaluation windows) a row is measured with."""
+def row_protocol(
+    row: BaselineRow, windows_option: int | None, rehearse: str | None = None
+) -> tuple[str, int, int | None]:
+    """(model to load, seqlen, evaluation windows) a row is measured with; a rehearsal
+    (``rehearse``: the model standing in) keeps a study row's seqlen and cuts its windows."""
     if row.tier == "study":
         seqlen = row.seqlen or STUDY_SEQLEN.get(row.model, DEFAULT_STUDY_SEQLEN)
+        if rehearse:
+            return rehearse, seqlen, windows_option or REHEARSAL_WINDOWS
         return study_checkpoint(row.model), seqlen, windows_option
     windows = windows_option or row.windows or DEFAULT_CPU_WINDOWS
     return row.model, row.seqlen or DEFAULT_CPU_SEQLEN, windows

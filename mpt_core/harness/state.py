@@ -17,7 +17,7 @@ from functools import cached_property
 import pytest
 
 from mpt_core.baselines import BaselineRecords, BaselineRow, NoiseFloors
-from mpt_core.harness import collection, outputs, policy
+from mpt_core.harness import collection, outputs, policy, rehearsal
 from mpt_core.harness.scaleout import part_path
 from mpt_core.records import Record, append
 from mpt_core.reporting.report import Cell
@@ -40,7 +40,7 @@ class MptState:
         self.cells: list[Cell] = []
         self.measured_rows: list[tuple[BaselineRow, Record]] = []
         self.verdicts: list[tuple[BaselineRow, object]] = []
-        # (model, seqlen, spec, windows) as measured -> the datasets its rows ask for
+        # (model, seqlen, dtype, spec, windows) as measured -> the datasets its rows ask for
         self.datasets: dict[tuple, set[str]] = {}
         self.outcomes: Counter = Counter()
         self.skips: Counter = Counter()
@@ -52,24 +52,27 @@ class MptState:
         """The dense baseline index of the session's rows, built once."""
         return policy.DenseBaselines(collection.rows(self.config))
 
-    def session_for(self, model: str, seqlen: int):
-        """The measuring session of (model, seqlen). One model is resident per process: a
-        session of another model frees the last one first (the study's models fill a GPU);
-        sessions of one model at several seqlens share its weights and snapshot."""
+    def session_for(self, model: str, seqlen: int, dtype=None):
+        """The measuring session of (model, seqlen) with the model in ``dtype`` (None: the
+        device's default). One model is resident per process: a session of another model
+        (or dtype) frees the last one first (the study's models fill a GPU); sessions of one
+        model at several seqlens share its weights and snapshot."""
         from mpt_core.measure import Session
         from mpt_core.models import load_model
 
-        key = (model, seqlen)
+        key = (model, seqlen, dtype)
         if key not in self.sessions:
-            resident = next(iter(self.sessions.values()), None)
-            if resident is not None and resident.loaded.name != model:
+            resident = next(iter(self.sessions.items()), None)
+            if resident is not None and resident[0][::2] != (model, dtype):
                 resident = None
                 self._free_resident()
             if resident is None:
-                loaded = load_model(model, device_map=self.config.getoption("--mpt-device-map"))
+                device_map = self.config.getoption("--mpt-device-map")
+                loaded = load_model(model, dtype=dtype, device_map=device_map)
                 self.sessions[key] = Session(loaded, seqlen)
             else:
-                self.sessions[key] = Session(resident.loaded, seqlen, resident.snapshot)
+                loaded, snapshot = resident[1].loaded, resident[1].snapshot
+                self.sessions[key] = Session(loaded, seqlen, snapshot)
         return self.sessions[key]
 
     def _free_resident(self) -> None:
@@ -84,33 +87,44 @@ class MptState:
         """The rows this session will measure: a point compresses once for all of its
         perplexity datasets."""
         windows_option = self.config.getoption("--mpt-windows")
+        rehearse = rehearsal.rehearsal_model(self.config)
         for row in rows:
             if row.metric == "ppl":
-                model, seqlen, windows = policy.row_protocol(row, windows_option)
-                point = (model, seqlen, row.spec, windows)
+                stand_in = rehearse if row.tier == "study" else None
+                model, seqlen, windows = policy.row_protocol(row, windows_option, stand_in)
+                dtype = rehearsal.rehearsal_dtype() if stand_in else None
+                point = (model, seqlen, dtype, row.spec, windows)
                 self.datasets.setdefault(point, set()).add(row.dataset)
 
-    def measure(self, model: str, seqlen: int, spec: str, dataset: str, windows: int | None):
+    def measure(
+        self, model: str, seqlen: int, spec: str, dataset: str, windows: int | None, dtype=None
+    ) -> Record:
         """The perplexity record of a point; the first request compresses the model once
-        and evaluates every dataset the session's rows of that point ask for."""
-        key = (model, seqlen, spec, dataset, windows)
-        if key not in self.records:
-            wanted = {dataset} | self.datasets.get((model, seqlen, spec, windows), set())
-            todo = sorted(
-                d for d in wanted if (model, seqlen, spec, d, windows) not in self.records
-            )
-            session = self.session_for(model, seqlen)
+        and evaluates every dataset the session's rows of that point ask for. ``dtype``:
+        the model's (None: the device's default)."""
+        point = (model, seqlen, dtype, spec, windows)
+        if (*point, dataset) not in self.records:
+            wanted = {dataset} | self.datasets.get(point, set())
+            todo = sorted(d for d in wanted if (*point, d) not in self.records)
+            session = self.session_for(model, seqlen, dtype)
             for record in session.measure_datasets(Spec.parse(spec), todo, windows):
-                self._keep((model, seqlen, spec, record.dataset, windows), record)
-        return self.records[key]
+                self._keep((*point, record.dataset), record)
+        return self.records[(*point, dataset)]
 
     def measure_accuracy(
-        self, model: str, seqlen: int, spec: str, task: str, limit: int | None, metric: str
+        self,
+        model: str,
+        seqlen: int,
+        spec: str,
+        task: str,
+        limit: int | None,
+        metric: str,
+        dtype=None,
     ) -> Record:
         """The ``metric`` record of ``task``; one lm-eval run gives all its metrics."""
-        key = (model, seqlen, spec, task, limit)
+        key = (model, seqlen, dtype, spec, task, limit)
         if (*key, metric) not in self.records:
-            session = self.session_for(model, seqlen)
+            session = self.session_for(model, seqlen, dtype)
             for record in session.measure_tasks(Spec.parse(spec), {task: limit}):
                 self._keep((*key, record.metric), record)
         return self.records[(*key, metric)]

@@ -1,0 +1,75 @@
+"""A rehearsal of the study tier on a small model, on any machine (``--mpt-rehearse MODEL``).
+
+Each study row runs its own code path — its protocol's seqlen, the loader, its method with
+its calibration, the evaluation, the record and the verdict — with the study's model
+replaced by MODEL (``tiny-llama``, ``smollm2-135m`` or a local checkpoint), and ends
+``skipped: rehearsed`` with the protocol it ran under instead of a verdict on the value: a
+small model's numbers say nothing about the study's. A row that would crash on a GPU runner
+for a reason other than CUDA itself crashes here first. To cost seconds a row, the
+evaluation is cut to ``REHEARSAL_WINDOWS`` windows and an accuracy row to
+``REHEARSAL_QUESTIONS`` questions. On a GPU the dtype is the study's (fp16); on the CPU,
+where fp16 matrix products are emulated and ~30x slower, fp32 (every method's fp16 path is
+tested on the CPU by ``tests/test_foreign_device.py``).
+
+With ``--mpt-smoke`` (what CI runs) a deterministic sample is rehearsed: in node-id order,
+each test that brings a table, method, metric or test function not yet covered.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mpt_core.baselines import BaselineRow
+from mpt_core.spec import Spec
+
+REHEARSAL_WINDOWS = 2
+REHEARSAL_QUESTIONS = 4
+STUDY_DTYPE = torch.float16  # the study's columns are FP16 (Tables 1-10)
+
+
+def rehearsal_dtype() -> torch.dtype | None:
+    """The study's dtype on a GPU; None (the CPU's fp32) on the CPU."""
+    return STUDY_DTYPE if torch.cuda.is_available() else None
+
+
+def rehearsal_model(config) -> str | None:
+    """The model standing in for the study's, or None when this is not a rehearsal."""
+    return config.getoption("--mpt-rehearse")
+
+
+def rehearsed(row: BaselineRow, model: str, seqlen: int, windows: int | None) -> str:
+    """The one-line outcome of a rehearsed row: what it ran under."""
+    return (
+        f"rehearsed: {row.table} {row.model} as {model}, seqlen {seqlen}, "
+        f"{'all' if windows is None else windows} windows, {row.metric}"
+    )
+
+
+def sample(items) -> set[str]:
+    """Node ids of a deterministic sample of the study rows and curves in ``items``: each
+    one that covers a table, method, metric or test function not covered before it."""
+    covered: set[tuple] = set()
+    kept: set[str] = set()
+    for item in sorted(items, key=lambda item: item.nodeid):
+        rows = study_rows(item)
+        if not rows:
+            continue
+        aspects = {("test", item.originalname)} | {
+            aspect for row in rows for aspect in _aspects(row)
+        }
+        if not aspects <= covered:
+            covered |= aspects
+            kept.add(item.nodeid)
+    return kept
+
+
+def study_rows(item) -> list[BaselineRow]:
+    params = item.callspec.params if hasattr(item, "callspec") else {}
+    row, curve = params.get("mpt_row"), params.get("mpt_curve")
+    rows = [row] if isinstance(row, BaselineRow) else list(getattr(curve, "rows", []))
+    return [row for row in rows if row.tier == "study"]
+
+
+def _aspects(row: BaselineRow) -> set[tuple]:
+    methods = {("method", method) for method in Spec.parse(row.spec).methods}
+    return methods | {("table", row.table), ("metric", row.metric)}
