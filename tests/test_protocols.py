@@ -77,6 +77,9 @@ def test_a_model_override_and_a_row_override_apply_in_order():
     awq = protocol_for(_rows("table4", "awq")[0])
     assert (awq.awq_group, awq.calib_length, awq.calib_nsamples) == (128, 512, 128)
     assert protocol_for(_rows("table4", "gptq")[0]).gptq_group is None  # one scale per row
+    iquants = _rows("table5", "gguf:IQ")  # llama.cpp quantizes them only with an imatrix
+    assert {protocol_for(row).calib_set for row in iquants} == {"c4"}
+    assert {protocol_for(row).calib_set for row in _rows("table5", "gguf:Q")} == {"none"}
 
 
 def test_a_study_csv_seqlen_must_agree_with_the_protocol():
