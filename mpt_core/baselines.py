@@ -18,6 +18,7 @@ from pathlib import Path
 
 from mpt_core.errors import BaselineError
 from mpt_core.families import FILE_FAMILIES
+from mpt_core.protocols import parse_field
 from mpt_core.spec import Spec
 
 HEADER = (
@@ -123,7 +124,7 @@ def load_file(path: str | Path, tier: str) -> list[BaselineRow]:
     header = tuple(next(reader, ()))
     if header != HEADER:
         raise BaselineError(f"{path}: header must be {','.join(HEADER)}; found {','.join(header)}")
-    windows = int(meta["windows"]) if "windows" in meta else None
+    windows = _declared_windows(meta, path)
     rows = [_row(path, number, cells, tier, windows) for number, cells in enumerate(reader, 2)]
     for key in ("rtol", "min_recovery"):
         if key in meta:
@@ -131,6 +132,17 @@ def load_file(path: str | Path, tier: str) -> list[BaselineRow]:
             rows = [replace(row, **{key: value}) for row in rows]
     limits = task_limits(meta.get("limits", ""), where=f"{path}: # limits")
     return [replace(row, limit=limits.get(row.dataset)) for row in rows] if limits else rows
+
+
+def _declared_windows(meta: dict[str, str], path: Path) -> int | None:
+    """The file's ``# windows:`` count, parsed as a protocol's windows are (one parser:
+    ``mpt_core.protocols``); None when the file states none."""
+    if "windows" not in meta:
+        return None
+    windows = parse_field("windows", meta["windows"], f"{path}: # windows")
+    if windows is None:
+        raise BaselineError(f"{path}: # windows: {meta['windows']!r}: state a count")
+    return windows
 
 
 def _declared_number(key: str, text: str, path: Path) -> float:

@@ -41,8 +41,6 @@ STUDY_MODELS = {
     "deepseek-r1-distill-llama-8b": "deepseek-ai/DeepSeek-R1-Distill-Llama-8B",
     "deepseek-r1-distill-qwen-14b": "deepseek-ai/DeepSeek-R1-Distill-Qwen-14B",
 }
-STUDY_SEQLEN = {"llama2-7b": 4096}  # PROTOCOLS.md: Table 2's dense 5.12 is seqlen 4096
-DEFAULT_STUDY_SEQLEN = 2048
 # Share of free GPU memory kept for activations, the calibration inputs and a method's
 # statistics when deciding whether a model fits (a LLaMA-2-7B block's fp32 Hessians alone
 # take ~0.9 GB; 128 calibration windows of 4096 tokens ~4 GB in fp16).

@@ -16,7 +16,16 @@ import dataclasses
 import torch
 
 from mpt_core import registry
-from mpt_core.data import CALIBRATION_SPLITS, calibration_windows, data_dir, load_text, tokenize
+from mpt_core.data import (
+    CALIBRATION_SPLITS,
+    DOCUMENT_SETS,
+    calibration_windows,
+    data_dir,
+    document_windows,
+    load_documents,
+    load_text,
+    tokenize,
+)
 from mpt_core.families import PRUNING_FAMILIES
 from mpt_core.quant import backends
 from mpt_core.spec import Spec, Stage
@@ -29,21 +38,34 @@ def default_calibration_set() -> str:
 
 
 class Calibration:
-    """Calibration windows for one tokenizer and seqlen, drawn once per setting."""
+    """Calibration windows for one tokenizer and seqlen, drawn once per setting: C4's from
+    its train documents (``data.document_windows``), the others' from their token stream."""
 
     def __init__(self, tokenizer, seqlen: int):
         self.tokenizer = tokenizer
         self.seqlen = seqlen
         self._ids: dict[str, torch.Tensor] = {}
+        self._documents: dict[str, list[str]] = {}
         self._windows: dict[tuple, torch.Tensor] = {}
 
     def windows(self, settings: dict) -> torch.Tensor:
         dataset = settings.get("calib") or default_calibration_set()
         key = (dataset, settings["nsamples"], settings["seed"])
         if key not in self._windows:
-            ids = self._stream(dataset)
-            self._windows[key] = calibration_windows(ids, key[1], self.seqlen, key[2])
+            self._windows[key] = self._draw(*key)
         return self._windows[key]
+
+    def _draw(self, dataset: str, nsamples: int, seed: int) -> torch.Tensor:
+        if dataset in DOCUMENT_SETS:
+            texts = self._texts(dataset)
+            return document_windows(self.tokenizer, texts, nsamples, self.seqlen, seed)
+        return calibration_windows(self._stream(dataset), nsamples, self.seqlen, seed)
+
+    def _texts(self, dataset: str) -> list[str]:
+        if dataset not in self._documents:
+            split = CALIBRATION_SPLITS[dataset]
+            self._documents[dataset] = load_documents(dataset, split).texts
+        return self._documents[dataset]
 
     def _stream(self, dataset: str) -> torch.Tensor:
         if dataset not in self._ids:

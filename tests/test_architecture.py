@@ -20,6 +20,7 @@ CORE = {
     "mpt_core.registry",
     "mpt_core.records",
     "mpt_core.baselines",
+    "mpt_core.protocols",
     "mpt_core.verdict",
 }
 METHOD_PACKAGES = ("mpt_core.prune", "mpt_core.quant", "mpt_core.lowrank")

@@ -12,12 +12,11 @@ import math
 from mpt_core import baselines, registry
 from mpt_core.baselines import BaselineRow
 from mpt_core.harness.rehearsal import REHEARSAL_WINDOWS
-from mpt_core.models import DEFAULT_STUDY_SEQLEN, STUDY_SEQLEN, study_checkpoint
+from mpt_core.models import study_checkpoint
+from mpt_core.protocols import protocol_for
 from mpt_core.spec import Spec
 from mpt_core.verdict import DEFAULT_RTOL, NOISE_MULTIPLE, Verdict, judge, protocol_of
 
-DEFAULT_CPU_WINDOWS = 8
-DEFAULT_CPU_SEQLEN = 512
 TOKENS_PER_S_SKIP = (
     "tokens/s rows not comparable: the study measured llama.cpp on its own hardware; "
     "speed is guarded by benchmarks/test_speed_throughput.py (--benchmark-compare-fail)"
@@ -53,15 +52,15 @@ def skip_reason(row: BaselineRow, rehearsing: bool = False) -> str | None:
 def row_protocol(
     row: BaselineRow, windows_option: int | None, rehearse: str | None = None
 ) -> tuple[str, int, int | None]:
-    """(model to load, seqlen, evaluation windows) a row is measured with; a rehearsal
-    (``rehearse``: the model standing in) keeps a study row's seqlen and cuts its windows."""
-    if row.tier == "study":
-        seqlen = row.seqlen or STUDY_SEQLEN.get(row.model, DEFAULT_STUDY_SEQLEN)
-        if rehearse:
-            return rehearse, seqlen, windows_option or REHEARSAL_WINDOWS
-        return study_checkpoint(row.model), seqlen, windows_option
-    windows = windows_option or row.windows or DEFAULT_CPU_WINDOWS
-    return row.model, row.seqlen or DEFAULT_CPU_SEQLEN, windows
+    """(model to load, seqlen, evaluation windows) a row is measured with: its protocol's
+    (``protocols.protocol_for``: the study's protocols.toml, or the CPU-tier CSV's header),
+    ``--mpt-windows`` overriding the windows. A rehearsal (``rehearse``: the model standing
+    in) keeps a study row's seqlen and cuts its windows."""
+    protocol = protocol_for(row)
+    if rehearse and row.tier == "study":
+        return rehearse, protocol.seqlen, windows_option or REHEARSAL_WINDOWS
+    model = study_checkpoint(row.model) if row.tier == "study" else row.model
+    return model, protocol.seqlen, windows_option or protocol.windows
 
 
 def tolerance(row: BaselineRow, rtol_option: float | None, noise: float | None = None) -> float:
