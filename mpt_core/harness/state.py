@@ -66,8 +66,7 @@ class MptState:
         windows_option = self.config.getoption("--mpt-windows")
         for row in rows:
             if row.metric == "ppl":
-                model, seqlen, windows = policy.row_protocol(row, windows_option)
-                point = (model, seqlen, row.spec, windows)
+                point = policy.row_point(row, windows_option)
                 self.datasets.setdefault(point, set()).add(row.dataset)
 
     def measure(self, model: str, seqlen: int, spec: str, dataset: str, windows: int | None):
