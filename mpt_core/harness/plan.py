@@ -176,6 +176,10 @@ def as_json(plan: Plan) -> dict:
                 "windows": point.key[3],
                 "device": point.device,
                 "rows": [[row.table, row.dataset, row.metric] for row in point.rows],
+                "evaluations": [
+                    [dataset, limit, seconds]
+                    for (dataset, limit), seconds in point.evaluations.items()
+                ],
                 "compress_seconds": point.compress_seconds,
                 "evaluate_seconds": point.evaluate_seconds,
             }
