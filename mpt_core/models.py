@@ -41,6 +41,29 @@ STUDY_MODELS = {
     "deepseek-r1-distill-llama-8b": "deepseek-ai/DeepSeek-R1-Distill-Llama-8B",
     "deepseek-r1-distill-qwen-14b": "deepseek-ai/DeepSeek-R1-Distill-Qwen-14B",
 }
+# Their parameter counts, transcribed from each checkpoint's hub page ("Model size", the
+# safetensors parameter count; the Qwen2.5 cards' "Number of Parameters"), which count what
+# the checkpoint stores: Gemma-3 4B/12B/27B include their vision encoder. `--mpt-plan` scales
+# the CPU tier's measured seconds by them and sizes the downloads.
+STUDY_PARAMS = {
+    "llama2-7b": 6.74e9,
+    "llama2-13b": 13.0e9,
+    "llama2-70b": 69.0e9,
+    "qwen2.5-0.5b": 0.494e9,
+    "qwen2.5-1.5b": 1.54e9,
+    "qwen2.5-3b": 3.09e9,
+    "qwen2.5-7b": 7.61e9,
+    "qwen2.5-14b": 14.7e9,
+    "qwen2.5-32b": 32.5e9,
+    "qwen2.5-72b": 72.7e9,
+    "llama3.1-8b": 8.03e9,
+    "gemma3-1b-it": 1.0e9,
+    "gemma3-4b-it": 4.3e9,
+    "gemma3-12b-it": 12.2e9,
+    "gemma3-27b-it": 27.4e9,
+    "deepseek-r1-distill-llama-8b": 8.03e9,
+    "deepseek-r1-distill-qwen-14b": 14.8e9,
+}
 # Share of free GPU memory kept for activations, the calibration inputs and a method's
 # statistics when deciding whether a model fits (a LLaMA-2-7B block's fp32 Hessians alone
 # take ~0.9 GB; 128 calibration windows of 4096 tokens ~4 GB in fp16).

@@ -1,7 +1,8 @@
-"""``--mpt-shard i/n`` partitions the suite exactly: every test in one shard, none twice.
+"""``--mpt-shard i/n`` partitions the suite exactly: every test in one shard, none twice;
+the shards carry equal estimated cost and a point's row tests stay in one shard (#22).
 
-The central test collects the study tier (``benchmarks -m gpu``, what the GPU workflow
-shards over its matrix) unsharded and as three shards, in-process, and compares.
+The central tests collect the study tier (``benchmarks -m gpu``, what the GPU workflow
+shards over its matrix) unsharded and as three or four shards, in-process, and compare.
 """
 
 from __future__ import annotations
@@ -12,28 +13,33 @@ import io
 import pytest
 
 from mpt_core.errors import MptError
-from mpt_core.harness.scaleout import in_shard, parse_shard
+from mpt_core.harness import collection, plan, policy
+from mpt_core.harness.scaleout import balance, in_shard, parse_shard
 
 SHARDS = 3
 
 
 class Collected:
-    """A pytest plugin that keeps the node ids a run collected."""
+    """A pytest plugin that keeps the items a run collected."""
 
     def __init__(self):
-        self.ids: list[str] = []
+        self.items: list = []
 
     def pytest_collection_finish(self, session) -> None:
-        self.ids = [item.nodeid for item in session.items]
+        self.items = list(session.items)
 
 
-def collect(*args: str) -> list[str]:
+def collect_items(*args: str) -> list:
     collected = Collected()
     quiet = ["--collect-only", "-q", "-p", "no:randomly", "-p", "no:cacheprovider"]
     with contextlib.redirect_stdout(io.StringIO()):
         code = pytest.main(["benchmarks", "-m", "gpu", *quiet, *args], plugins=[collected])
     assert code == 0, f"collection failed: {args}"
-    return collected.ids
+    return collected.items
+
+
+def collect(*args: str) -> list[str]:
+    return [item.nodeid for item in collect_items(*args)]
 
 
 def test_the_union_of_the_shards_is_the_unsharded_suite_with_no_duplicates(one_thread):
@@ -46,7 +52,48 @@ def test_the_union_of_the_shards_is_the_unsharded_suite_with_no_duplicates(one_t
     assert all(len(shard) > len(everything) / (2 * SHARDS) for shard in shards)
 
 
-def test_shard_membership_depends_on_the_test_id_alone():
+def estimated_seconds(items: list, planned: dict) -> float:
+    """What a shard's tests cost: each distinct point of its row tests once, and each curve
+    test its points' compression and its rows' evaluation."""
+    points, seconds = set(), 0.0
+    for item in items:
+        rows = collection.item_rows(item)
+        if collection.is_curve(item):
+            for row in rows:
+                point = planned[policy.row_point(row, None)]
+                seconds += point.stage_seconds + point.evaluations[(row.dataset, row.limit)]
+        elif rows:
+            points.add(policy.row_point(rows[0], None))
+    return seconds + sum(
+        planned[p].stage_seconds + planned[p].evaluate_seconds for p in points if p in planned
+    )
+
+
+def test_four_shards_of_the_study_tier_carry_equal_cost_and_never_split_a_point(one_thread):
+    everything = collect_items()
+    planned = {p.key: p for p in plan.build(collection.selected_rows(everything)).points}
+    shards = [collect_items("--mpt-shard", f"{i}/4") for i in range(1, 5)]
+    ids = [item.nodeid for shard in shards for item in shard]
+    assert len(ids) == len(set(ids)) and set(ids) == {item.nodeid for item in everything}
+    home: dict[tuple, int] = {}
+    for number, shard in enumerate(shards):
+        for item in shard:
+            rows = collection.item_rows(item)
+            if len(rows) == 1:
+                point = policy.row_point(rows[0], None)
+                assert home.setdefault(point, number) == number, f"{point} split over shards"
+    loads = [estimated_seconds(shard, planned) for shard in shards]
+    mean = sum(loads) / len(loads)
+    assert (max(loads) - min(loads)) / mean <= 0.10, loads
+
+
+def test_balance_puts_the_costliest_unit_first_on_the_least_loaded_shard():
+    chosen = balance({"a": 5.0, "b": 4.0, "c": 3.0, "d": 3.0, "e": 1.0}, 2)
+    assert chosen == {"a": 1, "b": 2, "c": 2, "d": 1, "e": 2}
+    assert balance({"x": 1.0, "y": 1.0}, 2) == balance({"y": 1.0, "x": 1.0}, 2)
+
+
+def test_a_test_with_no_estimated_cost_is_sharded_by_the_hash_of_its_id():
     ids = [f"benchmarks/test_quant.py::test_ppl[llama2-7b-wikitext2-rtn:{b}]" for b in range(99)]
     first = [[i for i in ids if in_shard(i, k, 4)] for k in range(1, 5)]
     again = [[i for i in reversed(ids[:50]) if in_shard(i, k, 4)] for k in range(1, 5)]

@@ -1,4 +1,4 @@
-"""Baseline rows become test parameters: which rows, their marks and ids, smoke and shards.
+"""Baseline rows become test parameters: which rows, their marks and ids, smoke, shards, order.
 
 Rows are read once per session (``rows``) and every other lookup uses that list.
 """
@@ -13,9 +13,10 @@ import pytest
 
 from mpt_core import baselines
 from mpt_core.baselines import BaselineRow
-from mpt_core.harness import rehearsal
+from mpt_core.harness import plan, policy, rehearsal
 from mpt_core.harness.curve_rows import BaselineCurve, baseline_curves
-from mpt_core.harness.scaleout import in_shard, parse_shard
+from mpt_core.harness.scaleout import balance, in_shard, parse_shard
+from mpt_core.spec import Spec
 
 # What --mpt-smoke keeps of the CPU tier: a few points per implemented family, on WikiText-2
 # (GGUF through llama.cpp, which CI installs with scripts/setup_gguf.sh, and one pipeline).
@@ -132,7 +133,77 @@ def select(config, items) -> None:
             )
     if config.getoption("--mpt-shard"):
         index, count = parse_shard(config.getoption("--mpt-shard"))
-        _deselect(config, items, lambda item: in_shard(item.nodeid, index, count))
+        shards = shard_by_cost(items, count, config.getoption("--mpt-windows"))
+        _deselect(config, items, lambda item: shards[item.nodeid] == index)
+
+
+def shard_by_cost(items, count: int, windows_option: int | None) -> dict[str, int]:
+    """Each test's shard (1-based) of ``count``, balancing estimated seconds
+    (``scaleout.balance``). The row tests of one point are one unit, so a point compresses in
+    one shard; a curve test is a unit of its own, costed as measuring its points where none
+    of them ran (it measures again those that ran in another shard: joining them would chain
+    a model's whole grid into one unit). Tests with no estimated cost go by a hash of their id.
+    The partition depends on the whole selection: adding tests may move others."""
+    planned = {p.key: p for p in plan.build(selected_rows(items), windows_option).points}
+    unit_of: dict[str, str] = {}
+    units: dict[str, float] = {}
+    for item in items:
+        rows = item_rows(item)
+        if not rows:
+            continue
+        if is_curve(item):
+            unit = f"curve {item.nodeid}"
+            units[unit] = sum(_row_alone(planned, row, windows_option) for row in rows)
+        else:
+            key = policy.row_point(rows[0], windows_option)
+            point, unit = planned.get(key), f"point {key}"
+            units[unit] = point.stage_seconds + point.evaluate_seconds if point else 0.0
+        unit_of[item.nodeid] = unit
+    chosen = balance({unit: cost for unit, cost in units.items() if cost > 0}, count)
+    return {
+        item.nodeid: chosen.get(unit_of.get(item.nodeid, "")) or _hash_shard(item.nodeid, count)
+        for item in items
+    }
+
+
+def _row_alone(planned: dict, row: BaselineRow, windows_option: int | None) -> float:
+    """Seconds of compressing a row's point and evaluating the row, nothing shared."""
+    point = planned.get(policy.row_point(row, windows_option))
+    return point.stage_seconds + point.evaluations[(row.dataset, row.limit)] if point else 0.0
+
+
+def _hash_shard(nodeid: str, count: int) -> int:
+    return next(shard for shard in range(1, count + 1) if in_shard(nodeid, shard, count))
+
+
+def order(config, items) -> None:
+    """Run the row tests grouped by (model, seqlen), within that pipelines sharing a first
+    stage next to each other, within that a point's rows together (a curve after its
+    model's rows): whatever order pytest-randomly or -k left, a model's session and a
+    pipeline's first stage are each used in one stretch. Groups keep the order they first
+    appear in; other tests keep their places."""
+    windows = config.getoption("--mpt-windows")
+    slots = [i for i, item in enumerate(items) if item_rows(item)]
+    seen: dict[tuple, int] = {}
+    keys = {}
+    for i in slots:
+        rows = item_rows(items[i])
+        model, seqlen, spec, windows_used = policy.row_point(rows[0], windows)
+        group = _rank(seen, ("model", model, seqlen))
+        if is_curve(items[i]):
+            keys[i] = (group, 1, 0, 0)
+            continue
+        stages = Spec.parse(spec).stages
+        first = _rank(seen, ("first", model, seqlen, str(stages[0]) if stages else "dense"))
+        keys[i] = (group, 0, first, _rank(seen, ("point", model, seqlen, spec, windows_used)))
+    moved = [items[i] for i in sorted(slots, key=keys.__getitem__)]
+    for slot, item in zip(slots, moved):
+        items[slot] = item
+
+
+def _rank(seen: dict, key: tuple) -> int:
+    """The order in which ``key`` first appeared."""
+    return seen.setdefault(key, len(seen))
 
 
 def _deselect(config, items, keep_if) -> None:
@@ -146,20 +217,31 @@ def _deselect(config, items, keep_if) -> None:
 
 def selected_rows(items) -> list[BaselineRow]:
     """The baseline rows the selected tests will measure (a curve's rows included)."""
-    found = []
-    for item in items:
-        params = item.callspec.params if hasattr(item, "callspec") else {}
-        if isinstance(params.get("mpt_row"), BaselineRow):
-            found.append(params["mpt_row"])
-        if isinstance(params.get("mpt_curve"), BaselineCurve):
-            found += params["mpt_curve"].rows
-    return found
+    return [row for item in items for row in item_rows(item)]
+
+
+def item_rows(item) -> list[BaselineRow]:
+    """The baseline rows one test measures: its row, or its curve's rows; none for others."""
+    params = _params(item)
+    if isinstance(params.get("mpt_row"), BaselineRow):
+        return [params["mpt_row"]]
+    if isinstance(params.get("mpt_curve"), BaselineCurve):
+        return list(params["mpt_curve"].rows)
+    return []
+
+
+def is_curve(item) -> bool:
+    return isinstance(_params(item).get("mpt_curve"), BaselineCurve)
+
+
+def _params(item) -> dict:
+    return item.callspec.params if hasattr(item, "callspec") else {}
 
 
 def in_smoke(item) -> bool:
     """Everything but the CPU tier's curves and its points outside SMOKE_SPECS; the tiny
     tier whole."""
-    params = item.callspec.params if hasattr(item, "callspec") else {}
+    params = _params(item)
     row, curve = params.get("mpt_row"), params.get("mpt_curve")
     if curve is not None:
         return curve.rows[0].tier != "cpu" or curve.rows[0].model in TINY_MODELS

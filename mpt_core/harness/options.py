@@ -54,7 +54,20 @@ def add_options(parser) -> None:
         "--mpt-shard",
         default=None,
         metavar="I/N",
-        help="keep shard I of N (1-based) of the collected tests: a CI matrix's share",
+        help="keep shard I of N (1-based) of the collected tests, shards balanced by estimated "
+        "cost with each point's tests in one shard: a CI matrix's share",
+    )
+    group.addoption(
+        "--mpt-plan",
+        action="store_true",
+        help="print the selection's distinct points, rows, models to download and estimated "
+        "hours, and run nothing (as --collect-only)",
+    )
+    group.addoption(
+        "--mpt-plan-json",
+        default=None,
+        metavar="FILE",
+        help="write the plan as JSON to FILE (and run nothing, as --mpt-plan)",
     )
     group.addoption(
         "--mpt-device-map",

@@ -14,10 +14,14 @@ lm-eval on the local task files, at the limit their baseline file states.
 Throughput rows (``tokens_per_s``) skip: the study's come from llama.cpp on its own
 hardware; speed is guarded by ``benchmarks/test_speed_throughput.py``.
 
+Tests run grouped by model, then shared first stage, then point, after any shuffle
+(``collection.order``). ``--mpt-plan`` prints the selection's points, models and estimated
+hours and runs nothing (``mpt_core.harness.plan``).
+
 Scale-out (``mpt_core.harness.scaleout``): ``--mpt-shard i/n`` keeps a deterministic
-n-th of the tests for one CI runner; under ``pytest -n N`` each xdist worker
-pins its own GPU and appends records to its own part file, and the controller
-merges records, report, history and baseline updates at session end.
+n-th of the tests, balanced by estimated cost, for one CI runner; under ``pytest -n N``
+each xdist worker pins its own GPU and appends records to its own part file, and the
+controller merges records, report, history and baseline updates at session end.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import pytest
 
 from mpt_core.errors import MptError
 from mpt_core.families import FAMILY_TEXT
-from mpt_core.harness import collection, options, outputs
+from mpt_core.harness import collection, options, outputs, plan
 from mpt_core.harness.fixtures import (  # noqa: F401 (fixtures registered with the plugin)
     mpt_check,
     mpt_measure,
@@ -76,9 +80,20 @@ def pytest_generate_tests(metafunc) -> None:
     collection.parametrize(metafunc)
 
 
+@pytest.hookimpl(trylast=True)  # after -k/-m deselection and pytest-randomly's shuffle
 def pytest_collection_modifyitems(config, items) -> None:
     collection.select(config, items)
+    collection.order(config, items)
     config.pluginmanager.get_plugin("mpt-state").expect(collection.selected_rows(items))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session):
+    """``--mpt-plan``: print what the selection will measure and cost; run nothing."""
+    if session.config.getoption("--mpt-plan") or session.config.getoption("--mpt-plan-json"):
+        plan.report(session.config, collection.selected_rows(session.items))
+        return True
+    return None
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:

@@ -63,6 +63,18 @@ def row_protocol(
     return model, protocol.seqlen, windows_option or protocol.windows
 
 
+def row_point(row: BaselineRow, windows_option: int | None) -> tuple[str, int, str, int | None]:
+    """The point a row is measured at: (model to load, seqlen, spec, windows). The rows of one
+    point are measured on one compressed model."""
+    model, seqlen, windows = row_protocol(row, windows_option)
+    return model, seqlen, row.spec, windows
+
+
+def is_measured(row: BaselineRow) -> bool:
+    """Whether the harness measures the row anywhere (tokens/s rows it never does)."""
+    return row.metric == "ppl" or row.metric in baselines.DOWNSTREAM_METRICS
+
+
 def tolerance(row: BaselineRow, rtol_option: float | None, noise: float | None = None) -> float:
     """--mpt-rtol if given (0 means 0), else the file's declared ``# rtol:``, else 2%; never
     below ``NOISE_MULTIPLE`` times the point's measured noise floor. An accuracy on a few

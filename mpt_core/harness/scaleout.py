@@ -1,9 +1,12 @@
 """Scale-out of the regression suite: CI shards, pytest-xdist workers, one GPU each.
 
-- ``--mpt-shard i/n`` keeps the tests whose node id hashes to shard i (1-based) of n:
-  a pure function of the id, so every runner of a CI matrix computes the same
-  partition without talking to the others, and a test keeps its shard when others
-  are added or removed.
+- ``--mpt-shard i/n`` keeps shard i (1-based) of n: the tests that measure a common point
+  form a unit (``collection.shard_by_cost``) and ``balance`` spreads the units' estimated
+  seconds (``harness.costs``) evenly, so the runners of a CI matrix finish together and a
+  point compresses on one of them. Every runner computes the same partition from the same
+  selection without talking to the others; the price is that the partition is a function of
+  the whole selection, not of a test's id: a test may change shard when others are added or
+  removed. Tests with no estimated cost go by a hash of their id (``in_shard``).
 - ``pytest -n N`` (pytest-xdist): worker ``gwK`` takes GPU ``K mod (visible GPUs)``
   (``torch.cuda.set_device``, and ``CUDA_VISIBLE_DEVICES`` for its subprocesses).
 - Records: each worker appends (and fsyncs) to its own part file beside
@@ -38,6 +41,19 @@ def in_shard(nodeid: str, index: int, count: int) -> bool:
     """Whether the test ``nodeid`` belongs to shard ``index`` of ``count``."""
     digest = hashlib.sha256(nodeid.encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") % count == index - 1
+
+
+def balance(costs: dict[str, float], count: int) -> dict[str, int]:
+    """Unit -> shard (1-based) of ``count``: longest processing time first, each unit (the
+    costliest first, ties by id) to the least-loaded shard (ties: the lowest), which keeps
+    the heaviest shard within 4/3 of the best partition's (Graham) and is deterministic."""
+    loads = [0.0] * count
+    chosen = {}
+    for unit in sorted(costs, key=lambda name: (-costs[name], name)):
+        shard = min(range(count), key=lambda k: (loads[k], k))
+        loads[shard] += costs[unit]
+        chosen[unit] = shard + 1
+    return chosen
 
 
 def worker_number(worker_id: str | None) -> int | None:
