@@ -68,11 +68,13 @@ def test_record_key_and_known_keys(tmp_path):
     }
 
 
-def test_unknown_fields_are_ignored_on_read(tmp_path):
+def test_unknown_fields_are_an_error_naming_them(tmp_path):
+    """Nothing read is dropped: a field no schema defines is refused, not ignored (#23)."""
     path = tmp_path / "r.jsonl"
     data = json.loads(make_record().to_json()) | {"added_later": 1}
     path.write_text(json.dumps(data) + "\n")
-    assert read(path) == [make_record()]
+    with pytest.raises(ResultsError, match=f"{path}:1 .*unknown field.*added_later"):
+        read(path)
 
 
 @pytest.mark.parametrize("torn", ['{"model": "tiny', "{", '{"created": "2025-01-01T00:0'])
