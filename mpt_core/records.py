@@ -29,8 +29,10 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
-from mpt_core.errors import ResultsError
+from mpt_core.errors import ResultsError, SpecError
+from mpt_core.spec import Spec
 
 SCHEMA = 2  # schema 1: no "schema" field; non-finite numbers written as NaN / Infinity
 SCHEMA_FILE = Path(__file__).with_name("records.schema.json")
@@ -68,9 +70,17 @@ class Record:
     window_losses: list = field(default_factory=list)  # perplexity: each window's mean loss
 
     @property
-    def key(self) -> tuple:
+    def key(self) -> PointKey:
         return point_key(
-            self.model, self.spec, self.dataset, self.seqlen, self.windows, self.metric
+            model=self.model,
+            weights_hash=self.weights_hash,
+            spec=self.spec,
+            dataset=self.dataset,
+            seqlen=self.seqlen,
+            windows=self.windows,
+            metric=self.metric,
+            dtype=self.dtype,
+            device=self.device,
         )
 
     @property
@@ -243,9 +253,71 @@ def _unescape(part: str) -> str:
     return part.replace("~1", "/").replace("~0", "~")
 
 
-def point_key(model: str, spec: str, dataset: str, seqlen: int, windows: int, metric: str) -> tuple:
-    """What makes two records measurements of the same point: a sweep skips known keys."""
-    return (model, spec, dataset, int(seqlen), int(windows), metric)
+class PointKey(NamedTuple):
+    """A point's whole identity: what makes two records measurements of the same point
+    (a sweep skips known keys)."""
+
+    model: str
+    weights_hash: str
+    spec: str  # canonical
+    dataset: str
+    seqlen: int
+    windows: int
+    metric: str
+    dtype: str
+    device: str  # the kind: "cuda", not "cuda:1"
+
+    @property
+    def setup(self) -> tuple:
+        """The model as loaded and run, without the point (``setup_key``)."""
+        return setup_key(self.model, self.weights_hash, self.seqlen, self.dtype, self.device)
+
+
+def point_key(
+    *,
+    model: str,
+    weights_hash: str,
+    spec: str,
+    dataset: str,
+    seqlen: int,
+    windows: int,
+    metric: str,
+    dtype: str,
+    device: str,
+) -> PointKey:
+    """The key of a point. Schema-1 records carry every one of these fields (the first
+    writer already required them), so their keys compare with new ones as they are; the
+    spec is made canonical (``canonical_spec``) and the device reduced to its kind for both."""
+    return PointKey(
+        model,
+        weights_hash,
+        canonical_spec(spec),
+        dataset,
+        int(seqlen),
+        int(windows),
+        metric,
+        dtype,
+        device_kind(device),
+    )
+
+
+def canonical_spec(spec: str) -> str:
+    """``str(Spec.parse(spec))``; a spec this grammar refuses (an older mpt's) as written:
+    no spec a sweep measures equals it."""
+    try:
+        return str(Spec.parse(spec))
+    except SpecError:
+        return spec
+
+
+def setup_key(model: str, weights_hash: str, seqlen: int, dtype: str, device: str) -> tuple:
+    """What a point's key holds besides the point itself (spec, dataset, windows, metric)."""
+    return (model, weights_hash, int(seqlen), dtype, device_kind(device))
+
+
+def device_kind(device: str) -> str:
+    """``cuda`` for ``cuda:1``: which card of a kind ran a point does not change it."""
+    return str(device).split(":")[0]
 
 
 def append(path: str | Path, record: Record) -> None:
@@ -332,7 +404,7 @@ def _reason(error: ValueError) -> str:
     return str(error)
 
 
-def known_keys(path: str | Path) -> set[tuple]:
+def known_keys(path: str | Path) -> set[PointKey]:
     return {record.key for record in read(path)}
 
 
