@@ -18,7 +18,7 @@ from mpt_core.data import load_text, tokenize
 from mpt_core.evaluate.perplexity import eval_windows, perplexity
 from mpt_core.models import LoadedModel, load_model
 from mpt_core.pipeline import Calibration, Plan, apply_stages, plan
-from mpt_core.records import Record, git_sha, library_versions, now
+from mpt_core.records import PointKey, Record, git_sha, library_versions, now, point_key, setup_key
 from mpt_core.snapshot import Snapshot
 from mpt_core.spec import Spec
 from mpt_core.storage import Footprint, dense_numel, measure
@@ -138,18 +138,40 @@ class Session:
         the evaluation measured (dataset, windows, metric, value, stderr, fingerprint,
         versions)."""
         return Record(
-            model=self.loaded.name,
-            weights_hash=self.loaded.weights_hash,
+            **self._identity(),
             spec=str(resolved.spec),
-            seqlen=self.seqlen,
             footprint=footprint.summary(),
-            seconds=seconds,
-            device=str(self.loaded.device),
-            dtype=str(self.loaded.dtype).removeprefix("torch."),
             settings=resolved.settings(),
             git_sha=git_sha(),
             created=now(),
+            seconds=seconds,
             **point,
+        )
+
+    def _identity(self) -> dict:
+        """What every record of this session says about the model as loaded and run."""
+        return {
+            "model": self.loaded.name,
+            "weights_hash": self.loaded.weights_hash,
+            "seqlen": self.seqlen,
+            "device": str(self.loaded.device),
+            "dtype": str(self.loaded.dtype).removeprefix("torch."),
+        }
+
+    @property
+    def setup(self) -> tuple:
+        """``PointKey.setup`` of every record this session makes."""
+        return setup_key(**self._identity())
+
+    def point_key(self, spec: str, dataset: str, windows: int | None) -> PointKey:
+        """The key the perplexity record of ``spec`` on ``dataset`` will carry: what a
+        resumed sweep looks for in its ``--out``."""
+        return point_key(
+            **self._identity(),
+            spec=spec,
+            dataset=dataset,
+            windows=self.windows_for(dataset, windows),
+            metric="ppl",
         )
 
     def windows_for(self, dataset: str, windows: int | None) -> int:

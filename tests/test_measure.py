@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import needs_data
 from mpt_core import measure
 from mpt_core.measure import Session
 from mpt_core.spec import Spec
@@ -80,3 +81,14 @@ def test_a_spec_is_validated_and_resolved_once_per_measurement(tiny, monkeypatch
     )
     assert calls == {"resolve": 2, "get": 2, "settings": 2}
     assert [stage["stage"] for stage in records[0].settings] == ["magnitude:0.5", "rtn:4[group=16]"]
+
+
+@needs_data
+def test_the_key_a_sweep_resumes_by_is_the_key_of_the_record_it_makes(tiny):
+    """``mpt sweep`` skips a point when ``Session.point_key`` is in its ``--out``: that
+    must be the key of the record the measurement would append, every field of it."""
+    session = Session(tiny, seqlen=64)
+    record = session.measure(Spec.parse("magnitude:0.5"), "ptb", 2)
+    assert session.point_key("magnitude:0.5", "ptb", 2) == record.key
+    assert session.setup == record.key.setup
+    assert (record.key.dtype, record.key.device) == ("float32", "cpu")

@@ -58,21 +58,55 @@ def test_read_of_a_missing_file_is_empty(tmp_path):
     assert known_keys(tmp_path / "nothing.jsonl") == set()
 
 
+def key_of(spec: str, **changes):
+    return make_record(spec, **changes).key
+
+
 def test_record_key_and_known_keys(tmp_path):
     path = tmp_path / "r.jsonl"
     append(path, make_record("magnitude:0.1"))
     append(path, make_record("magnitude:0.2", seqlen=128))
+    identity = dict(model="tiny-llama", weights_hash="ab" * 32, dataset="wikitext2", windows=2)
+    identity |= dict(metric="ppl", dtype="float32", device="cpu")
     assert known_keys(path) == {
-        point_key("tiny-llama", "magnitude:0.1", "wikitext2", 64, 2, "ppl"),
-        point_key("tiny-llama", "magnitude:0.2", "wikitext2", 128, 2, "ppl"),
+        point_key(spec="magnitude:0.1", seqlen=64, **identity),
+        point_key(spec="magnitude:0.2", seqlen=128, **identity),
     }
 
 
-def test_unknown_fields_are_ignored_on_read(tmp_path):
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"dtype": "bfloat16"},
+        {"device": "cuda:0"},
+        {"weights_hash": "cd" * 32},
+        {"model": "smollm2-135m"},
+        {"seqlen": 128},
+        {"windows": 4},
+        {"dataset": "ptb"},
+        {"metric": "acc"},
+    ],
+    ids=lambda change: next(iter(change)),
+)
+def test_the_key_is_the_points_whole_identity(change):
+    """A sweep resumes by this key: a point measured in another dtype, on another device
+    kind, of other weights or by another protocol is not the same point (#23)."""
+    assert key_of("magnitude:0.5", **change) != key_of("magnitude:0.5")
+
+
+def test_the_key_ignores_which_card_and_how_the_spec_was_typed():
+    assert key_of("rtn:4", device="cuda:0") == key_of("rtn:4", device="cuda:1")
+    assert key_of("rtn:4[sym,group=64]") == key_of("rtn:4[group=64,sym]")
+    assert key_of("rtn:4", device="cuda:1").device == "cuda"
+
+
+def test_unknown_fields_are_an_error_naming_them(tmp_path):
+    """Nothing read is dropped: a field no schema defines is refused, not ignored (#23)."""
     path = tmp_path / "r.jsonl"
     data = json.loads(make_record().to_json()) | {"added_later": 1}
     path.write_text(json.dumps(data) + "\n")
-    assert read(path) == [make_record()]
+    with pytest.raises(ResultsError, match=f"{path}:1 .*unknown field.*added_later"):
+        read(path)
 
 
 @pytest.mark.parametrize("torn", ['{"model": "tiny', "{", '{"created": "2025-01-01T00:0'])

@@ -6,7 +6,15 @@ import json
 import os
 import subprocess
 import sys
+from argparse import Namespace
+from dataclasses import replace
 from pathlib import Path
+
+from conftest import needs_data
+from mpt_core.commands.sweep import _measured_ratios
+from mpt_core.measure import Session
+from mpt_core.records import append
+from mpt_core.spec import Spec
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,3 +73,22 @@ def test_adaptive_sweep_rejects_a_bad_range(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().startswith("mpt: error: --adaptive needs --ratios lo:hi")
     assert "Traceback" not in result.stderr
+
+
+@needs_data
+def test_adaptive_resume_counts_only_points_measured_as_this_sweep_measures(tmp_path, tiny):
+    """The points an adaptive sweep resumes from share its whole key (#23): a ratio
+    measured in another dtype, on another device kind or with other windows is not one."""
+    session = Session(tiny, seqlen=64)
+    same = session.measure(Spec.parse("magnitude:0.3"), "ptb", 2)
+    others = [
+        replace(same, spec="magnitude:0.5", dtype="bfloat16"),
+        replace(same, spec="magnitude:0.6", device="cuda:0"),
+        replace(same, spec="magnitude:0.7", windows=3),
+        replace(same, spec="magnitude:0.8", seqlen=32),
+    ]
+    out = tmp_path / "adaptive.jsonl"
+    for record in [same, *others]:
+        append(out, record)
+    args = Namespace(method="magnitude", dataset="ptb", windows=2, out=str(out))
+    assert _measured_ratios(args, session, "") == [(0.3, same.value)]

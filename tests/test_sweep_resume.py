@@ -104,3 +104,31 @@ def test_killed_sweep_resumes_to_every_point_exactly_once(tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     assert "resuming: 8 of 8 points already in" in again.stdout
     assert out.read_bytes() == content
+
+
+def one_point_sweep(out, *extra: str) -> list[str]:
+    return [
+        *["sweep", "--model", "tiny-llama", "--method", "magnitude", "--ratios", "0.5"],
+        *["--dataset", "ptb", "--seqlen", "64", "--windows", "2", "--out", str(out), *extra],
+    ]
+
+
+@needs_data
+def test_a_resume_in_another_dtype_measures_the_points_again(tmp_path):
+    """The resume key is the point's whole identity (#23): an fp32 file does not hold the
+    bfloat16 points; a second bfloat16 run then finds them and measures nothing."""
+    out = tmp_path / "sweep.jsonl"
+    first = run_cli(*one_point_sweep(out))
+    assert first.returncode == 0, first.stderr[-2000:]
+    other = run_cli(*one_point_sweep(out, "--dtype", "bfloat16"))
+    assert other.returncode == 0, other.stderr[-2000:]
+    assert "resuming" not in other.stdout
+    assert [(r.spec, r.dtype) for r in read(out)] == [
+        ("magnitude:0.5", "float32"),
+        ("magnitude:0.5", "bfloat16"),
+    ]
+    content = out.read_bytes()
+    again = run_cli(*one_point_sweep(out, "--dtype", "bfloat16"))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resuming: 1 of 1 points already in" in again.stdout
+    assert out.read_bytes() == content

@@ -3,12 +3,15 @@ rows the plugin measures, and accuracy rows land in the downstream test module."
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from mpt_core.baselines import load_file, task_limits
+from mpt_core.commands.baselines import _record_tasks
 from mpt_core.errors import BaselineError
 from mpt_core.harness.baseline_record import GRIDS_DIR, grid_tasks, write_csv
-from mpt_core.records import Record, append
+from mpt_core.records import Record, append, setup_key
 
 
 def accuracy_record(task: str, metric: str, spec: str, value: float, limit: int | None) -> Record:
@@ -77,3 +80,33 @@ def test_a_bad_limits_line_names_the_file(tmp_path) -> None:
     )
     with pytest.raises(BaselineError, match=r"downstream\.csv: # limits: 'arc_easy=-1'"):
         load_file(path, "cpu")
+
+
+class TaskSession:
+    """A session that records which (spec, task) it was asked to score and scores nothing."""
+
+    setup = setup_key("tiny-llama", "0" * 64, 512, "float32", "cpu")
+
+    def __init__(self) -> None:
+        self.scored: list[tuple[str, str]] = []
+
+    def measure_tasks(self, spec, limits: dict) -> list:
+        self.scored += [(str(spec), task) for task in limits]
+        return []
+
+
+def test_task_resume_skips_only_points_of_the_same_setup(tmp_path) -> None:
+    """``mpt baselines record`` resumes a downstream grid by the point's whole identity
+    (#23): a score in bfloat16 is not the float32 point."""
+    records_path = tmp_path / "r.jsonl"
+    append(records_path, accuracy_record("arc_easy", "acc", "dense", 0.5, 200))
+    bfloat16 = replace(
+        accuracy_record("arc_easy", "acc", "rtn:2[group=64]", 0.3, 200), dtype="bfloat16"
+    )
+    append(records_path, bfloat16)
+    session = TaskSession()
+    specs = ["dense", "rtn:2[group=64]"]
+    _record_tasks(
+        session, specs, {"arc_easy": 200}, records_path, tmp_path / "d.csv", "downstream", "mpt"
+    )
+    assert session.scored == [("rtn:2[group=64]", "arc_easy")]

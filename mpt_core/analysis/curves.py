@@ -30,6 +30,7 @@ import numpy as np
 
 from mpt_core.baselines import HEADER
 from mpt_core.errors import BaselineError, ResultsError, SpecError
+from mpt_core.records import BadRecord, with_nonfinite
 from mpt_core.spec import Spec, Stage
 
 AXES = ("ratio", "bits")
@@ -169,6 +170,11 @@ def read_jsonl(path: Path) -> list[Point]:
             record = json.loads(text)
         except json.JSONDecodeError:
             raise ResultsError(f"{path}:{line}: not a JSON record") from None
+        if isinstance(record, dict):
+            try:
+                record = with_nonfinite(record)  # schema 2 writes them as null
+            except BadRecord as error:
+                raise ResultsError(f"{path}:{line}: {error}") from None
         points.append(point_from_record(record, f"{path}:{line}"))
     return points
 

@@ -21,7 +21,7 @@ from mpt_core.harness.baseline_record import (
     read_grid,
     write_csv,
 )
-from mpt_core.records import append, known_keys, point_key, read
+from mpt_core.records import append, known_keys, read
 from mpt_core.spec import Spec
 
 
@@ -110,7 +110,9 @@ def run_record(args: argparse.Namespace) -> int:
     done = known_keys(records_path)
     for spec in tqdm(specs, desc=f"baselines {args.family}", unit="point"):
         missing = [
-            dataset for dataset in datasets if _key(session, spec, dataset, args) not in done
+            dataset
+            for dataset in datasets
+            if session.point_key(spec, dataset, args.windows) not in done
         ]
         if not missing:
             continue
@@ -149,7 +151,7 @@ def _record_tasks(session, specs, tasks, records_path, out, family, command) -> 
     done = {
         (record.spec, record.dataset, record.fingerprint.get("limit"))
         for record in read(records_path)
-        if record.metric in DOWNSTREAM_METRICS and record.model == session.loaded.name
+        if record.metric in DOWNSTREAM_METRICS and record.key.setup == session.setup
     }
     for spec in tqdm(specs, desc=f"baselines {family}", unit="point"):
         missing = {task: n for task, n in tasks.items() if (spec, task, n) not in done}
@@ -161,8 +163,3 @@ def _record_tasks(session, specs, tasks, records_path, out, family, command) -> 
     count = write_csv(records_path, out, family, command, specs)
     print(f"wrote {count} rows to {out}")
     return 0
-
-
-def _key(session, spec: str, dataset: str, args: argparse.Namespace) -> tuple:
-    windows = session.windows_for(dataset, args.windows)
-    return point_key(session.loaded.name, spec, dataset, args.seqlen, windows, "ppl")

@@ -14,7 +14,7 @@ from tqdm import tqdm
 from mpt_core.commands.common import add_model_arguments, check_out, describe, open_session
 from mpt_core.errors import MptError
 from mpt_core.pipeline import Plan, plan
-from mpt_core.records import append, known_keys, point_key, read
+from mpt_core.records import append, known_keys, read
 from mpt_core.registry import validate
 from mpt_core.spec import Spec
 
@@ -81,12 +81,10 @@ def run(args: argparse.Namespace) -> int:
     specs = sweep_specs(args)
     done = known_keys(args.out)
     session = open_session(args)
-    windows = session.windows_for(args.dataset, args.windows)
     todo = [
         spec
         for spec in specs
-        if point_key(session.loaded.name, str(spec.spec), args.dataset, args.seqlen, windows, "ppl")
-        not in done
+        if session.point_key(str(spec.spec), args.dataset, args.windows) not in done
     ]
     if len(todo) < len(specs):
         print(f"resuming: {len(specs) - len(todo)} of {len(specs)} points already in {args.out}")
@@ -132,21 +130,17 @@ def _adaptive_range(text: str, budget: int) -> tuple[float, float]:
 
 
 def _measured_ratios(args, session, suffix: str) -> list[tuple[float, float]]:
-    """(ratio, value) of this method, with these options, already in ``--out``."""
+    """(ratio, value) of this method, with these options, already in ``--out`` and measured
+    as this sweep measures (the point's whole key: model, weights, protocol, dtype, device)."""
     options = Spec.parse(f"{args.method}:0.5{suffix}").stages[0].options
     points = []
     for record in read(args.out):
         stages = Spec.parse(record.spec).stages
-        same_point_kind = (record.model, record.dataset) == (session.loaded.name, args.dataset)
         single = len(stages) == 1 and stages[0].ratio is not None
         if (
-            same_point_kind
-            and single
-            and (stages[0].method, stages[0].options)
-            == (
-                args.method,
-                options,
-            )
+            single
+            and (stages[0].method, stages[0].options) == (args.method, options)
+            and record.key == session.point_key(record.spec, args.dataset, args.windows)
         ):
             points.append((stages[0].ratio, record.value))
     return points
