@@ -41,14 +41,21 @@ class Session:
     once. Methods are deterministic for fixed settings, so this changes no number.
     """
 
-    def __init__(self, loaded: LoadedModel, seqlen: int, snapshot: Snapshot | None = None):
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        seqlen: int,
+        snapshot: Snapshot | None = None,
+        calibration_most: int | None = None,
+    ):
         """``snapshot``: the model's snapshot when another session of the same model (at
-        another seqlen) already holds one, so a model is copied to host memory once."""
+        another seqlen) already holds one, so a model is copied to host memory once;
+        ``calibration_most``: a cap on calibration windows (a rehearsal's)."""
         self.loaded = loaded
         self.seqlen = seqlen
         self.snapshot = snapshot or Snapshot(loaded.model)
         self.dense_numel = dense_numel(loaded.model)
-        self.calibration = Calibration(loaded.tokenizer, seqlen)
+        self.calibration = Calibration(loaded.tokenizer, seqlen, calibration_most)
         self._eval: dict[str, tuple[torch.Tensor, dict]] = {}
         self._first_stage: FirstStage | None = None
 

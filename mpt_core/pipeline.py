@@ -41,16 +41,19 @@ class Calibration:
     """Calibration windows for one tokenizer and seqlen, drawn once per setting: C4's from
     its train documents (``data.document_windows``), the others' from their token stream."""
 
-    def __init__(self, tokenizer, seqlen: int):
+    def __init__(self, tokenizer, seqlen: int, most: int | None = None):
+        """``most``: at most this many windows whatever a method asks (a rehearsal's cut)."""
         self.tokenizer = tokenizer
         self.seqlen = seqlen
+        self.most = most
         self._ids: dict[str, torch.Tensor] = {}
         self._documents: dict[str, list[str]] = {}
         self._windows: dict[tuple, torch.Tensor] = {}
 
     def windows(self, settings: dict) -> torch.Tensor:
         dataset = settings.get("calib") or default_calibration_set()
-        key = (dataset, settings["nsamples"], settings["seed"])
+        nsamples = min(settings["nsamples"], self.most or settings["nsamples"])
+        key = (dataset, nsamples, settings["seed"])
         if key not in self._windows:
             self._windows[key] = self._draw(*key)
         return self._windows[key]

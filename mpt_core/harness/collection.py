@@ -127,7 +127,9 @@ def select(config, items) -> None:
     if config.getoption("--mpt-smoke"):
         _deselect(config, items, in_smoke)
         if rehearsal.rehearsal_model(config):
-            sample = rehearsal.sample(items)
+            sample = rehearsal.sample(
+                items, rehearsable=lambda row: policy.skip_reason(row, rehearsing=True) is None
+            )
             _deselect(
                 config, items, lambda item: item.nodeid in sample or not rehearsal.study_rows(item)
             )

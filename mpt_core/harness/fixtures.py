@@ -6,7 +6,7 @@ import pytest
 
 from mpt_core import baselines
 from mpt_core.baselines import BaselineRow
-from mpt_core.errors import DataError, ModelError
+from mpt_core.errors import DataError, ModelError, SpecError
 from mpt_core.harness import policy, rehearsal
 from mpt_core.harness.curve_check import CurveVerdict, check_curve
 from mpt_core.harness.curve_rows import BaselineCurve
@@ -26,7 +26,7 @@ def measure_row(state: MptState, config, row: BaselineRow, spec: str | None = No
     if reason:
         pytest.skip(reason)
     model, seqlen, windows = policy.row_protocol(row, config.getoption("--mpt-windows"), rehearse)
-    dtype = rehearsal.rehearsal_dtype() if rehearse else None
+    dtype = rehearsal.rehearsal_dtype(row) if rehearse else None
     spec = spec or row.spec
     try:
         if row.metric in baselines.DOWNSTREAM_METRICS:
@@ -37,6 +37,10 @@ def measure_row(state: MptState, config, row: BaselineRow, spec: str | None = No
         return state.measure(model, seqlen, spec, row.dataset, windows, dtype=dtype)
     except (DataError, ModelError) as error:
         pytest.skip(f"missing input: {error}")
+    except SpecError as error:
+        if not rehearse:
+            raise
+        pytest.skip(f"not rehearsable on {model}: {error}")
 
 
 def _rehearsing(config, row: BaselineRow) -> str | None:

@@ -11,8 +11,10 @@ import math
 
 from mpt_core import baselines, registry
 from mpt_core.baselines import BaselineRow
+from mpt_core.errors import SpecError
 from mpt_core.harness.rehearsal import REHEARSAL_WINDOWS
 from mpt_core.models import study_checkpoint
+from mpt_core.pipeline import plan
 from mpt_core.protocols import protocol_for
 from mpt_core.spec import Spec
 from mpt_core.verdict import DEFAULT_RTOL, NOISE_MULTIPLE, Verdict, judge, protocol_of
@@ -32,6 +34,10 @@ def skip_reason(row: BaselineRow, rehearsing: bool = False) -> str | None:
             return f"method {method} not implemented"
         if hint := registry.get(method).unavailable():
             return hint
+    try:
+        plan(Spec.parse(row.spec))
+    except SpecError as error:  # a level or option the method's implementation lacks
+        return f"not implemented: {error}"
     if row.metric == "tokens_per_s":
         return TOKENS_PER_S_SKIP
     if row.metric in baselines.DOWNSTREAM_METRICS:

@@ -6,10 +6,12 @@ replaced by MODEL (``tiny-llama``, ``smollm2-135m`` or a local checkpoint), and 
 ``skipped: rehearsed`` with the protocol it ran under instead of a verdict on the value: a
 small model's numbers say nothing about the study's. A row that would crash on a GPU runner
 for a reason other than CUDA itself crashes here first. To cost seconds a row, the
-evaluation is cut to ``REHEARSAL_WINDOWS`` windows and an accuracy row to
-``REHEARSAL_QUESTIONS`` questions. On a GPU the dtype is the study's (fp16); on the CPU,
-where fp16 matrix products are emulated and ~30x slower, fp32 (every method's fp16 path is
-tested on the CPU by ``tests/test_foreign_device.py``).
+evaluation is cut to ``REHEARSAL_WINDOWS`` windows, calibration to
+``REHEARSAL_CALIBRATION`` windows and an accuracy row to ``REHEARSAL_QUESTIONS`` questions.
+A ratio the small model cannot reach (a structured cut of 60% of two blocks) is skipped with
+the method's one-line reason. On a GPU the dtype is the row's protocol's (fp16; Gemma-3
+bf16); on the CPU, where fp16 matrix products are emulated and far slower, fp32 (every
+method's fp16 path is tested on the CPU by ``tests/test_foreign_device.py``).
 
 With ``--mpt-smoke`` (what CI runs) a deterministic sample is rehearsed: in node-id order,
 each test that brings a table, method, metric or test function not yet covered.
@@ -17,19 +19,24 @@ each test that brings a table, method, metric or test function not yet covered.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from mpt_core.baselines import BaselineRow
+from mpt_core.protocols import protocol_for
 from mpt_core.spec import Spec
 
 REHEARSAL_WINDOWS = 2
 REHEARSAL_QUESTIONS = 4
-STUDY_DTYPE = torch.float16  # the study's columns are FP16 (Tables 1-10)
+REHEARSAL_CALIBRATION = 4
 
 
-def rehearsal_dtype() -> torch.dtype | None:
-    """The study's dtype on a GPU; None (the CPU's fp32) on the CPU."""
-    return STUDY_DTYPE if torch.cuda.is_available() else None
+def rehearsal_dtype(row: BaselineRow) -> torch.dtype | None:
+    """The row's protocol's dtype on a GPU; None (the CPU's fp32) on the CPU."""
+    if not torch.cuda.is_available():
+        return None
+    return getattr(torch, protocol_for(row).dtype)
 
 
 def rehearsal_model(config) -> str | None:
@@ -38,21 +45,26 @@ def rehearsal_model(config) -> str | None:
 
 
 def rehearsed(row: BaselineRow, model: str, seqlen: int, windows: int | None) -> str:
-    """The one-line outcome of a rehearsed row: what it ran under."""
+    """The one-line outcome of a rehearsed row: what it ran under and its table's protocol."""
+    protocol = protocol_for(row)
+    evaluation = protocol.evaluation + (f"[ctx={protocol.ctx}]" if protocol.ctx else "")
     return (
-        f"rehearsed: {row.table} {row.model} as {model}, seqlen {seqlen}, "
-        f"{'all' if windows is None else windows} windows, {row.metric}"
+        f"rehearsed: {row.table} {row.model} as {model}: {evaluation}, seqlen {seqlen}, "
+        f"{'all' if windows is None else windows} windows, {protocol.dtype} on a GPU, "
+        f"calibration {protocol.calib_set} {protocol.calib_nsamples or 'default'}x"
+        f"{protocol.calib_length or seqlen}, {row.metric}"
     )
 
 
-def sample(items) -> set[str]:
+def sample(items, rehearsable: Callable[[BaselineRow], bool]) -> set[str]:
     """Node ids of a deterministic sample of the study rows and curves in ``items``: each
-    one that covers a table, method, metric or test function not covered before it."""
+    one whose rows are all ``rehearsable`` (not skipped before they run) and that covers a
+    table, method, metric or test function not covered before it."""
     covered: set[tuple] = set()
     kept: set[str] = set()
     for item in sorted(items, key=lambda item: item.nodeid):
         rows = study_rows(item)
-        if not rows:
+        if not rows or not all(rehearsable(row) for row in rows):
             continue
         aspects = {("test", item.originalname)} | {
             aspect for row in rows for aspect in _aspects(row)

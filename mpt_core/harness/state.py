@@ -61,6 +61,7 @@ class MptState:
         from mpt_core.models import load_model
 
         key = (model, seqlen, dtype)
+        most = rehearsal.REHEARSAL_CALIBRATION if rehearsal.rehearsal_model(self.config) else None
         if key not in self.sessions:
             resident = next(iter(self.sessions.items()), None)
             if resident is not None and resident[0][::2] != (model, dtype):
@@ -69,10 +70,10 @@ class MptState:
             if resident is None:
                 device_map = self.config.getoption("--mpt-device-map")
                 loaded = load_model(model, dtype=dtype, device_map=device_map)
-                self.sessions[key] = Session(loaded, seqlen)
+                self.sessions[key] = Session(loaded, seqlen, calibration_most=most)
             else:
                 loaded, snapshot = resident[1].loaded, resident[1].snapshot
-                self.sessions[key] = Session(loaded, seqlen, snapshot)
+                self.sessions[key] = Session(loaded, seqlen, snapshot, most)
         return self.sessions[key]
 
     def _free_resident(self) -> None:
@@ -92,7 +93,7 @@ class MptState:
             if row.metric == "ppl":
                 stand_in = rehearse if row.tier == "study" else None
                 model, seqlen, windows = policy.row_protocol(row, windows_option, stand_in)
-                dtype = rehearsal.rehearsal_dtype() if stand_in else None
+                dtype = rehearsal.rehearsal_dtype(row) if stand_in else None
                 point = (model, seqlen, dtype, row.spec, windows)
                 self.datasets.setdefault(point, set()).add(row.dataset)
 
