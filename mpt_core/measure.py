@@ -7,6 +7,7 @@ The CLI's run and sweep and the pytest plugin all measure through it.
 
 from __future__ import annotations
 
+import resource
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from mpt_core.data import load_text, tokenize
-from mpt_core.evaluate.perplexity import eval_windows, perplexity
+from mpt_core.evaluate.perplexity import eval_windows, llama_perplexity, perplexity
 from mpt_core.models import LoadedModel, load_model
 from mpt_core.pipeline import Calibration, Plan, apply_stages, plan
 from mpt_core.records import PointKey, Record, git_sha, library_versions, now, point_key, setup_key
@@ -85,13 +86,20 @@ class Session:
         return self.measure_datasets(spec, [dataset], windows)[0]
 
     def measure_datasets(
-        self, spec: Spec | Plan, datasets: list[str], windows: int | None = None
+        self,
+        spec: Spec | Plan,
+        datasets: list[str],
+        windows: int | None = None,
+        evaluation: str = "windowed",
     ) -> list[Record]:
         """Compress once by ``spec`` and measure perplexity on each dataset: calibrated
         methods cost minutes on a CPU, so a grid never compresses twice for one point.
-        The spec is resolved once (``pipeline.plan``); compression and records use that."""
+        The spec is resolved once (``pipeline.plan``); compression and records use that.
+        ``evaluation``: ``windowed`` (non-overlapping windows of seqlen) or
+        ``llama-perplexity`` (llama.cpp's protocol, seqlen its context)."""
         resolved = plan(spec)
         streams = [self.eval_stream(dataset) for dataset in datasets]
+        reset_peak_memory(self.loaded.device)
         try:
             started = time.perf_counter()
             footprint = self._compress(resolved)
@@ -99,7 +107,7 @@ class Session:
             records = []
             for dataset, (ids, fingerprint) in zip(datasets, streams, strict=True):
                 started = time.perf_counter()
-                result = perplexity(self.loaded.model, ids, self.seqlen, windows)
+                result = self._perplexity(ids, windows, evaluation)
                 seconds = {"compress": compress_seconds, "evaluate": time.perf_counter() - started}
                 records.append(
                     self._record(
@@ -114,11 +122,21 @@ class Session:
                         fingerprint=fingerprint,
                         versions=library_versions(),
                         window_losses=list(result.window_losses),
+                        evaluation=evaluation,
+                        memory=peak_memory(self.loaded.device),
                     )
                 )
         finally:
             self.snapshot.restore(self.loaded.model)
         return records
+
+    def _perplexity(self, ids: torch.Tensor, windows: int | None, evaluation: str):
+        if evaluation == "windowed":
+            return perplexity(self.loaded.model, ids, self.seqlen, windows)
+        if evaluation == "llama-perplexity":
+            bos = added_bos(self.loaded.tokenizer)
+            return llama_perplexity(self.loaded.model, ids, self.seqlen, bos, windows)
+        raise ValueError(f"evaluation {evaluation!r}: windowed or llama-perplexity")
 
     def _compress(self, resolved: Plan) -> Footprint:
         if len(resolved.stages) < 2:
@@ -229,7 +247,28 @@ class Session:
                         fingerprint=source
                         | {"num_fewshot": score.num_fewshot, "max_length": score.max_length},
                         versions=library_versions() | {"lm-eval": zeroshot.lm_eval_version()},
+                        memory=peak_memory(self.loaded.device),
                     )
                     for score in scores
                 ]
         return records
+
+
+def added_bos(tokenizer) -> int | None:
+    """The BOS id the tokenizer puts before a text (llama.cpp's ``add_bos``), or None."""
+    bos = tokenizer.bos_token_id
+    return bos if bos is not None and tokenizer("a").input_ids[:1] == [bos] else None
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device) -> dict[str, int]:
+    """The process's peak resident set and, on CUDA, the peak of allocated device memory
+    since ``reset_peak_memory``: what a measurement needed."""
+    peak = {"host_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    if device.type == "cuda":
+        peak["device_peak_bytes"] = torch.cuda.max_memory_allocated(device)
+    return peak

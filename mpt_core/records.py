@@ -68,6 +68,13 @@ class Record:
     git_sha: str = ""
     created: str = ""
     window_losses: list = field(default_factory=list)  # perplexity: each window's mean loss
+    evaluation: str = ""  # windowed | llama-perplexity | lm-eval; "" in older records: see below
+    memory: dict = field(default_factory=dict)  # peak bytes: host_rss_bytes, device_peak_bytes
+
+    def __post_init__(self):
+        # records written before the field measured perplexity by windows and tasks by lm-eval
+        if not self.evaluation:
+            self.evaluation = "windowed" if self.metric == PERPLEXITY else "lm-eval"
 
     @property
     def key(self) -> PointKey:

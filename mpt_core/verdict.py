@@ -261,13 +261,13 @@ def paired_change(measured: list, baseline: list | None) -> tuple[float, float] 
     return statistics.fmean(differences), t_975 * statistics.stdev(differences) / math.sqrt(n)
 
 
-PROTOCOL_FIELDS = ("seqlen", "windows", "dtype")
+PROTOCOL_FIELDS = ("evaluation", "seqlen", "windows", "dtype")
 
 
 def protocol_of(record) -> dict:
     """The protocol fields of a record (windows only for perplexity: an accuracy record's
     ``windows`` counts the questions)."""
-    fields = {"seqlen": record.seqlen, "dtype": record.dtype}
+    fields = {"evaluation": record.evaluation, "seqlen": record.seqlen, "dtype": record.dtype}
     if record.metric == "ppl":
         fields["windows"] = record.windows
     return fields

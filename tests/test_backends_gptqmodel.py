@@ -17,9 +17,10 @@ from mpt_core.data import load_text
 from mpt_core.engine.layerwise import block_linear_names
 from mpt_core.errors import BackendError, SpecError
 from mpt_core.evaluate.perplexity import perplexity
-from mpt_core.models import Snapshot, load_model
+from mpt_core.models import load_model
 from mpt_core.pipeline import Calibration, compress
 from mpt_core.quant.backends.venv import venv_python
+from mpt_core.snapshot import Snapshot
 from mpt_core.spec import Spec
 from mpt_core.storage import Footprint
 

@@ -12,7 +12,7 @@ from mpt_core.engine.layerwise import (
     iterate_blocks,
     run_block,
 )
-from mpt_core.models import Snapshot, state_dict_hash
+from mpt_core.models import state_dict_hash
 from mpt_core.pipeline import compress
 from mpt_core.prune.flap import (
     EmptyAttention,
@@ -25,6 +25,7 @@ from mpt_core.prune.flap import (
     unit_parameters,
     wifv,
 )
+from mpt_core.snapshot import Snapshot
 from mpt_core.spec import Spec
 from mpt_core.storage import dense_numel
 

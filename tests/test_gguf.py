@@ -17,10 +17,11 @@ import torch
 from mpt_core.baselines import BaselineRow
 from mpt_core.errors import SpecError
 from mpt_core.harness import policy
-from mpt_core.models import Snapshot, load_model
+from mpt_core.models import load_model
 from mpt_core.pipeline import Calibration, compress
 from mpt_core.quant import gguf as gguf_method
 from mpt_core.quant.gguf_convert import gguf_names, permute, unpermute, write_gguf
+from mpt_core.snapshot import Snapshot
 from mpt_core.spec import Spec
 from mpt_core.storage import measure
 

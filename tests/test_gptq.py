@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from mpt_core.errors import SpecError
-from mpt_core.models import Snapshot
 from mpt_core.pipeline import Calibration, compress
 from mpt_core.quant.gptq import GPTQ
 from mpt_core.quant.grid import find_grid
 from mpt_core.quant.rtn import quantize_groups
+from mpt_core.snapshot import Snapshot
 from mpt_core.spec import Spec
 
 

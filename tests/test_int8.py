@@ -8,9 +8,10 @@ import torch
 from torch import nn
 
 from mpt_core.errors import SpecError
-from mpt_core.models import Snapshot, state_dict_hash
+from mpt_core.models import state_dict_hash
 from mpt_core.pipeline import Calibration, compress
 from mpt_core.quant.int8 import Int8Linear, outlier_columns, vectorwise_int8
+from mpt_core.snapshot import Snapshot
 from mpt_core.spec import Spec
 
 

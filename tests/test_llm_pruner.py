@@ -15,7 +15,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from mpt_core import registry
 from mpt_core.engine.layerwise import decoder_layers
 from mpt_core.errors import SpecError
-from mpt_core.models import Snapshot, state_dict_hash
+from mpt_core.models import state_dict_hash
 from mpt_core.pipeline import compress
 from mpt_core.prune.llm_pruner import (
     accumulate_gradients,
@@ -26,6 +26,7 @@ from mpt_core.prune.llm_pruner import (
     survivors,
 )
 from mpt_core.prune.structure import block_shape, per_block_ratio, removed_params
+from mpt_core.snapshot import Snapshot
 from mpt_core.spec import Spec
 from mpt_core.storage import dense_numel
 

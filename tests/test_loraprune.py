@@ -11,7 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from mpt_core.engine.layerwise import decoder_layers
 from mpt_core.engine.lora import LoRALinear, add_adapters, merge_adapters
-from mpt_core.models import Snapshot, state_dict_hash
+from mpt_core.models import state_dict_hash
 from mpt_core.pipeline import compress
 from mpt_core.prune.loraprune import (
     BlockMasks,
@@ -25,6 +25,7 @@ from mpt_core.prune.loraprune import (
     weight_sensitivity,
 )
 from mpt_core.prune.structure import block_shape, removed_params
+from mpt_core.snapshot import Snapshot
 from mpt_core.spec import Spec
 from mpt_core.storage import dense_numel
 

@@ -25,8 +25,9 @@ from mpt_core.lowrank.modegpt import (
     value_output_svd,
     widths,
 )
-from mpt_core.models import Snapshot, state_dict_hash
+from mpt_core.models import state_dict_hash
 from mpt_core.pipeline import compress
+from mpt_core.snapshot import Snapshot
 from mpt_core.spec import Spec
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -11,7 +11,7 @@ from torch import nn
 
 from mpt_core.errors import DataError
 from mpt_core.evaluate.perplexity import eval_windows, perplexity, summarize, window_losses
-from mpt_core.models import Snapshot
+from mpt_core.snapshot import Snapshot
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

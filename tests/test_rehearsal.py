@@ -29,9 +29,11 @@ def _item(row, index: int):
 
 
 def _aspects(rows) -> set:
-    return {("table", r.table) for r in rows} | {("metric", r.metric) for r in rows} | {
-        ("method", m) for r in rows for m in Spec.parse(r.spec).methods
-    }
+    return (
+        {("table", r.table) for r in rows}
+        | {("metric", r.metric) for r in rows}
+        | {("method", m) for r in rows for m in Spec.parse(r.spec).methods}
+    )
 
 
 def test_the_sample_covers_every_table_method_and_metric_of_the_study():
@@ -74,4 +76,3 @@ def test_the_ci_sample_rehearses_every_table_with_zero_errors():
     tables = {reason.split()[1] for reason in rehearsed}
     assert tables == {row.table for row in REHEARSABLE}
     assert all("\n" not in reason for reason in reasons)
-

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from mpt_core.errors import SpecError
-from mpt_core.models import Snapshot, state_dict_hash
+from mpt_core.models import state_dict_hash
 from mpt_core.pipeline import Calibration, compress
 from mpt_core.quant.activations import input_absmax
 from mpt_core.quant.smoothquant import (
@@ -17,6 +17,7 @@ from mpt_core.quant.smoothquant import (
     smooth_block,
     smooth_ln_fcs,
 )
+from mpt_core.snapshot import Snapshot
 from mpt_core.spec import Spec
 
 IDS = torch.arange(2, 2 + 96).reshape(3, 32)

@@ -8,8 +8,9 @@ from torch import nn
 
 from mpt_core import registry
 from mpt_core.errors import MptError
-from mpt_core.models import Snapshot, state_dict_hash
+from mpt_core.models import state_dict_hash
 from mpt_core.pipeline import Calibration, compress
+from mpt_core.snapshot import Snapshot
 from mpt_core.spec import Spec
 
 pytestmark = pytest.mark.usefixtures("one_thread")

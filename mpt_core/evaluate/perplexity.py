@@ -1,4 +1,5 @@
-"""Perplexity over non-overlapping windows, the GPTQ/SparseGPT/Wanda protocol.
+"""Perplexity over non-overlapping windows, the GPTQ/SparseGPT/Wanda protocol (and
+``llama_perplexity``, llama.cpp's: second half of each context scored).
 
 ``n = numel // seqlen`` windows (or the first ``windows``); each window's loss is
 the mean cross-entropy of its shifted logits, computed in fp32;
@@ -83,6 +84,54 @@ def perplexity(
     """Perplexity of ``model`` on the token stream ``ids`` (shape (1, n))."""
     losses = window_losses(model, eval_windows(ids, seqlen, windows), batch_size)
     return summarize(losses, seqlen)
+
+
+def llama_perplexity(
+    model,
+    ids: torch.Tensor,
+    ctx: int,
+    bos_id: int | None,
+    chunks: int | None = None,
+    batch_size: int = 4,
+) -> Perplexity:
+    """llama.cpp's ``llama-perplexity`` protocol (tools/perplexity/perplexity.cpp,
+    ``perplexity``): the stream cut into ``ctx``-token chunks, each chunk's first token
+    replaced by BOS when the vocabulary adds one (``bos_id``), and only the second half
+    scored: the logits at positions ctx/2 .. ctx-2 predict the chunk's next tokens.
+    ``window_losses`` are each chunk's mean; ppl = exp(mean NLL over all scored tokens) and
+    its standard error is llama.cpp's, over tokens: ppl·sqrt((E[nll²]−E[nll]²)/(count−1))."""
+    windows = eval_windows(ids, ctx, chunks)
+    first = ctx // 2
+    nll: list[torch.Tensor] = []
+    device = compute_device(model)
+    with torch.no_grad(), _streamed_if_offloaded(model):
+        for start in range(0, windows.shape[0], batch_size):
+            batch = windows[start : start + batch_size].to(device)
+            nll.append(_second_half_nll(model, batch, first, bos_id).cpu())
+    per_token = torch.cat(nll).double()  # (chunks, ctx - first - 1)
+    return _llama_summary(per_token, ctx)
+
+
+def _second_half_nll(model, batch: torch.Tensor, first: int, bos_id: int | None) -> torch.Tensor:
+    inputs = batch.clone()
+    if bos_id is not None:
+        inputs[:, 0] = bos_id
+    logits = model(inputs, use_cache=False).logits[:, first:-1].float()
+    targets = batch[:, first + 1 :]
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
+    ).view(targets.shape)
+
+
+def _llama_summary(per_token: torch.Tensor, ctx: int) -> Perplexity:
+    losses = tuple(per_token.mean(dim=1).tolist())
+    if not torch.isfinite(per_token).all():
+        return Perplexity(math.inf, math.inf, losses, ctx)
+    mean = per_token.mean().item()
+    ppl = math.exp(mean) if mean < 700 else math.inf
+    count = per_token.numel()
+    spread = (per_token.pow(2).mean().item() - mean * mean) / max(count - 1, 1)
+    return Perplexity(ppl, ppl * math.sqrt(max(spread, 0.0)), losses, ctx)
 
 
 def summarize(losses: list[float], seqlen: int) -> Perplexity:

@@ -26,7 +26,7 @@ def measure_row(state: MptState, config, row: BaselineRow, spec: str | None = No
     if reason:
         pytest.skip(reason)
     model, seqlen, windows = policy.row_protocol(row, config.getoption("--mpt-windows"), rehearse)
-    dtype = rehearsal.rehearsal_dtype(row) if rehearse else None
+    dtype = rehearsal.rehearsal_dtype(row) if rehearse else policy.row_dtype(row)
     spec = spec or row.spec
     try:
         if row.metric in baselines.DOWNSTREAM_METRICS:
@@ -34,7 +34,8 @@ def measure_row(state: MptState, config, row: BaselineRow, spec: str | None = No
             return state.measure_accuracy(
                 model, seqlen, spec, row.dataset, limit, row.metric, dtype=dtype
             )
-        return state.measure(model, seqlen, spec, row.dataset, windows, dtype=dtype)
+        evaluation = policy.row_evaluation(row)
+        return state.measure(model, seqlen, spec, row.dataset, windows, dtype, evaluation)
     except (DataError, ModelError) as error:
         pytest.skip(f"missing input: {error}")
     except SpecError as error:

@@ -124,13 +124,31 @@ def judge_row(
 
 def baseline_protocol(row: BaselineRow, baseline_record=None) -> dict:
     """How the baseline was measured: its record's protocol where the CPU tier keeps one,
-    else what the row and its file state (seqlen, ``# windows:``)."""
+    else what its protocol states (``protocols.protocol_for``: evaluation, seqlen, a study
+    row's dtype, a CPU-tier file's ``# windows:``)."""
     if baseline_record is not None:
         return protocol_of(baseline_record)
-    stated = {"seqlen": row.seqlen}
+    protocol = protocol_for(row)
+    stated = {"evaluation": protocol.evaluation, "seqlen": protocol.seqlen}
+    if row.tier == "study":
+        stated["dtype"] = protocol.dtype
     if row.metric == "ppl" and row.tier == "cpu":
         stated["windows"] = row.windows
     return stated
+
+
+def row_dtype(row: BaselineRow):
+    """The torch dtype a study row runs in (its protocol's: fp16, Gemma-3 bf16); None for the
+    CPU tier (the device's default, fp32)."""
+    import torch
+
+    return getattr(torch, protocol_for(row).dtype) if row.tier == "study" else None
+
+
+def row_evaluation(row: BaselineRow) -> str:
+    """How a perplexity row is evaluated: its protocol's ``windowed`` or
+    ``llama-perplexity``."""
+    return protocol_for(row).evaluation
 
 
 class DenseBaselines:

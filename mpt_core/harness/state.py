@@ -40,7 +40,7 @@ class MptState:
         self.cells: list[Cell] = []
         self.measured_rows: list[tuple[BaselineRow, Record]] = []
         self.verdicts: list[tuple[BaselineRow, object]] = []
-        # (model, seqlen, dtype, spec, windows) as measured -> the datasets its rows ask for
+        # (model, seqlen, dtype, spec, windows, evaluation) as measured -> its rows' datasets
         self.datasets: dict[tuple, set[str]] = {}
         self.outcomes: Counter = Counter()
         self.skips: Counter = Counter()
@@ -93,22 +93,29 @@ class MptState:
             if row.metric == "ppl":
                 stand_in = rehearse if row.tier == "study" else None
                 model, seqlen, windows = policy.row_protocol(row, windows_option, stand_in)
-                dtype = rehearsal.rehearsal_dtype(row) if stand_in else None
-                point = (model, seqlen, dtype, row.spec, windows)
+                dtype = rehearsal.rehearsal_dtype(row) if stand_in else policy.row_dtype(row)
+                point = (model, seqlen, dtype, row.spec, windows, policy.row_evaluation(row))
                 self.datasets.setdefault(point, set()).add(row.dataset)
 
     def measure(
-        self, model: str, seqlen: int, spec: str, dataset: str, windows: int | None, dtype=None
+        self,
+        model: str,
+        seqlen: int,
+        spec: str,
+        dataset: str,
+        windows: int | None,
+        dtype=None,
+        evaluation: str = "windowed",
     ) -> Record:
         """The perplexity record of a point; the first request compresses the model once
         and evaluates every dataset the session's rows of that point ask for. ``dtype``:
-        the model's (None: the device's default)."""
-        point = (model, seqlen, dtype, spec, windows)
+        the model's (None: the device's default); ``evaluation``: the protocol's."""
+        point = (model, seqlen, dtype, spec, windows, evaluation)
         if (*point, dataset) not in self.records:
             wanted = {dataset} | self.datasets.get(point, set())
             todo = sorted(d for d in wanted if (*point, d) not in self.records)
             session = self.session_for(model, seqlen, dtype)
-            for record in session.measure_datasets(Spec.parse(spec), todo, windows):
+            for record in session.measure_datasets(Spec.parse(spec), todo, windows, evaluation):
                 self._keep((*point, record.dataset), record)
         return self.records[(*point, dataset)]
 
