@@ -24,8 +24,9 @@ from mpt_core.lowrank.factorized import (
     truncated_svd,
 )
 from mpt_core.lowrank.svd_llm import Gram, whitened_svd, whitening_factor
-from mpt_core.models import Snapshot, state_dict_hash
+from mpt_core.models import state_dict_hash
 from mpt_core.pipeline import compress
+from mpt_core.snapshot import Snapshot
 from mpt_core.spec import Spec
 from mpt_core.storage import dense_numel
 
