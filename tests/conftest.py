@@ -2,7 +2,8 @@
 
 ``MPT_DATA_DIR`` defaults to ``../shared/data`` next to the repository when that folder
 exists and the variable is unset; it is set in ``os.environ`` so that CLI subprocesses
-inherit it. Tests that need the offline text use ``needs_data``.
+inherit it. Tests that need the offline text use ``needs_data``. ``MPT_STATS_CACHE=0``
+keeps method statistics off the disk cache.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 if not os.environ.get("MPT_DATA_DIR") and SHARED_DATA.is_dir():
     os.environ["MPT_DATA_DIR"] = str(SHARED_DATA)
+# Method statistics are not read from or written to the user's disk cache by the suite:
+# a test that counts computations would pass or fail with the cache's history. Tests of
+# the disk cache turn it on for a temporary $MPT_CACHE_DIR (tests/test_asvd_cache.py).
+os.environ["MPT_STATS_CACHE"] = "0"
 
 
 def offline_file(relative: str) -> Path | None:

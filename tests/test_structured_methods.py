@@ -14,6 +14,7 @@ from mpt_core.engine.layerwise import decoder_layers
 from mpt_core.engine.signals import block_influence, inputs_of_alive_blocks, loss_from
 from mpt_core.models import state_dict_hash
 from mpt_core.pipeline import compress
+from mpt_core.prune import sleb as sleb_module
 from mpt_core.prune.blocks import blocks_to_remove, remove_blocks
 from mpt_core.prune.sleb import least_harmful
 from mpt_core.prune.slicegpt import SlicedDecoderLayer, fold_norms, rotate_and_slice
@@ -126,6 +127,33 @@ def test_sleb_removes_the_block_whose_absence_costs_least_each_round(fixed_calib
 
     kept = [blocks[i] for i in range(6) if i not in expected]
     assert list(decoder_layers(model)) == kept
+
+
+def test_sleb_keeps_its_rounds_for_larger_ratios_and_matches_a_fresh_run(
+    fixed_calibration, monkeypatch
+):
+    """A larger R only adds rounds to a smaller one's (round r depends on the rounds before
+    it alone); the result is a fresh run's; changed weights start the rounds again."""
+    model, calibration = deep_tiny(6), fixed_calibration()
+    snapshot, rounds = Snapshot(model), []
+    real = sleb_module.least_harmful
+    monkeypatch.setattr(sleb_module, "least_harmful", lambda *a: rounds.append(1) or real(*a))
+    sleb_module._ORDERS.clear()
+    compress(model, Spec.parse("sleb:0.2"), calibration)  # 1 block of 6
+    snapshot.restore(model)
+    compress(model, Spec.parse("sleb:0.5"), calibration)  # 3 blocks
+    kept = state_dict_hash(model)
+    assert len(rounds) == 3
+    sleb_module._ORDERS.clear()
+    snapshot.restore(model)
+    compress(model, Spec.parse("sleb:0.5"), calibration)
+    assert state_dict_hash(model) == kept and len(rounds) == 6
+    snapshot.restore(model)
+    with torch.no_grad():
+        decoder_layers(model)[2].input_layernorm.weight.mul_(0.5)
+    compress(model, Spec.parse("sleb:0.2"), calibration)
+    assert len(rounds) == 7
+    sleb_module._ORDERS.clear()
 
 
 # Block removal

@@ -28,7 +28,10 @@ randomized, and float64 keeps the results recorded so far.
 The sensitivity costs one partial forward pass per (layer, ratio): 6·7·L passes over
 the calibration windows (1,260 for a 30-block model), so ``nsamples`` defaults to 8. It
 does not depend on R, so, as the authors cache it to disk, it is computed once per
-(weights, calibration windows, α) and reused by every ratio of a session.
+(weights, calibration windows, α) and reused by every ratio of a session, and stored under
+``$MPT_CACHE_DIR/stats`` for later sessions (``engine.stats_cache``; the key also holds the
+device kind, the torch version and ``STATISTICS_VERSION``). ``MPT_STATS_CACHE=0`` turns
+the disk copy off.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import hashlib
 import torch
 from torch import nn
 
+from mpt_core.engine import stats_cache
 from mpt_core.engine.layerwise import (
     LinearSite,
     block_linears,
@@ -49,6 +53,7 @@ from mpt_core.engine.modules import replace_module
 from mpt_core.engine.signals import inputs_of_alive_blocks, loss_from
 from mpt_core.errors import SpecError
 from mpt_core.lowrank.factorized import check_ratio, replace_linear, split_sigma
+from mpt_core.models import state_dict_hash
 from mpt_core.registry import Option, float_in, positive_int, register
 from mpt_core.storage import TensorStorage
 
@@ -143,27 +148,62 @@ def search_ratios(
     return ratios_from(low)
 
 
+STATISTICS_VERSION = 1  # bump when activation_scales or sensitivity compute differently
+
 _STATISTICS: dict[str, tuple[dict, list]] = {}  # one entry: the model a session restores
 
 
 def dense_statistics(model, windows: torch.Tensor, alpha: float) -> tuple[dict, list]:
-    """(activation scales, sensitivity pairs) of ``model``, computed once per key."""
+    """(activation scales, sensitivity pairs) of ``model``, computed once per key: kept in
+    memory for the session and on disk for later ones (``engine.stats_cache``)."""
     key = statistics_key(model, windows, alpha)
     if key not in _STATISTICS:
         _STATISTICS.clear()
-        scales = activation_scales(model, windows)
-        _STATISTICS[key] = (scales, sensitivity(model, windows, scales, alpha))
+        statistics = stats_cache.load("asvd", key, lambda stored: decoded(stored, model))
+        if statistics is None:
+            scales = activation_scales(model, windows)
+            statistics = (scales, sensitivity(model, windows, scales, alpha))
+            stats_cache.store("asvd", key, encoded(*statistics))
+        _STATISTICS[key] = statistics
     return _STATISTICS[key]
 
 
 def statistics_key(model, windows: torch.Tensor, alpha: float) -> str:
-    """A digest of the block linears' weights, the calibration windows and α."""
-    digest = hashlib.sha256(f"{alpha!r}".encode())
-    digest.update(windows.cpu().numpy().tobytes())
-    for site, linear in block_linears(model):
-        digest.update(f"{site.index}.{site.name}{tuple(linear.weight.shape)}".encode())
-        digest.update(linear.weight.detach().cpu().float().numpy().tobytes())
+    """A digest of what the statistics depend on: every weight of the model as it is now
+    (the whole state dict: the tail loss passes the norms and the LM head), the calibration
+    windows with their shape, α, the device kind and torch version that compute them, and
+    ``STATISTICS_VERSION``."""
+    device = next(model.parameters()).device.type
+    digest = hashlib.sha256(
+        f"asvd v{STATISTICS_VERSION}|alpha={alpha!r}|{device}|torch {torch.__version__}|"
+        f"windows {windows.dtype}{tuple(windows.shape)}|".encode()
+    )
+    digest.update(windows.cpu().contiguous().numpy().tobytes())
+    digest.update(state_dict_hash(model).encode())
     return digest.hexdigest()
+
+
+def encoded(scales: dict, pairs: list) -> dict:
+    """The statistics as ``torch.load(weights_only=True)`` reads them: CPU tensors, lists."""
+    return {
+        "scales": [[index, name, scale.cpu()] for (index, name), scale in scales.items()],
+        "pairs": [[index, name, ratio, loss] for (index, name), ratio, loss in pairs],
+    }
+
+
+def decoded(stored: dict, model) -> tuple[dict, list]:
+    """``encoded``'s inverse, each scale on its layer's device; ValueError unless it covers
+    every block linear of ``model`` at every candidate ratio."""
+    devices = {
+        (site.index, site.name): linear.weight.device for site, linear in block_linears(model)
+    }
+    scales = {
+        (index, name): scale.to(devices[index, name]) for index, name, scale in stored["scales"]
+    }
+    pairs = [((index, name), ratio, loss) for index, name, ratio, loss in stored["pairs"]]
+    if scales.keys() != devices.keys() or len(pairs) != len(devices) * len(PARAM_RATIO_CANDIDATES):
+        raise ValueError("the stored statistics do not cover this model's block linears")
+    return scales, pairs
 
 
 @register(
