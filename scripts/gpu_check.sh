@@ -21,6 +21,9 @@ if [ "$cuda" = 1 ]; then
     env MPT_TEST_DEVICE=cuda $PY -m pytest -q -p no:randomly tests/test_foreign_device.py
   check "one LLaMA-2-7B block, Wanda and SparseGPT (peak memory)" \
     $PY scripts/block_memory.py --device cuda
+  check "host-memory snapshot, block offload bit-identical" $PY scripts/offload_check.py
+  check "rehearsal of the study tier's sample on CUDA, fp16 (tiny-llama)" \
+    $PY -m pytest -q -p no:randomly benchmarks -m gpu --mpt-rehearse tiny-llama --mpt-smoke
   if $PY -c 'import huggingface_hub as h; h.model_info("meta-llama/Llama-2-7b-hf")' >/dev/null 2>&1; then
     check "Table 2: magnitude and Wanda at 50% on LLaMA-2-7B" \
       $PY -m pytest -q -p no:randomly benchmarks -m gpu \
