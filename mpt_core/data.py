@@ -94,7 +94,13 @@ def _load_offline(root: Path, dataset: str, split: str) -> Text:
             f"{dataset}/{split}: {path} not found. MPT_DATA_DIR={root} must be laid out like "
             f"shared/data (it needs {relative})."
         )
-    raw = path.read_text(encoding="utf-8")
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(
+            f"{path}: not UTF-8 text (byte {error.start}: {error.reason}); "
+            f"restore the file from {dataset}'s source"
+        ) from None
     text = " ".join(line.strip() for line in raw.splitlines()) if dataset == "ptb" else raw
     return Text(dataset, split, text, f"file:{relative}")
 

@@ -75,7 +75,7 @@ CASES = [
         "seqlen-longer-than-the-data",
         lambda _: (
             ["run", "--model", "tiny-llama", "--dataset", "ptb", "--spec", "dense"]
-            + ["--seqlen", "500000"]
+            + ["--seqlen", "500000", "--allow-long-context"]
         ),
         lambda _: ["500000"],
         loads_model=True,

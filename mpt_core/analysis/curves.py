@@ -189,6 +189,8 @@ def point_from_record(record: dict, where: str) -> Point:
     except SpecError as error:
         raise ResultsError(f"{where}: {error}") from None
     value = record["value"]
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise ResultsError(f"{where}: value is {value!r}, not a number")
     return Point(
         model=str(record["model"]),
         dataset=str(record["dataset"]),

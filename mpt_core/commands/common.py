@@ -23,6 +23,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default="wikitext2", choices=DATASETS)
     parser.add_argument("--seqlen", type=int, default=512, help="tokens per window")
     parser.add_argument(
+        "--allow-long-context",
+        action="store_true",
+        help="measure at a --seqlen past the model's context (max_position_embeddings)",
+    )
+    parser.add_argument(
         "--windows", type=int, default=None, help="evaluate only the first N windows (default: all)"
     )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if any)")
@@ -57,11 +62,31 @@ def check_out(path: str | None) -> None:
         raise MptError(f"--out {path}: folder {out.parent} is not writable")
 
 
+def check_context(args: argparse.Namespace, loaded) -> None:
+    """Refuse a ``--seqlen`` past the model's positions: its windows would be measured on
+    positions it never learned (tiny-llama at 100,000 of its 512 gives ``PPL ... ± nan``).
+    Here and not in ``measure.Session``: the harness's rehearsal measures small stand-ins
+    at the study's seqlens on purpose."""
+    config = getattr(loaded.model, "config", None)
+    context = getattr(config, "max_position_embeddings", None)
+    if args.allow_long_context or not isinstance(context, int) or args.seqlen <= context:
+        return
+    raise MptError(
+        f"--seqlen {args.seqlen} is longer than {loaded.name}'s context of {context} "
+        f"positions: use --seqlen {context} or less, or --allow-long-context to measure anyway"
+    )
+
+
 def open_session(args: argparse.Namespace):
+    """The measuring session of ``args``: the protocol checked before the model loads, the
+    context right after it loads, both before anything is compressed or measured."""
     from mpt_core.measure import Session
+    from mpt_core.models import load_model
 
     check_protocol(args)
-    return Session.open(args.model, args.seqlen, args.device, DTYPES.get(args.dtype))
+    loaded = load_model(args.model, args.device, DTYPES.get(args.dtype))
+    check_context(args, loaded)
+    return Session(loaded, args.seqlen)
 
 
 def describe(record) -> str:

@@ -9,6 +9,7 @@ of the uncompressed model, with where it lies against the phase-transition line.
 from __future__ import annotations
 
 import argparse
+import math
 
 from mpt_core.analysis.combine import Grid, Recommendation, build_grid, recommend, select_setting
 from mpt_core.analysis.curves import read_points
@@ -17,16 +18,23 @@ from mpt_core.errors import FitError
 
 
 def parse_budget(text: str) -> float:
-    """'5%' or '0.05' -> 0.05."""
+    """'5%' or '0.05' -> 0.05. A bare number of 1 or more is refused: '5' meant +5% far
+    more often than +500%, and a budget of +100% or more is written with its '%'."""
     raw = text.strip()
+    percent = raw.endswith("%")
     try:
-        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+        value = float(raw[:-1]) / 100 if percent else float(raw)
     except ValueError:
         raise FitError(
             f"--max-ppl-increase {text!r}: write a percentage (5%) or a fraction (0.05)"
         ) from None
-    if not value >= 0:
-        raise FitError(f"--max-ppl-increase {text!r} must be zero or more")
+    if not (value >= 0 and math.isfinite(value)):
+        raise FitError(f"--max-ppl-increase {text!r} must be zero or more, and finite")
+    if not percent and value >= 1:
+        raise FitError(
+            f"--max-ppl-increase {text!r} would allow +{100 * value:g}%: "
+            f"write {raw}% or {value / 100:g} for +{value:g}%, or {100 * value:g}% if meant"
+        )
     return value
 
 
@@ -58,7 +66,12 @@ def describe(grid: Grid, rec: Recommendation, budget: float) -> list[str]:
 def register(subparsers) -> None:
     parser = subparsers.add_parser("recommend", help="smallest configuration within a budget")
     parser.add_argument("file", help="baseline CSV or results JSONL with a compression grid")
-    parser.add_argument("--max-ppl-increase", required=True, help="e.g. 5%% or 0.05")
+    parser.add_argument(
+        "--max-ppl-increase",
+        required=True,
+        help="a percentage (5%%) or a fraction below 1 (0.05); a bare 5 is refused, "
+        "as it would mean +500%%",
+    )
     parser.add_argument("--metric", default="ppl")
     parser.add_argument("--model", default=None)
     parser.add_argument("--dataset", default=None)

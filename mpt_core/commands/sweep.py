@@ -41,21 +41,37 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+# A sweep past this many points is a typo (0.0000001 for 0.01), not a plan: at the CPU
+# tier's seconds a point it would run for days, and it hung building its grid (issue #23).
+MAX_POINTS = 1000
+
+
 def parse_ratios(text: str) -> list[float]:
-    """``0.1:0.8:0.1`` (inclusive) or ``0.1,0.5,0.7``."""
+    """``0.1:0.8:0.1`` (inclusive) or ``0.1,0.5,0.7``; at most ``MAX_POINTS`` of them."""
     try:
         if ":" in text:
             start, stop, step = (float(part) for part in text.split(":"))
-            if step <= 0 or stop < start:
+            if not (0 < step < math.inf and math.isfinite(start) and start <= stop < math.inf):
                 raise ValueError
             count = int(round((stop - start) / step)) + 1
+            _check_count(text, count)
             return [round(start + i * step, 10) for i in range(count)]
-        return [float(part) for part in text.split(",")]
+        ratios = [float(part) for part in text.split(",")]
     except ValueError:
         raise MptError(
             f"--ratios {text!r} is not start:stop:step with 0 < step, start <= stop, "
             "nor a comma list such as 0.1,0.5"
         ) from None
+    _check_count(text, len(ratios))
+    return ratios
+
+
+def _check_count(text: str, count: int) -> None:
+    if count > MAX_POINTS:
+        raise MptError(
+            f"--ratios {text!r} asks for {count:,} points, more than the limit of "
+            f"{MAX_POINTS:,}: use a larger step"
+        )
 
 
 def sweep_specs(args: argparse.Namespace) -> list[Plan]:

@@ -13,6 +13,7 @@ import pytest
 
 from mpt_core import baselines
 from mpt_core.baselines import BaselineRow
+from mpt_core.errors import MptError
 from mpt_core.harness import plan, policy, rehearsal
 from mpt_core.harness.curve_rows import BaselineCurve, baseline_curves
 from mpt_core.harness.scaleout import balance, in_shard, parse_shard
@@ -35,6 +36,7 @@ SMOKE_DATASET = "wikitext2"
 # all of it (scripts/record_tiny_tier.sh records it).
 TINY_MODELS = ("tiny-llama",)
 _ROWS = pytest.StashKey[list]()
+_READ_ERROR = pytest.StashKey[str]()
 
 
 def baselines_dir(config) -> Path:
@@ -45,8 +47,17 @@ def baselines_dir(config) -> Path:
 def rows(config) -> list[BaselineRow]:
     """Every numeric baseline row of the selected tiers, read from disk once per session."""
     if _ROWS not in config.stash:
-        config.stash[_ROWS] = _read_rows(config)
+        try:
+            config.stash[_ROWS] = _read_rows(config)
+        except MptError as error:
+            config.stash[_READ_ERROR] = str(error)  # the plugin stops the session with it
+            raise
     return config.stash[_ROWS]
+
+
+def read_error(config) -> str | None:
+    """The one-line error of a baseline file that did not read, if one did not."""
+    return config.stash.get(_READ_ERROR, None)
 
 
 def tier(config) -> str:

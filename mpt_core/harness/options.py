@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
+import pytest
+
 from mpt_core.verdict import DEFAULT_RTOL
 
 DEFAULT_PTP_TOL = 0.05
@@ -87,3 +91,15 @@ def add_options(parser) -> None:
         action="store_true",
         help="rewrite the CPU-tier CSVs from this run (never the study's)",
     )
+
+
+def check(config) -> None:
+    """Refuse option values that would run a weaker gate or fail deep in a measurement:
+    one ``ERROR:`` line and exit 4 (pytest's usage error), never a traceback per test."""
+    windows = config.getoption("--mpt-windows")
+    if windows is not None and windows < 1:
+        raise pytest.UsageError(f"--mpt-windows {windows}: use a positive number of windows")
+    for option in ("--mpt-rtol", "--mpt-ptp-tol"):
+        value = config.getoption(option)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise pytest.UsageError(f"{option} {value}: use a finite tolerance, zero or more")

@@ -58,6 +58,7 @@ def pytest_addoption(parser) -> None:
 def pytest_configure(config) -> None:
     for name, text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
+    options.check(config)
     for option in ("--mpt-data-dir", "--mpt-baselines"):
         folder = config.getoption(option)
         if folder and not Path(folder).is_dir():
@@ -78,6 +79,17 @@ def pytest_configure(config) -> None:
 
 def pytest_generate_tests(metafunc) -> None:
     collection.parametrize(metafunc)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector):
+    """A baseline file that does not read stops the session with its one-line error (exit
+    4), not a traceback under every benchmark module that asked for its rows."""
+    report = yield
+    error = collection.read_error(collector.config)
+    if error is not None:
+        raise pytest.UsageError(error)
+    return report
 
 
 @pytest.hookimpl(trylast=True)  # after -k/-m deselection and pytest-randomly's shuffle
