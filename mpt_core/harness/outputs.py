@@ -52,8 +52,14 @@ def write_report(path: Path, state) -> None:
 
 
 def terminal_summary(write_line, state, config) -> None:
-    """Counts of the points judged by outcome, then each point that did not pass with its
-    baseline, measured value, ratio, recovery and the verdict's reason."""
+    """The rows collected, judged and skipped (by reason), the points judged by outcome, then
+    each point that did not pass with its baseline, measured value, ratio, recovery and the
+    verdict's reason: a run that tested less than asked says so."""
+    skipped = ", ".join(f"{count} {reason}" for reason, count in state.skips.most_common())
+    write_line(
+        f"mpt: {state.collected_rows} baseline rows collected, {len(state.verdicts)} judged, "
+        f"{sum(state.skips.values())} tests skipped" + (f" ({skipped})" if skipped else "")
+    )
     outcomes = Counter(verdict.outcome for _row, verdict in state.verdicts)
     counts = ", ".join(f"{count} {outcome}" for outcome, count in sorted(outcomes.items()))
     write_line(f"mpt: {len(state.verdicts)} points judged: {counts}")

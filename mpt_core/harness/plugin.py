@@ -110,5 +110,5 @@ def pytest_runtestloop(session):
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     state = config.pluginmanager.get_plugin("mpt-state")
-    if state is not None and state.verdicts:
+    if state is not None and (state.verdicts or state.collected_rows):
         outputs.terminal_summary(terminalreporter.write_line, state, config)

@@ -43,6 +43,7 @@ class MptState:
         # (model, seqlen, dtype, spec, windows, evaluation) as measured -> its rows' datasets
         self.datasets: dict[tuple, set[str]] = {}
         self.outcomes: Counter = Counter()
+        self.collected_rows = 0  # baseline rows the selected tests ask for
         self.skips: Counter = Counter()
         self.baseline_records = BaselineRecords()  # the CPU tier's footprints, read once
         self.noise_floors = NoiseFloors()  # the CPU tier's measured noise floors, read once
@@ -87,6 +88,7 @@ class MptState:
     def expect(self, rows: list[BaselineRow]) -> None:
         """The rows this session will measure: a point compresses once for all of its
         perplexity datasets."""
+        self.collected_rows = len(rows)
         windows_option = self.config.getoption("--mpt-windows")
         rehearse = rehearsal.rehearsal_model(self.config)
         for row in rows:
