@@ -46,35 +46,36 @@ class Calibration:
         self.tokenizer = tokenizer
         self.seqlen = seqlen
         self.most = most
-        self._ids: dict[str, torch.Tensor] = {}
-        self._documents: dict[str, list[str]] = {}
+        self._ids: dict[tuple[str, str], torch.Tensor] = {}
+        self._documents: dict[tuple[str, str], list[str]] = {}
         self._windows: dict[tuple, torch.Tensor] = {}
 
     def windows(self, settings: dict) -> torch.Tensor:
         dataset = settings.get("calib") or default_calibration_set()
         nsamples = min(settings["nsamples"], self.most or settings["nsamples"])
-        key = (dataset, nsamples, settings["seed"])
+        length = settings.get("calib_length") or self.seqlen
+        split = settings.get("calib_split") or CALIBRATION_SPLITS[dataset]
+        key = (dataset, split, nsamples, settings["seed"], length)
         if key not in self._windows:
             self._windows[key] = self._draw(*key)
         return self._windows[key]
 
-    def _draw(self, dataset: str, nsamples: int, seed: int) -> torch.Tensor:
+    def _draw(self, dataset: str, split: str, nsamples: int, seed: int, length: int):
         if dataset in DOCUMENT_SETS:
-            texts = self._texts(dataset)
-            return document_windows(self.tokenizer, texts, nsamples, self.seqlen, seed)
-        return calibration_windows(self._stream(dataset), nsamples, self.seqlen, seed)
+            texts = self._texts(dataset, split)
+            return document_windows(self.tokenizer, texts, nsamples, length, seed)
+        return calibration_windows(self._stream(dataset, split), nsamples, length, seed)
 
-    def _texts(self, dataset: str) -> list[str]:
-        if dataset not in self._documents:
-            split = CALIBRATION_SPLITS[dataset]
-            self._documents[dataset] = load_documents(dataset, split).texts
-        return self._documents[dataset]
+    def _texts(self, dataset: str, split: str) -> list[str]:
+        if (dataset, split) not in self._documents:
+            self._documents[dataset, split] = load_documents(dataset, split).texts
+        return self._documents[dataset, split]
 
-    def _stream(self, dataset: str) -> torch.Tensor:
-        if dataset not in self._ids:
-            text = load_text(dataset, CALIBRATION_SPLITS[dataset])
-            self._ids[dataset] = tokenize(self.tokenizer, text)
-        return self._ids[dataset]
+    def _stream(self, dataset: str, split: str) -> torch.Tensor:
+        if (dataset, split) not in self._ids:
+            text = load_text(dataset, split)
+            self._ids[dataset, split] = tokenize(self.tokenizer, text)
+        return self._ids[dataset, split]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,22 +115,45 @@ class Plan:
         return [stage.record() for stage in self.stages]
 
 
-def plan(spec: Spec | Plan) -> Plan:
+def plan(spec: Spec | Plan, defaults: dict | None = None) -> Plan:
     """Validate ``spec`` and resolve every stage (SpecError names the bad part); a Plan
-    passes through unchanged."""
+    passes through unchanged. ``defaults`` (``Protocol.stage_defaults``: a study row's
+    protocol) replace the methods' own defaults for what the spec does not state."""
     if isinstance(spec, Plan):
         return spec
-    return Plan(spec, tuple(_plan_stage(stage) for stage in spec.stages))
+    return Plan(spec, tuple(_plan_stage(stage, defaults or {}) for stage in spec.stages))
 
 
-def _plan_stage(stage: Stage) -> StagePlan:
+def _plan_stage(stage: Stage, defaults: dict) -> StagePlan:
     method, settings = registry.resolve(stage)
+    settings = _protocol_settings(stage, method, settings, defaults)
     calibration_set = None
     if method.needs_calibration:
         calibration_set = settings.get("calib") or default_calibration_set()
     library = stage_library(method, settings)
     version = backends.library_version(library) if library is not None else None
     return StagePlan(stage, method, settings, calibration_set, version)
+
+
+def _protocol_settings(stage: Stage, method, settings: dict, defaults: dict) -> dict:
+    """``settings`` with the protocol's value of each option the stage leaves unstated: the
+    calibration (set and window length for any calibrated method; count and seed where the
+    method takes them) and the group size of GPTQ and AWQ."""
+    stated = {key for key, _ in stage.options}
+    chosen = dict(settings)
+    wanted = {
+        "nsamples": defaults.get("nsamples"),
+        "seed": defaults.get("seed"),
+        "group": defaults.get(f"{method.name}_group"),
+    }
+    for key, value in wanted.items():
+        if value is not None and key in method.options and key not in stated:
+            chosen[key] = value
+    if method.needs_calibration and "calib" not in stated and defaults.get("calib"):
+        chosen["calib"] = defaults["calib"]
+        chosen["calib_split"] = defaults.get("calib_split")
+        chosen["calib_length"] = defaults.get("calib_length")
+    return chosen
 
 
 def resolved_settings(spec: Spec) -> list[dict]:

@@ -139,6 +139,21 @@ class Protocol:
     eval_batch: int  # evaluation windows per forward pass
     sources: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
+    def stage_defaults(self) -> dict:
+        """What a row's stages take from this protocol where its spec states nothing
+        (``pipeline.plan``): the calibration set, window count, seed and window length, and
+        GPTQ's and AWQ's group size (None: the method's own default)."""
+        calibrated = self.calib_set != NO_CALIBRATION
+        return {
+            "calib": self.calib_set if calibrated else None,
+            "calib_split": self.calib_split if calibrated else None,
+            "nsamples": self.calib_nsamples if calibrated else None,
+            "seed": self.calib_seed if calibrated else None,
+            "calib_length": self.calib_length if calibrated else None,
+            "gptq_group": self.gptq_group,
+            "awq_group": self.awq_group,
+        }
+
     @classmethod
     def from_fields(cls, values: Mapping, where: str, sources: Mapping) -> Protocol:
         """A protocol from raw values (TOML or CSV header text) and a source for each;

@@ -72,9 +72,8 @@ def test_a_record_says_how_it_was_evaluated_and_what_memory_it_took(tiny):
 def test_tables_5_6_and_10_are_measured_with_llama_perplexity():
     rows = baselines.load_dir(REPO / "baselines" / "study", "study")
     ppl = [row for row in rows if row.metric == "ppl" and row.is_numeric]
-    assert {
-        policy.row_evaluation(row) for row in ppl if row.table in ("table5", "table6", "table10")
-    } == {"llama-perplexity"}
-    assert policy.baseline_protocol(next(r for r in ppl if r.table == "table6"))["evaluation"] == (
-        "llama-perplexity"
-    )
+    llama_tables = [row for row in ppl if row.table in ("table5", "table6", "table10")]
+    points = {policy.measured_point(row, None, None).evaluation for row in llama_tables}
+    assert points == {"llama-perplexity"}
+    table6 = next(row for row in ppl if row.table == "table6")
+    assert policy.baseline_protocol(table6)["evaluation"] == "llama-perplexity"

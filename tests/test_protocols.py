@@ -234,3 +234,48 @@ def test_the_cpu_protocol_states_the_code_it_runs():
 def test_the_study_rows_load_their_checkpoint_at_the_protocol_seqlen():
     row = _rows("table7", "svd_llm")[0]
     assert policy.row_protocol(row, None) == ("meta-llama/Llama-2-7b-hf", 512, None)
+
+
+def _first_study_row(table: str, prefix: str):
+    return next(row for row in STUDY_ROWS if row.table == table and row.spec.startswith(prefix))
+
+
+def test_a_study_row_calibrates_as_its_protocol_says_unless_its_spec_says_otherwise():
+    from mpt_core.pipeline import plan
+    from mpt_core.spec import Spec
+
+    row = _first_study_row("table2", "sparsegpt")
+    point = policy.measured_point(row, None, None)
+    settings = point.plan().stages[0].settings
+    protocol = protocol_for(row)
+    assert (settings["calib"], settings["calib_split"]) == ("c4", "train")
+    assert (settings["nsamples"], settings["calib_length"]) == (128, protocol.calib_length)
+    stated = plan(Spec.parse("sparsegpt:0.5[nsamples=8,calib=ptb]"), dict(point.defaults))
+    assert (stated.stages[0].settings["nsamples"], stated.stages[0].settings["calib"]) == (
+        8,
+        "ptb",
+    )
+    awq = policy.measured_point(_first_study_row("table4", "awq"), None, None).plan()
+    assert awq.stages[0].settings["group"] == 128  # llm-awq's q_group_size (protocols.toml)
+
+
+def test_the_cpu_tier_keeps_its_calibration_defaults():
+    row = next(row for row in CPU_ROWS if row.spec.startswith("sparsegpt"))
+    settings = policy.measured_point(row, None, None).plan().stages[0].settings
+    assert "calib_length" not in settings and settings["nsamples"] == 32
+
+
+def test_calibration_windows_take_the_protocols_length_and_split(tmp_path, monkeypatch):
+    from mpt_core.errors import DataError
+    from mpt_core.models import byte_tokenizer
+    from mpt_core.pipeline import Calibration
+
+    (tmp_path / "ptb").mkdir()
+    (tmp_path / "ptb" / "ptb.valid.txt").write_text("the valid text " * 400, encoding="utf-8")
+    monkeypatch.setenv("MPT_DATA_DIR", str(tmp_path))
+    calibration = Calibration(byte_tokenizer(), seqlen=64)
+    settings = {"calib": "ptb", "nsamples": 2, "seed": 0}
+    assert calibration.windows(settings | {"calib_length": 32}).shape == (2, 32)
+    assert calibration.windows(settings).shape == (2, 64)
+    with pytest.raises(DataError, match="ptb"):
+        calibration.windows(settings | {"calib_split": "train"})  # no PTB train here: no swap

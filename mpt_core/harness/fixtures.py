@@ -25,23 +25,18 @@ def measure_row(state: MptState, config, row: BaselineRow, spec: str | None = No
     reason = policy.skip_reason(row, rehearsing=bool(rehearse))
     if reason:
         pytest.skip(reason)
-    model, seqlen, windows = policy.row_protocol(row, config.getoption("--mpt-windows"), rehearse)
-    dtype = rehearsal.rehearsal_dtype(row) if rehearse else policy.row_dtype(row)
-    spec = spec or row.spec
+    point = policy.measured_point(row, config.getoption("--mpt-windows"), rehearse, spec)
     try:
         if row.metric in baselines.DOWNSTREAM_METRICS:
             limit = rehearsal.REHEARSAL_QUESTIONS if rehearse else row.limit
-            return state.measure_accuracy(
-                model, seqlen, spec, row.dataset, limit, row.metric, dtype=dtype
-            )
-        evaluation = policy.row_evaluation(row)
-        return state.measure(model, seqlen, spec, row.dataset, windows, dtype, evaluation)
+            return state.measure_accuracy(point, row.dataset, limit, row.metric)
+        return state.measure(point, row.dataset)
     except (DataError, ModelError) as error:
         pytest.skip(f"missing input: {error}")
     except SpecError as error:
         if not rehearse:
             raise
-        pytest.skip(f"not rehearsable on {model}: {error}")
+        pytest.skip(f"not rehearsable on {point.model}: {error}")
 
 
 def _rehearsing(config, row: BaselineRow) -> str | None:

@@ -8,11 +8,12 @@ tolerance its verdict uses, and the dense baseline of its table.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from mpt_core import baselines, registry
 from mpt_core.baselines import BaselineRow
 from mpt_core.errors import SpecError
-from mpt_core.harness.rehearsal import REHEARSAL_WINDOWS
+from mpt_core.harness.rehearsal import REHEARSAL_CALIBRATION_SET, REHEARSAL_WINDOWS
 from mpt_core.models import study_checkpoint
 from mpt_core.pipeline import plan
 from mpt_core.protocols import protocol_for
@@ -137,18 +138,49 @@ def baseline_protocol(row: BaselineRow, baseline_record=None) -> dict:
     return stated
 
 
-def row_dtype(row: BaselineRow):
-    """The torch dtype a study row runs in (its protocol's: fp16, Gemma-3 bf16); None for the
-    CPU tier (the device's default, fp32)."""
+@dataclass(frozen=True)
+class MeasuredPoint:
+    """How a row's point is measured, in full: the rows of one MeasuredPoint share one
+    compressed model (``state.MptState``)."""
+
+    model: str  # what is loaded (a rehearsal's stand-in)
+    seqlen: int
+    dtype: object  # a torch dtype; None: the device's default
+    spec: str
+    windows: int | None
+    evaluation: str  # windowed | llama-perplexity | lm-eval
+    defaults: tuple  # the protocol's stage defaults (pipeline.plan), as sorted items
+
+    def plan(self):
+        return plan(Spec.parse(self.spec), dict(self.defaults))
+
+
+def measured_point(
+    row: BaselineRow, windows_option: int | None, rehearse: str | None, spec: str | None = None
+) -> MeasuredPoint:
+    """The point ``row`` (or ``spec`` under the row's protocol) is measured at: its
+    protocol's model, seqlen, windows, evaluation and, for a study row, dtype and calibration
+    defaults (a rehearsal: the stand-in model, on the CPU in fp32, calibrated on the CPU
+    tier's set with the protocol's count, length and seed)."""
     import torch
 
-    return getattr(torch, protocol_for(row).dtype) if row.tier == "study" else None
-
-
-def row_evaluation(row: BaselineRow) -> str:
-    """How a perplexity row is evaluated: its protocol's ``windowed`` or
-    ``llama-perplexity``."""
-    return protocol_for(row).evaluation
+    model, seqlen, windows = row_protocol(row, windows_option, rehearse)
+    protocol = protocol_for(row)
+    dtype = getattr(torch, protocol.dtype) if row.tier == "study" else None
+    if rehearse and not torch.cuda.is_available():
+        dtype = None  # fp16 matrix products are emulated on the CPU, and far slower
+    defaults = protocol.stage_defaults() if row.tier == "study" else {}
+    if rehearse and defaults.get("calib"):
+        defaults |= dict(zip(("calib", "calib_split"), REHEARSAL_CALIBRATION_SET, strict=True))
+    return MeasuredPoint(
+        model,
+        seqlen,
+        dtype,
+        spec or row.spec,
+        windows,
+        protocol.evaluation,
+        tuple(sorted(defaults.items())),
+    )
 
 
 class DenseBaselines:

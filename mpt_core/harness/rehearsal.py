@@ -7,7 +7,9 @@ replaced by MODEL (``tiny-llama``, ``smollm2-135m`` or a local checkpoint), and 
 small model's numbers say nothing about the study's. A row that would crash on a GPU runner
 for a reason other than CUDA itself crashes here first. To cost seconds a row, the
 evaluation is cut to ``REHEARSAL_WINDOWS`` windows, calibration to
-``REHEARSAL_CALIBRATION`` windows and an accuracy row to ``REHEARSAL_QUESTIONS`` questions.
+``REHEARSAL_CALIBRATION`` windows drawn from the CPU tier's text (the study's C4 shard and
+train splits are the GPU runner's data) and an accuracy row to ``REHEARSAL_QUESTIONS``
+questions.
 A ratio the small model cannot reach (a structured cut of 60% of two blocks) is skipped with
 the method's one-line reason. On a GPU the dtype is the row's protocol's (fp16; Gemma-3
 bf16); on the CPU, where fp16 matrix products are emulated and far slower, fp32 (every
@@ -21,8 +23,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
-
 from mpt_core.baselines import BaselineRow
 from mpt_core.protocols import protocol_for
 from mpt_core.spec import Spec
@@ -30,13 +30,9 @@ from mpt_core.spec import Spec
 REHEARSAL_WINDOWS = 2
 REHEARSAL_QUESTIONS = 4
 REHEARSAL_CALIBRATION = 4
-
-
-def rehearsal_dtype(row: BaselineRow) -> torch.dtype | None:
-    """The row's protocol's dtype on a GPU; None (the CPU's fp32) on the CPU."""
-    if not torch.cuda.is_available():
-        return None
-    return getattr(torch, protocol_for(row).dtype)
+# the calibration text a rehearsal draws from, whatever the protocol names: the CPU tier's,
+# which every checkout's data has (the study's C4 shard and train splits are GPU-runner data)
+REHEARSAL_CALIBRATION_SET = ("ptb", "validation")
 
 
 def rehearsal_model(config) -> str | None:
@@ -52,7 +48,8 @@ def rehearsed(row: BaselineRow, model: str, seqlen: int, windows: int | None) ->
         f"rehearsed: {row.table} {row.model} as {model}: {evaluation}, seqlen {seqlen}, "
         f"{'all' if windows is None else windows} windows, {protocol.dtype} on a GPU, "
         f"calibration {protocol.calib_set} {protocol.calib_nsamples or 'default'}x"
-        f"{protocol.calib_length or seqlen}, {row.metric}"
+        f"{protocol.calib_length or seqlen} (rehearsed on {' '.join(REHEARSAL_CALIBRATION_SET)}"
+        f"), {row.metric}"
     )
 
 

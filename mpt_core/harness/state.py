@@ -21,7 +21,6 @@ from mpt_core.harness import collection, outputs, policy, rehearsal
 from mpt_core.harness.scaleout import part_path
 from mpt_core.records import Record, append
 from mpt_core.reporting.report import Cell
-from mpt_core.spec import Spec
 from mpt_core.verdict import Verdict
 
 
@@ -40,7 +39,7 @@ class MptState:
         self.cells: list[Cell] = []
         self.measured_rows: list[tuple[BaselineRow, Record]] = []
         self.verdicts: list[tuple[BaselineRow, object]] = []
-        # (model, seqlen, dtype, spec, windows, evaluation) as measured -> its rows' datasets
+        # a MeasuredPoint -> the datasets its rows ask for
         self.datasets: dict[tuple, set[str]] = {}
         self.outcomes: Counter = Counter()
         self.collected_rows = 0  # baseline rows the selected tests ask for
@@ -94,48 +93,30 @@ class MptState:
         for row in rows:
             if row.metric == "ppl":
                 stand_in = rehearse if row.tier == "study" else None
-                model, seqlen, windows = policy.row_protocol(row, windows_option, stand_in)
-                dtype = rehearsal.rehearsal_dtype(row) if stand_in else policy.row_dtype(row)
-                point = (model, seqlen, dtype, row.spec, windows, policy.row_evaluation(row))
+                point = policy.measured_point(row, windows_option, stand_in)
                 self.datasets.setdefault(point, set()).add(row.dataset)
 
-    def measure(
-        self,
-        model: str,
-        seqlen: int,
-        spec: str,
-        dataset: str,
-        windows: int | None,
-        dtype=None,
-        evaluation: str = "windowed",
-    ) -> Record:
-        """The perplexity record of a point; the first request compresses the model once
-        and evaluates every dataset the session's rows of that point ask for. ``dtype``:
-        the model's (None: the device's default); ``evaluation``: the protocol's."""
-        point = (model, seqlen, dtype, spec, windows, evaluation)
-        if (*point, dataset) not in self.records:
+    def measure(self, point: policy.MeasuredPoint, dataset: str) -> Record:
+        """The perplexity record of ``point`` on ``dataset``; the first request compresses
+        the model once and evaluates every dataset the session's rows of the point ask for."""
+        if (point, dataset) not in self.records:
             wanted = {dataset} | self.datasets.get(point, set())
-            todo = sorted(d for d in wanted if (*point, d) not in self.records)
-            session = self.session_for(model, seqlen, dtype)
-            for record in session.measure_datasets(Spec.parse(spec), todo, windows, evaluation):
-                self._keep((*point, record.dataset), record)
-        return self.records[(*point, dataset)]
+            todo = sorted(d for d in wanted if (point, d) not in self.records)
+            session = self.session_for(point.model, point.seqlen, point.dtype)
+            measured = session.measure_datasets(point.plan(), todo, point.windows, point.evaluation)
+            for record in measured:
+                self._keep((point, record.dataset), record)
+        return self.records[(point, dataset)]
 
     def measure_accuracy(
-        self,
-        model: str,
-        seqlen: int,
-        spec: str,
-        task: str,
-        limit: int | None,
-        metric: str,
-        dtype=None,
+        self, point: policy.MeasuredPoint, task: str, limit: int | None, metric: str
     ) -> Record:
-        """The ``metric`` record of ``task``; one lm-eval run gives all its metrics."""
-        key = (model, seqlen, dtype, spec, task, limit)
+        """The ``metric`` record of ``task`` at ``point``; one lm-eval run gives all its
+        metrics."""
+        key = (point, task, limit)
         if (*key, metric) not in self.records:
-            session = self.session_for(model, seqlen, dtype)
-            for record in session.measure_tasks(Spec.parse(spec), {task: limit}):
+            session = self.session_for(point.model, point.seqlen, point.dtype)
+            for record in session.measure_tasks(point.plan(), {task: limit}):
                 self._keep((*key, record.metric), record)
         return self.records[(*key, metric)]
 
