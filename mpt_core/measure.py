@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import resource
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -81,9 +81,17 @@ class Session:
             )
         return self._eval[dataset]
 
-    def measure(self, spec: Spec | Plan, dataset: str, windows: int | None = None) -> Record:
-        """Compress a fresh copy of the model by ``spec`` and measure its perplexity."""
-        return self.measure_datasets(spec, [dataset], windows)[0]
+    def measure(
+        self,
+        spec: Spec | Plan,
+        dataset: str,
+        windows: int | None = None,
+        on_compressed: Callable[[LoadedModel], None] | None = None,
+    ) -> Record:
+        """Compress a fresh copy of the model by ``spec`` and measure its perplexity;
+        ``on_compressed`` is called with the compressed model before it is evaluated
+        (``mpt run --save`` writes it there)."""
+        return self.measure_datasets(spec, [dataset], windows, on_compressed=on_compressed)[0]
 
     def measure_datasets(
         self,
@@ -91,12 +99,14 @@ class Session:
         datasets: list[str],
         windows: int | None = None,
         evaluation: str = "windowed",
+        on_compressed: Callable[[LoadedModel], None] | None = None,
     ) -> list[Record]:
         """Compress once by ``spec`` and measure perplexity on each dataset: calibrated
         methods cost minutes on a CPU, so a grid never compresses twice for one point.
         The spec is resolved once (``pipeline.plan``); compression and records use that.
         ``evaluation``: ``windowed`` (non-overlapping windows of seqlen) or
-        ``llama-perplexity`` (llama.cpp's protocol, seqlen its context)."""
+        ``llama-perplexity`` (llama.cpp's protocol, seqlen its context). ``on_compressed``:
+        called with the compressed model before the evaluation."""
         resolved = plan(spec)
         streams = [self.eval_stream(dataset) for dataset in datasets]
         reset_peak_memory(self.loaded.device)
@@ -104,6 +114,8 @@ class Session:
             started = time.perf_counter()
             footprint = self._compress(resolved)
             compress_seconds = time.perf_counter() - started
+            if on_compressed is not None:
+                on_compressed(self.loaded)
             records = []
             for dataset, (ids, fingerprint) in zip(datasets, streams, strict=True):
                 started = time.perf_counter()
@@ -216,11 +228,17 @@ class Session:
         finally:
             self.snapshot.restore(self.loaded.model)
 
-    def measure_tasks(self, spec: Spec | Plan, limits: dict[str, int | None]) -> list[Record]:
+    def measure_tasks(
+        self,
+        spec: Spec | Plan,
+        limits: dict[str, int | None],
+        on_compressed: Callable[[LoadedModel], None] | None = None,
+    ) -> list[Record]:
         """Compress once by ``spec`` and score each task through lm-eval
         (``mpt_core.evaluate.zeroshot``); ``limits`` maps a task to its lm-eval limit (None:
         every question). One record per task and metric, its ``windows`` the questions
-        scored and its ``seqlen`` the calibration seqlen."""
+        scored and its ``seqlen`` the calibration seqlen. ``on_compressed``: called with the
+        compressed model before the tasks are scored."""
         from mpt_core.evaluate import zeroshot
         from mpt_core.evaluate.tasks import fingerprint
 
@@ -229,6 +247,8 @@ class Session:
         resolved = plan(spec)
         records = []
         with self.compressed(resolved) as (footprint, compress_seconds):
+            if on_compressed is not None:
+                on_compressed(self.loaded)
             for task, limit in limits.items():
                 started = time.perf_counter()
                 scores = zeroshot.evaluate(self.loaded.model, self.loaded.tokenizer, [task], limit)

@@ -22,8 +22,9 @@ from mpt_core.analysis.curves import (
     read_xy_curves,
 )
 from mpt_core.analysis.fit import PhaseFit, fit_phase_transition
-from mpt_core.errors import BaselineError, FitError
+from mpt_core.errors import BaselineError, FitError, MptError
 
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")  # matplotlib writes each by the file's suffix
 DIRECTIONS = {"ppl": "up", "acc": "down", "acc_norm": "down"}
 # what a collapsed model still scores: chance on the four choices of ARC and MMLU
 FLOORS = {"acc": 0.25, "acc_norm": 0.25}
@@ -131,11 +132,58 @@ def register(subparsers) -> None:
         "acc_norm: chance on four choices; 0 otherwise)",
     )
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")
+    parser.add_argument(
+        "--plot",
+        default=None,
+        metavar="FILE",
+        help="also draw every fitted curve into FILE (.png, .svg or .pdf), one panel each: "
+        "points, fit, s0 with its 95%% interval",
+    )
+    parser.add_argument(
+        "--band",
+        default=None,
+        metavar="LOW:HIGH",
+        help="with --plot: the study's range of s0 to draw, in compression x (e.g. 0.55:0.65)",
+    )
     parser.set_defaults(func=run)
 
 
+def check_plot(args: argparse.Namespace) -> tuple[float, float] | None:
+    """Refuse a ``--plot`` file or ``--band`` that cannot be drawn, before any fit; the
+    band as numbers."""
+    if args.plot is None:
+        if args.band is not None:
+            raise MptError("--band is drawn on the --plot figure: add --plot FILE.png")
+        return None
+    path = Path(args.plot)
+    if path.suffix.lower() not in PLOT_SUFFIXES:
+        raise MptError(f"--plot {args.plot}: name a {', '.join(PLOT_SUFFIXES)} file")
+    if not path.parent.is_dir():
+        raise MptError(f"--plot {args.plot}: folder {path.parent} does not exist: create it first")
+    return None if args.band is None else parse_band(args.band)
+
+
+def parse_band(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(part) for part in text.split(":"))
+    except ValueError:
+        raise MptError(f"--band {text}: write LOW:HIGH in compression x, e.g. 0.55:0.65") from None
+    if not 0 <= low < high <= 1:
+        raise MptError(f"--band {text}: need 0 <= LOW < HIGH <= 1 (compression x)")
+    return low, high
+
+
+def draw(rows: list[PtpRow], path: str, band: tuple[float, float] | None) -> None:
+    from mpt_core.reporting.plots import plot_fits, save_figure  # matplotlib: only when drawn
+
+    save_figure(plot_fits([(row.curve, row.fit) for row in rows if row.fit], band), Path(path))
+
+
 def run(args: argparse.Namespace) -> int:
+    band = check_plot(args)
     rows = ptp_rows(args)
     table = [row.cells() for row in rows]
     print(tabulate(table, HEADERS, tablefmt="github" if args.markdown else "simple"))
+    if args.plot:
+        draw(rows, args.plot, band)
     return 0

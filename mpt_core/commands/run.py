@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from mpt_core.commands.common import add_model_arguments, check_out, describe, open_session
+from mpt_core.commands.save_model import check_save_dir, saver
 from mpt_core.errors import MptError
 from mpt_core.evaluate.tasks import TASKS
 from mpt_core.pipeline import plan
@@ -36,6 +37,14 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print each record as one JSON line")
     parser.add_argument("--out", default=None, help="also append the records to this JSONL file")
+    parser.add_argument(
+        "--save",
+        default=None,
+        metavar="DIR",
+        help="also write the compressed model to this new folder (safetensors and config, "
+        "reloads with transformers' from_pretrained); a gguf spec writes its dequantized "
+        "weights (llama.cpp's file is temporary); refused where a method changes the layers",
+    )
     parser.set_defaults(func=run)
 
 
@@ -71,16 +80,18 @@ def run(args: argparse.Namespace) -> int:
     spec = plan(Spec.parse(args.spec))  # validated and resolved once, before the model loads
     check_limit(args)
     check_out(args.out)
+    check_save_dir(args.save)
     tasks = task_list(args.task) if args.task else None
     if tasks:
         from mpt_core.evaluate.zeroshot import require_lm_eval
 
         require_lm_eval()  # before the model loads: fail in a second, not a minute
     session = open_session(args)
+    save = saver(args.save, str(spec.spec))
     if tasks:
-        records = session.measure_tasks(spec, dict.fromkeys(tasks, args.limit))
+        records = session.measure_tasks(spec, dict.fromkeys(tasks, args.limit), save)
     else:
-        records = [session.measure(spec, args.dataset, args.windows)]
+        records = [session.measure(spec, args.dataset, args.windows, save)]
     for record in records:
         if args.out:
             append(args.out, record)

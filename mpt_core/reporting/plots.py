@@ -29,11 +29,13 @@ from mpt_core.analysis.curves import (  # noqa: E402
     read_points,
     scheme_bits,
 )
-from mpt_core.analysis.fit import fit_phase_transition  # noqa: E402
+from mpt_core.analysis.fit import PhaseFit, fit_phase_transition  # noqa: E402
 from mpt_core.errors import FitError  # noqa: E402
 
 FORMATS = ("png", "svg")
+AXIS_LABELS = {"ratio": "compression ratio", "bits": "compression (1 - bits/16)"}
 MIN_GRID_CELLS = 12
+LOG_SPAN = 10  # a curve whose PPL spans more than this factor gets a log axis
 
 
 def write_figures(csv_paths: list[str | Path], out_dir: str | Path) -> list[Path]:
@@ -64,6 +66,12 @@ def save(fig: plt.Figure, stem: Path) -> list[Path]:
     return paths
 
 
+def save_figure(fig: plt.Figure, path: Path) -> None:
+    """One file, its format by its suffix."""
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
 def family_curves(points: list[Point]) -> list[MeasuredCurve]:
     """Single-stage ratio curves with enough points to fit."""
     curves = group_curves(points, axes=("ratio",))
@@ -91,19 +99,27 @@ def colors():
 
 def draw_curve(ax: plt.Axes, curve: MeasuredCurve, color) -> None:
     """Points, the fitted curve, and a star at s0 (hollow when the fit selects no transition)."""
-    finite = np.isfinite(curve.y)
-    label = (
-        f"{curve.key.label} ({curve.key.seqlen})"
-        if curve.key.seqlen != "unknown"
-        else curve.key.label
-    )
-    ax.plot(curve.x[finite], curve.y[finite], "o", color=color, ms=4)
+    draw_points(ax, curve, color)
     try:
         fit = fit_phase_transition(curve.x, curve.y)
     except FitError:
         return
+    draw_fit(ax, curve, fit, color, f"{curve_label(curve)}: s0={fit.s0:.2f}")
+
+
+def curve_label(curve: MeasuredCurve) -> str:
+    seqlen = curve.key.seqlen
+    return f"{curve.key.label} ({seqlen})" if seqlen != "unknown" else curve.key.label
+
+
+def draw_points(ax: plt.Axes, curve: MeasuredCurve, color) -> None:
+    finite = np.isfinite(curve.y)
+    ax.plot(curve.x[finite], curve.y[finite], "o", color=color, ms=4)
+
+
+def draw_fit(ax: plt.Axes, curve: MeasuredCurve, fit: PhaseFit, color, label: str) -> None:
     xs = np.linspace(curve.x.min(), curve.x.max(), 200)
-    ax.plot(xs, fit.predict(xs), "-", color=color, lw=1.2, label=f"{label}: s0={fit.s0:.2f}")
+    ax.plot(xs, fit.predict(xs), "-", color=color, lw=1.2, label=label)
     ax.plot(
         [fit.s0],
         fit.predict(fit.s0),
@@ -112,6 +128,35 @@ def draw_curve(ax: plt.Axes, curve: MeasuredCurve, color) -> None:
         mec="black",
         color=color if fit.has_transition else "none",
     )
+
+
+def plot_fits(
+    fits: list[tuple[MeasuredCurve, PhaseFit]], band: tuple[float, float] | None = None
+) -> plt.Figure:
+    """One panel per fitted curve (``mpt fit --plot``), three to a row: its points, the
+    fitted curve, s0 (a star, hollow without a transition) with its 95% interval shaded,
+    and ``band`` (the study's range of s0, in compression x) hatched when given."""
+    cols = min(3, len(fits))
+    rows = -(-len(fits) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 4 * rows), squeeze=False)
+    for ax in axes.flat[len(fits) :]:
+        ax.set_visible(False)
+    for ax, (curve, fit) in zip(axes.flat, fits, strict=False):
+        draw_points(ax, curve, "C0")
+        draw_fit(ax, curve, fit, "C0", "fit")
+        ax.axvspan(fit.s0_low, fit.s0_high, color="C1", alpha=0.2, label="s0, 95% interval")
+        if band is not None:
+            ax.axvspan(*band, fill=False, hatch="//", ec="gray", label="study's range")
+        key = curve.key
+        ax.set(xlabel=AXIS_LABELS[key.axis], ylabel=f"{key.dataset} {key.metric}")
+        finite = curve.y[np.isfinite(curve.y)]
+        if key.metric == "ppl" and finite.max() > LOG_SPAN * finite.min():
+            ax.set_yscale("log")  # a collapse spans decades; a flat curve reads better linear
+        ax.set_title(f"{key.model}: {curve_label(curve)}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
 
 
 def family_of(model: str) -> str:
