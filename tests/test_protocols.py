@@ -279,3 +279,13 @@ def test_calibration_windows_take_the_protocols_length_and_split(tmp_path, monke
     assert calibration.windows(settings).shape == (2, 64)
     with pytest.raises(DataError, match="ptb"):
         calibration.windows(settings | {"calib_split": "train"})  # no PTB train here: no swap
+
+
+def test_command_line_overrides_replace_the_protocol_and_land_in_the_point():
+    import torch
+
+    overrides = policy.Overrides(seqlen=128, dtype="bfloat16", calib_nsamples=16)
+    for row in (_first_study_row("table2", "sparsegpt"), CPU_ROWS[0]):
+        point = policy.measured_point(row, None, None, "sparsegpt:0.5", overrides)
+        assert (point.seqlen, point.dtype) == (128, torch.bfloat16)
+        assert point.plan().stages[0].settings["nsamples"] == 16

@@ -25,7 +25,9 @@ def measure_row(state: MptState, config, row: BaselineRow, spec: str | None = No
     reason = policy.skip_reason(row, rehearsing=bool(rehearse))
     if reason:
         pytest.skip(reason)
-    point = policy.measured_point(row, config.getoption("--mpt-windows"), rehearse, spec)
+    overrides = policy.Overrides.from_options(config.getoption)
+    windows = config.getoption("--mpt-windows")
+    point = policy.measured_point(row, windows, rehearse, spec, overrides)
     try:
         if row.metric in baselines.DOWNSTREAM_METRICS:
             limit = rehearsal.REHEARSAL_QUESTIONS if rehearse else row.limit

@@ -34,6 +34,27 @@ def add_options(parser) -> None:
         help="evaluation windows (default: the baseline file's)",
     )
     group.addoption(
+        "--mpt-seqlen",
+        type=int,
+        default=None,
+        help="evaluate (and calibrate) every row at this seqlen instead of its protocol's; "
+        "recorded, and judged as a protocol difference",
+    )
+    group.addoption(
+        "--mpt-dtype",
+        choices=("float16", "bfloat16", "float32"),
+        default=None,
+        help="load every model in this dtype instead of the protocol's (study: float16; "
+        "CPU tier: float32); recorded",
+    )
+    group.addoption(
+        "--mpt-calib-nsamples",
+        type=int,
+        default=None,
+        help="calibration windows of every calibrated stage whose spec states none; recorded "
+        "in the record's settings",
+    )
+    group.addoption(
         "--mpt-rtol",
         type=float,
         default=None,
@@ -96,9 +117,10 @@ def add_options(parser) -> None:
 def check(config) -> None:
     """Refuse option values that would run a weaker gate or fail deep in a measurement:
     one ``ERROR:`` line and exit 4 (pytest's usage error), never a traceback per test."""
-    windows = config.getoption("--mpt-windows")
-    if windows is not None and windows < 1:
-        raise pytest.UsageError(f"--mpt-windows {windows}: use a positive number of windows")
+    for option in ("--mpt-windows", "--mpt-seqlen", "--mpt-calib-nsamples"):
+        value = config.getoption(option)
+        if value is not None and value < 1:
+            raise pytest.UsageError(f"{option} {value}: use a positive number")
     for option in ("--mpt-rtol", "--mpt-ptp-tol"):
         value = config.getoption(option)
         if value is not None and not (math.isfinite(value) and value >= 0):

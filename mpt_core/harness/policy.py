@@ -155,15 +155,37 @@ class MeasuredPoint:
         return plan(Spec.parse(self.spec), dict(self.defaults))
 
 
+@dataclass(frozen=True)
+class Overrides:
+    """What the command line sets for every row instead of its protocol: ``--mpt-seqlen``,
+    ``--mpt-dtype``, ``--mpt-calib-nsamples``. Each lands in the record (its seqlen, dtype,
+    settings), so the verdict then says ``protocol differs``, never judges across it."""
+
+    seqlen: int | None = None
+    dtype: str | None = None
+    calib_nsamples: int | None = None
+
+    @classmethod
+    def from_options(cls, getoption) -> Overrides:
+        return cls(
+            getoption("--mpt-seqlen"), getoption("--mpt-dtype"), getoption("--mpt-calib-nsamples")
+        )
+
+
 def measured_point(
-    row: BaselineRow, windows_option: int | None, rehearse: str | None, spec: str | None = None
+    row: BaselineRow,
+    windows_option: int | None,
+    rehearse: str | None,
+    spec: str | None = None,
+    overrides: Overrides | None = None,
 ) -> MeasuredPoint:
     """The point ``row`` (or ``spec`` under the row's protocol) is measured at: its
     protocol's model, seqlen, windows, evaluation and, for a study row, dtype and calibration
     defaults (a rehearsal: the stand-in model, on the CPU in fp32, calibrated on the CPU
-    tier's set with the protocol's count, length and seed)."""
+    tier's set with the protocol's count, length and seed); ``overrides`` win over all."""
     import torch
 
+    overrides = overrides or Overrides()
     model, seqlen, windows = row_protocol(row, windows_option, rehearse)
     protocol = protocol_for(row)
     dtype = getattr(torch, protocol.dtype) if row.tier == "study" else None
@@ -172,9 +194,13 @@ def measured_point(
     defaults = protocol.stage_defaults() if row.tier == "study" else {}
     if rehearse and defaults.get("calib"):
         defaults |= dict(zip(("calib", "calib_split"), REHEARSAL_CALIBRATION_SET, strict=True))
+    if overrides.calib_nsamples is not None:
+        defaults["nsamples"] = overrides.calib_nsamples
+    if overrides.dtype is not None:
+        dtype = getattr(torch, overrides.dtype)
     return MeasuredPoint(
         model,
-        seqlen,
+        overrides.seqlen or seqlen,
         dtype,
         spec or row.spec,
         windows,

@@ -93,7 +93,8 @@ class MptState:
         for row in rows:
             if row.metric == "ppl":
                 stand_in = rehearse if row.tier == "study" else None
-                point = policy.measured_point(row, windows_option, stand_in)
+                overrides = policy.Overrides.from_options(self.config.getoption)
+                point = policy.measured_point(row, windows_option, stand_in, overrides=overrides)
                 self.datasets.setdefault(point, set()).add(row.dataset)
 
     def measure(self, point: policy.MeasuredPoint, dataset: str) -> Record:
