@@ -99,6 +99,31 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MPT_CACHE_DIR", Path.home() / ".cache" / "mpt"))
 
 
+def architecture(name: str) -> str:
+    """The model class ``name`` loads as (``LlamaForCausalLM``…), from its config alone:
+    methods that convert the model refuse other classes before any weight loads."""
+    if name in ALIASES:
+        return "LlamaForCausalLM"  # both aliases are LLaMA models (tests/test_gguf_architectures)
+    from transformers import AutoConfig
+
+    path = Path(name).expanduser()
+    source, kwargs = (
+        (str(path.parent), {"gguf_file": path.name})
+        if path.suffix == ".gguf"
+        else (
+            name,
+            {},
+        )
+    )
+    try:
+        config = AutoConfig.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as error:
+        raise ModelError(
+            f"model {name!r}: no readable config ({str(error).splitlines()[0]})"
+        ) from None
+    return (config.architectures or [f"{config.model_type} model"])[0]
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
