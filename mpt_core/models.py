@@ -12,6 +12,7 @@ Aliases:
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import importlib.util
 import os
@@ -99,6 +100,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MPT_CACHE_DIR", Path.home() / ".cache" / "mpt"))
 
 
+@functools.cache
 def architecture(name: str) -> str:
     """The model class ``name`` loads as (``LlamaForCausalLM``…), from its config alone:
     methods that convert the model refuse other classes before any weight loads."""

@@ -27,8 +27,10 @@ if ! ls "$CACHE"/llama_cpp_python-"$VERSION"-*.whl >/dev/null 2>&1; then
   CMAKE_ARGS="-DGGML_NATIVE=OFF" nice -n 10 "$PIP" wheel --no-deps "$SDIST" -w "$CACHE"
 fi
 "$PIP" install --only-binary llama-cpp-python --find-links "$CACHE" "llama-cpp-python==$VERSION"
-# the converter's own needs beyond mpt's: SentencePiece vocabularies (LLaMA-2, Gemma-3)
-"$PIP" install "sentencepiece>=0.1.98,<0.3.0"
+# the converter's needs beyond mpt's (its requirements-convert_legacy_llama.txt):
+# SentencePiece vocabularies (LLaMA-2, Gemma-3) and the protobuf that reads them (5 or later:
+# transformers 5 reads a tokenizer.model with it; the converter pins <5 for its own transformers 4)
+"$PIP" install "sentencepiece>=0.1.98,<0.3.0" "protobuf>=5"
 
 if [ ! -f "$CONVERTER/convert_hf_to_gguf.py" ]; then
   mkdir -p "$(dirname "$CONVERTER")"

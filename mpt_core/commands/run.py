@@ -76,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         from mpt_core.evaluate.zeroshot import require_lm_eval
 
         require_lm_eval()  # before the model loads: fail in a second, not a minute
+    spec.check_model(args.model)
     session = open_session(args)
     if tasks:
         records = session.measure_tasks(spec, dict.fromkeys(tasks, args.limit))

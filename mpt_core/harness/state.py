@@ -19,6 +19,7 @@ import pytest
 from mpt_core.baselines import BaselineRecords, BaselineRow, NoiseFloors
 from mpt_core.harness import collection, outputs, policy, rehearsal
 from mpt_core.harness.scaleout import part_path
+from mpt_core.pipeline import plan
 from mpt_core.records import Record, append
 from mpt_core.reporting.report import Cell
 from mpt_core.spec import Spec
@@ -107,6 +108,7 @@ class MptState:
         if (*point, dataset) not in self.records:
             wanted = {dataset} | self.datasets.get(point, set())
             todo = sorted(d for d in wanted if (*point, d) not in self.records)
+            plan(Spec.parse(spec)).check_model(model)  # before the model loads
             session = self.session_for(model, seqlen, dtype)
             for record in session.measure_datasets(Spec.parse(spec), todo, windows):
                 self._keep((*point, record.dataset), record)
@@ -125,6 +127,7 @@ class MptState:
         """The ``metric`` record of ``task``; one lm-eval run gives all its metrics."""
         key = (model, seqlen, dtype, spec, task, limit)
         if (*key, metric) not in self.records:
+            plan(Spec.parse(spec)).check_model(model)  # before the model loads
             session = self.session_for(model, seqlen, dtype)
             for record in session.measure_tasks(Spec.parse(spec), {task: limit}):
                 self._keep((*key, record.metric), record)
