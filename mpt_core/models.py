@@ -12,6 +12,7 @@ Aliases:
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import importlib.util
 import os
@@ -97,6 +98,32 @@ class LoadedModel:
 
 def cache_dir() -> Path:
     return Path(os.environ.get("MPT_CACHE_DIR", Path.home() / ".cache" / "mpt"))
+
+
+@functools.cache
+def architecture(name: str) -> str:
+    """The model class ``name`` loads as (``LlamaForCausalLM``…), from its config alone:
+    methods that convert the model refuse other classes before any weight loads."""
+    if name in ALIASES:
+        return "LlamaForCausalLM"  # both aliases are LLaMA models (tests/test_gguf_architectures)
+    from transformers import AutoConfig
+
+    path = Path(name).expanduser()
+    source, kwargs = (
+        (str(path.parent), {"gguf_file": path.name})
+        if path.suffix == ".gguf"
+        else (
+            name,
+            {},
+        )
+    )
+    try:
+        config = AutoConfig.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as error:
+        raise ModelError(
+            f"model {name!r}: no readable config ({str(error).splitlines()[0]})"
+        ) from None
+    return (config.architectures or [f"{config.model_type} model"])[0]
 
 
 def default_device() -> torch.device:

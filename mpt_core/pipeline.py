@@ -15,7 +15,7 @@ import dataclasses
 
 import torch
 
-from mpt_core import registry
+from mpt_core import models, registry
 from mpt_core.data import (
     CALIBRATION_SPLITS,
     DOCUMENT_SETS,
@@ -26,6 +26,7 @@ from mpt_core.data import (
     load_text,
     tokenize,
 )
+from mpt_core.errors import SpecError
 from mpt_core.families import PRUNING_FAMILIES
 from mpt_core.quant import backends
 from mpt_core.spec import Spec, Stage
@@ -113,6 +114,16 @@ class Plan:
 
     def settings(self) -> list[dict]:
         return [stage.record() for stage in self.stages]
+
+    def check_model(self, model: str) -> None:
+        """Refuse, before ``model`` loads, a model class a stage cannot compress (its
+        config says the class: ``models.architecture``); a SpecError of one line."""
+        if not any(stage.method.refuses for stage in self.stages):
+            return
+        architecture = models.architecture(model)
+        for stage in self.stages:
+            if reason := stage.method.refusal(architecture):
+                raise SpecError(f"{stage.stage}: {reason}")
 
 
 def plan(spec: Spec | Plan, defaults: dict | None = None) -> Plan:

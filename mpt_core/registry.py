@@ -41,6 +41,12 @@ class Method:
     needs_calibration: bool = False
     library: str | None = None  # the library that does the work whatever the options
     missing: Callable[[], str | None] | None = None  # why it cannot run here (setup hint)
+    # why it cannot compress a model of this class (read from its config), else None
+    refuses: Callable[[str], str | None] | None = None
+
+    def refusal(self, architecture: str) -> str | None:
+        """Why this method cannot compress a model of class ``architecture``; else None."""
+        return self.refuses(architecture) if self.refuses else None
 
     def unavailable(self) -> str | None:
         """How to install what this method needs, where it is missing; else None."""
@@ -139,6 +145,7 @@ def register(
     needs_calibration: bool = False,
     library: str | None = None,
     missing: Callable[[], str | None] | None = None,
+    refuses: Callable[[str], str | None] | None = None,
 ) -> Callable:
     """Decorate ``apply(model, stage, settings, calibration) -> list[TensorCost]``."""
     if family not in METHOD_FAMILIES:
@@ -158,6 +165,7 @@ def register(
             needs_calibration,
             library,
             missing,
+            refuses,
         )
         return apply
 

@@ -86,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         from mpt_core.evaluate.zeroshot import require_lm_eval
 
         require_lm_eval()  # before the model loads: fail in a second, not a minute
+    spec.check_model(args.model)
     session = open_session(args)
     save = saver(args.save, str(spec.spec))
     if tasks:

@@ -95,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
     if args.adaptive:
         return run_adaptive(args)
     specs = sweep_specs(args)
+    for spec in specs:
+        spec.check_model(args.model)
     done = known_keys(args.out)
     session = open_session(args)
     todo = [
@@ -118,7 +120,9 @@ def run_adaptive(args: argparse.Namespace) -> int:
 
     lo, hi = _adaptive_range(args.ratios or "", args.budget)
     suffix = f"[{args.options}]" if args.options else ""
-    validate(Spec.parse(f"{args.method}:{lo!r}{suffix}"))
+    first = Spec.parse(f"{args.method}:{lo!r}{suffix}")
+    validate(first)
+    plan(first).check_model(args.model)
     session = open_session(args)
     points = _measured_ratios(args, session, suffix)
     for _ in tqdm(range(max(0, args.budget - len(points))), desc="adaptive sweep", unit="point"):

@@ -1,12 +1,17 @@
 """GGUF k-quants and i-quants, quantized by llama.cpp itself (ggml-org/llama.cpp).
 
 The study's GGUF rows came from llama.cpp, so ``gguf:SCHEME`` runs llama.cpp's own
-quantizer (``llama_model_quantize`` from llama-cpp-python): model -> GGUF F16
-(``gguf_convert``) -> quantize with the scheme's file type -> dequantize the
-quantized file's tensors (the ``gguf`` package's dequantizers, the ones transformers
-uses) back into the model in place. llama.cpp picks each tensor's type itself: a
-``_S``/``_M``/``_L`` scheme mixes types across tensors, and a tensor whose rows are not
-a multiple of the 256-element k-quant super-block falls back to another type (on
+converter and quantizer, of one llama.cpp version: model -> GGUF F16
+(``convert_hf_to_gguf.py``, through ``gguf_convert``) -> quantize with the scheme's
+file type (``llama_model_quantize`` from llama-cpp-python) -> dequantize the quantized
+file's tensors (the ``gguf`` package's dequantizers, the ones transformers uses) back
+into the model in place, undoing what the converter did to each
+(``gguf_convert.restore_layout``). The architectures it converts are
+``gguf_convert.LAYOUTS``; another is refused before its model loads.
+
+llama.cpp picks each tensor's type itself: a ``_S``/``_M``/``_L`` scheme mixes types
+across tensors, and a tensor whose rows are not a multiple of the 256-element k-quant
+super-block falls back to another type (on
 SmolLM2's 576-wide rows, most of them). The footprint is that real mixture: every
 tensor of the file is reported with its ggml type's bits, scales included
 (``ggml_storage``), so it sums to the file's tensor bytes; the file size
@@ -43,26 +48,39 @@ from torch import nn
 from mpt_core.engine.layerwise import CALIBRATION_BATCH, block_linears
 from mpt_core.engine.modules import forward_hooks
 from mpt_core.errors import SpecError
-from mpt_core.quant.gguf_convert import gguf_names, rotary_heads, unpermute, write_gguf
+from mpt_core.quant.gguf_convert import (
+    GENERATED,
+    LLAMA_CPP_VERSION,
+    SETUP_COMMAND,
+    converter_dir,
+    gguf_names,
+    restore_layout,
+    unconvertible,
+    write_gguf,
+)
 from mpt_core.registry import Option, flag, register
 from mpt_core.storage import TensorStorage
 
 LOG = logging.getLogger(__name__)
 
-LLAMA_CPP_VERSION = "0.3.36"
-SETUP_COMMAND = "scripts/setup_gguf.sh"
 SETUP_HINT = (
-    f"gguf needs llama-cpp-python {LLAMA_CPP_VERSION} (llama.cpp's quantizer); install it once "
-    f"with `{SETUP_COMMAND}` (builds it with CMAKE_ARGS=-DGGML_NATIVE=OFF into a wheel cache, "
-    "~10 min on 2 cores)"
+    f"gguf needs llama-cpp-python {LLAMA_CPP_VERSION} (llama.cpp's quantizer) and that "
+    f"release's converter; install both once with `{SETUP_COMMAND}` (builds the wheel with "
+    "CMAKE_ARGS=-DGGML_NATIVE=OFF into a wheel cache, ~10 min on 2 cores)"
 )
 
 
 def quantizer_missing() -> str | None:
-    """SETUP_HINT where llama.cpp's quantizer is not installed, else None."""
+    """SETUP_HINT where llama.cpp's quantizer or converter is not installed, else None."""
     import importlib.util
 
-    return SETUP_HINT if importlib.util.find_spec("llama_cpp") is None else None
+    if importlib.util.find_spec("llama_cpp") is None:
+        return SETUP_HINT
+    try:
+        converter_dir()
+    except SpecError:
+        return SETUP_HINT
+    return None
 
 
 # llama.h's ``llama_ftype`` quantized file types (their values are ``general.file_type``).
@@ -119,6 +137,7 @@ NEEDS_IMATRIX = {
     needs_calibration=True,
     library="llama-cpp-python",
     missing=quantizer_missing,
+    refuses=unconvertible,
     options={
         "imatrix": Option(flag, None, "importance matrix (default: where llama.cpp needs one)"),
     },
@@ -252,15 +271,16 @@ def load_quantized(model: nn.Module, path: Path) -> dict[str, TensorStorage]:
     by_gguf_name = {gguf_name: name for name, gguf_name in gguf_names(model).items()}
     storage = {}
     for tensor in gguf.GGUFReader(path).tensors:
+        if tensor.name in GENERATED:
+            continue
         name = by_gguf_name[tensor.name]
+        param = parameters[name]
         # torch.tensor copies (F16/F32 tensors come back as read-only views of the mapped
         # file) into host memory, where the numpy array is; copy_ then moves it to the weight
         values = torch.tensor(gguf.quants.dequantize(tensor.data, tensor.tensor_type), device="cpu")
-        heads = rotary_heads(model.config, name)
-        if heads:
-            values = unpermute(values, heads)
-        param = parameters[name]
-        param.copy_(values.reshape(param.shape).to(param.dtype))
+        values = restore_layout(model, name, values, param.shape)
+        # a Gemma-3 embedding comes back with the tokenizer's rows only; the rest stay
+        param[: len(values)].copy_(values.to(param.dtype))
         storage[name] = ggml_storage(tensor.tensor_type)
     return storage
 

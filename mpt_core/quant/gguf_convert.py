@@ -1,88 +1,120 @@
-"""Write an in-memory LLaMA-family model to a GGUF file, as llama.cpp's converter does.
+"""Model -> GGUF by llama.cpp's own converter, and the file's tensors back to the model's names.
 
-No pip package ships llama.cpp's ``convert_hf_to_gguf.py``; the ``gguf`` package has
-the writer, the tensor-name map and the metadata keys, which is all a LLaMA model
-needs. What this module reproduces of ``convert_hf_to_gguf.py`` (``LlamaModel``):
+The converter is ``convert_hf_to_gguf.py`` (with its ``conversion/`` and ``gguf-py/``) of
+the llama.cpp commit that llama-cpp-python 0.3.36 builds, the one whose quantizer mpt runs;
+``scripts/setup_gguf.sh`` unpacks it from that release's sdist into
+``$MPT_CACHE_DIR/llama.cpp-0.3.36``, and mpt never copies it. ``write_gguf`` saves the
+model and its tokenizer to a temporary folder (``save_pretrained``) and runs the converter
+on it in a subprocess (``backends/llama_cpp_convert.py``, which says the one thing it
+changes), with ``--outtype f16|f32``.
 
-- the ``llama.*`` hyper-parameters and ``general.file_type``;
-- tensor names from ``gguf.TensorNameMap``; 1-D tensors (norms) stay F32 and
-  matrices take the requested type (F16 or F32), as ``--outtype f16|f32`` does;
-- ``attn_q``/``attn_k`` rows permuted from the HF rotary layout (two halves) to
-  llama.cpp's interleaved pairs (``LlamaModel.permute``); ``unpermute`` undoes it;
-- a tied LM head is not written (llama.cpp then reads ``token_embd``);
-- the byte-level BPE vocabulary (``tokenizer.ggml.model = gpt2``): tokens, merges,
-  token types (added special tokens are CONTROL) and the special ids. That covers
-  SmolLM2's tokenizer and mpt's byte-level tiny-llama tokenizer.
+Reading a file back means undoing what the converter did to each tensor; it differs by
+architecture (``LAYOUTS``, read from ``conversion/llama.py``, ``qwen.py``, ``gemma.py``):
 
-``gguf_names`` gives the GGUF name of each parameter, so a quantized file can be
-read back into the same model. The conversion keeps its own loop over the model's
-parameters: it writes every tensor (embeddings, norms, head), not only the block linears.
+- LLaMA (``LlamaModel.permute``): ``q_proj``/``k_proj`` rows go from HF's rotary halves to
+  llama.cpp's interleaved pairs; ``unpermute`` undoes it. Qwen2 and Gemma-3 are not permuted.
+  A ``llama3`` rope scaling adds a ``rope_freqs`` tensor, which is no parameter.
+- Gemma-3 (``Gemma3Model.modify_tensors``): every ``*norm.weight`` is written plus 1 (HF's
+  ``Gemma3RMSNorm`` multiplies by ``1 + weight``), and the embedding keeps only the
+  tokenizer's rows (the rest of a padded vocabulary is dropped, and stays as it was).
+- a tied LM head is written once, as ``token_embd``.
 """
 
 from __future__ import annotations
 
-import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
-import numpy as np
 import torch
 from torch import nn
 
-from mpt_core.errors import ModelError
+from mpt_core.errors import ModelError, SpecError
+from mpt_core.models import cache_dir
 
-ARCH = gguf.MODEL_ARCH.LLAMA
-FILE_TYPES = {
-    gguf.GGMLQuantizationType.F32: gguf.LlamaFileType.ALL_F32,
-    gguf.GGMLQuantizationType.F16: gguf.LlamaFileType.MOSTLY_F16,
+LLAMA_CPP_VERSION = "0.3.36"
+SETUP_COMMAND = "scripts/setup_gguf.sh"
+DRIVER = Path(__file__).parent / "backends" / "llama_cpp_convert.py"
+OUTTYPES = {gguf.GGMLQuantizationType.F32: "f32", gguf.GGMLQuantizationType.F16: "f16"}
+GENERATED = {"rope_freqs.weight"}  # tensors the converter computes (llama3 rope scaling)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How llama.cpp's converter writes one architecture's tensors."""
+
+    arch: gguf.MODEL_ARCH
+    permuted: bool  # q/k rows reordered for llama.cpp's rope (LlamaModel only)
+    norm_shift: float = 0.0  # added to every *norm.weight
+
+
+# HF model class -> its converter class's layout; what mpt converts and reads back.
+LAYOUTS = {
+    "LlamaForCausalLM": Layout(gguf.MODEL_ARCH.LLAMA, permuted=True),
+    "Qwen2ForCausalLM": Layout(gguf.MODEL_ARCH.QWEN2, permuted=False),
+    "Gemma3ForCausalLM": Layout(gguf.MODEL_ARCH.GEMMA3, permuted=False, norm_shift=1.0),
 }
+
+
+def unconvertible(architecture: str) -> str | None:
+    """Why a model of class ``architecture`` cannot go through gguf, else None."""
+    if architecture in LAYOUTS:
+        return None
+    return (
+        f"gguf cannot convert {architecture}: mpt runs llama.cpp's converter and reads it "
+        f"back for {', '.join(LAYOUTS)}"
+    )
+
+
+def layout_of(model: nn.Module) -> Layout:
+    if reason := unconvertible(type(model).__name__):
+        raise SpecError(reason)
+    return LAYOUTS[type(model).__name__]
+
+
+def converter_dir() -> Path:
+    """The unpacked converter, or a one-line error naming the setup script."""
+    folder = cache_dir() / f"llama.cpp-{LLAMA_CPP_VERSION}"
+    if not (folder / "convert_hf_to_gguf.py").is_file():
+        raise SpecError(f"gguf needs llama.cpp's converter in {folder}: run `{SETUP_COMMAND}` once")
+    return folder
 
 
 def write_gguf(
     model: nn.Module, tokenizer, path: str | Path, dtype: gguf.GGMLQuantizationType
 ) -> Path:
-    """Write ``model`` (a ``LlamaForCausalLM``) and its tokenizer to ``path`` as GGUF."""
-    if dtype not in FILE_TYPES:
+    """Convert ``model`` and its tokenizer to ``path`` (F16 or F32) with llama.cpp's converter."""
+    if dtype not in OUTTYPES:
         raise ValueError(f"GGUF output type must be F32 or F16, not {dtype.name}")
-    check_llama(model)
+    layout_of(model)
+    converter = converter_dir()
     path = Path(path)
-    writer = gguf.GGUFWriter(path, gguf.MODEL_ARCH_NAMES[ARCH])
-    _add_hyperparameters(writer, model.config, FILE_TYPES[dtype])
-    _add_vocab(writer, tokenizer, model.config.vocab_size)
-    names = gguf_names(model)
-    for name, param in _unique_parameters(model):
-        data = param.detach().float().cpu()
-        heads = rotary_heads(model.config, name)
-        if heads:
-            data = permute(data, heads)
-        array = data.numpy()
-        if array.ndim > 1 and dtype == gguf.GGMLQuantizationType.F16:
-            array = array.astype(np.float16)
-        writer.add_tensor(names[name], array)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    with tempfile.TemporaryDirectory(prefix="mpt-hf-") as folder:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        command = [sys.executable, "-I", str(DRIVER), str(converter), folder]
+        command += ["--outfile", str(path), "--outtype", OUTTYPES[dtype]]
+        done = subprocess.run(command, capture_output=True, text=True, env=_converter_env())
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ModelError(f"llama.cpp's converter failed on {type(model).__name__}: {last}")
     return path
 
 
-def check_llama(model: nn.Module) -> None:
-    """Refuse what this converter does not reproduce, instead of writing a wrong file."""
-    config = model.config
-    problems = []
-    if config.model_type != "llama":
-        problems.append(f"model_type {config.model_type!r} (only 'llama')")
-    if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
-        problems.append("biases in attention or MLP")
-    if _rope(config).get("rope_type", "default") != "default":
-        problems.append(f"rope scaling {_rope(config)['rope_type']!r}")
-    if problems:
-        raise ModelError(f"the GGUF converter handles plain LLaMA models; this has {problems}")
+def _converter_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)  # the converter brings its own gguf package (gguf-py)
+    return env
 
 
 def gguf_names(model: nn.Module) -> dict[str, str]:
     """GGUF tensor name of every (untied) parameter, as llama.cpp's converter names it."""
-    names = gguf.TensorNameMap(ARCH, model.config.num_hidden_layers)
+    layout = layout_of(model)
+    names = gguf.TensorNameMap(layout.arch, model.config.num_hidden_layers)
     mapping = {}
     for name, _ in _unique_parameters(model):
         mapped = names.get_name(name, try_suffixes=(".weight", ".bias"))
@@ -92,25 +124,29 @@ def gguf_names(model: nn.Module) -> dict[str, str]:
     return mapping
 
 
+@torch.no_grad()
+def restore_layout(model: nn.Module, name: str, values: torch.Tensor, shape) -> torch.Tensor:
+    """A tensor as the file holds it -> as parameter ``name`` of ``model`` holds it."""
+    layout = layout_of(model)
+    heads = rotary_heads(model.config, name) if layout.permuted else None
+    if heads:
+        values = unpermute(values, heads)
+    if layout.norm_shift and name.endswith("norm.weight"):
+        values = values - layout.norm_shift
+    return values.reshape(-1, *shape[1:]) if len(shape) > 1 else values.reshape(shape)
+
+
 def rotary_heads(config, name: str) -> int | None:
     """Heads of a query/key projection (whose rows llama.cpp reorders); None otherwise."""
-    if name.endswith("self_attn.q_proj.weight"):
+    if name.endswith(("self_attn.q_proj.weight", "self_attn.q_proj.bias")):
         return config.num_attention_heads
-    if name.endswith("self_attn.k_proj.weight"):
+    if name.endswith(("self_attn.k_proj.weight", "self_attn.k_proj.bias")):
         return config.num_key_value_heads
     return None
 
 
-def permute(weight: torch.Tensor, heads: int) -> torch.Tensor:
-    """HF's rotary halves -> llama.cpp's interleaved pairs (``LlamaModel.permute``)."""
-    shape = weight.shape
-    return (
-        weight.reshape(heads, 2, shape[0] // heads // 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
-    )
-
-
 def unpermute(weight: torch.Tensor, heads: int) -> torch.Tensor:
-    """The inverse of ``permute``: llama.cpp's row order back to HF's."""
+    """llama.cpp's interleaved rotary pairs back to HF's halves (undoes ``LlamaModel.permute``)."""
     shape = weight.shape
     return (
         weight.reshape(heads, shape[0] // heads // 2, 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
@@ -124,75 +160,3 @@ def _unique_parameters(model: nn.Module):
         if param.data_ptr() not in seen:
             seen.add(param.data_ptr())
             yield name, param
-
-
-def _rope(config) -> dict:
-    return getattr(config, "rope_parameters", None) or {
-        "rope_theta": config.rope_theta,
-        "rope_type": "default",
-    }
-
-
-def _add_hyperparameters(writer: gguf.GGUFWriter, config, file_type: gguf.LlamaFileType) -> None:
-    writer.add_name(getattr(config, "_name_or_path", "") or "mpt model")
-    writer.add_context_length(config.max_position_embeddings)
-    writer.add_embedding_length(config.hidden_size)
-    writer.add_block_count(config.num_hidden_layers)
-    writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_head_count(config.num_attention_heads)
-    writer.add_head_count_kv(config.num_key_value_heads)
-    writer.add_rope_freq_base(_rope(config)["rope_theta"])
-    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-    writer.add_vocab_size(config.vocab_size)
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    writer.add_rope_dimension_count(head_dim)
-    writer.add_file_type(file_type)
-
-
-def _add_vocab(writer: gguf.GGUFWriter, tokenizer, vocab_size: int) -> None:
-    """The gpt2-style vocabulary, padded to the model's vocab size as the converter pads."""
-    backend = json.loads(tokenizer.backend_tokenizer.to_str())
-    model, pre = backend["model"], backend["pre_tokenizer"] or {}
-    if model["type"] != "BPE" or pre.get("type") != "ByteLevel":
-        raise ModelError(
-            "the GGUF converter writes byte-level BPE tokenizers only; this one is "
-            f"{model['type']} with pre-tokenizer {pre.get('type')}"
-        )
-    by_id = {index: token for token, index in model["vocab"].items()}
-    special = {item["id"] for item in backend["added_tokens"] if item["special"]}
-    added = {item["id"] for item in backend["added_tokens"]} - special
-    tokens, types = [], []
-    for index in range(vocab_size):
-        if index not in by_id:
-            tokens.append(f"[PAD{index}]")
-            types.append(gguf.TokenType.UNUSED)
-            continue
-        tokens.append(by_id[index])
-        types.append(
-            gguf.TokenType.CONTROL
-            if index in special
-            else gguf.TokenType.USER_DEFINED
-            if index in added
-            else gguf.TokenType.NORMAL
-        )
-    writer.add_tokenizer_model("gpt2")
-    # ByteLevel with the GPT-2 split regex is llama.cpp's "gpt-2" pre-tokenizer.
-    writer.add_tokenizer_pre("gpt-2" if pre.get("use_regex", True) else "default")
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in model["merges"]])
-    _add_special_ids(writer, tokenizer)
-
-
-def _add_special_ids(writer: gguf.GGUFWriter, tokenizer) -> None:
-    for setter, token_id in (
-        (writer.add_bos_token_id, tokenizer.bos_token_id),
-        (writer.add_eos_token_id, tokenizer.eos_token_id),
-        (writer.add_unk_token_id, tokenizer.unk_token_id),
-        (writer.add_pad_token_id, tokenizer.pad_token_id),
-    ):
-        if token_id is not None:
-            setter(token_id)
-    # Whether the tokenizer prepends <bos> is read from what it does, not from a flag.
-    ids = tokenizer("a")["input_ids"]
-    writer.add_add_bos_token(bool(ids) and ids[0] == tokenizer.bos_token_id)
