@@ -77,13 +77,12 @@ data.CALIBRATION_SPLITS["ptb"] = "test"
         "rtn or magnitude",
         """
 import torch
-import mpt_core.models as models
+import mpt_core.snapshot as snapshot
 def restore_but_one(self, model):
-    saved = self._weights if self._saved is None else self._saved.state_dict()
     with torch.no_grad():
         for name, tensor in list(model.state_dict().items())[1:]:
-            tensor.copy_(saved[name])
-models.Snapshot.restore = restore_but_one
+            tensor.copy_(self._weights[name])
+snapshot.Snapshot.restore = restore_but_one
 """,
         "tiny-llama-wikitext2-rtn:4[group=16]",
     ),

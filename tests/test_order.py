@@ -8,6 +8,7 @@ import contextlib
 import io
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -88,7 +89,10 @@ class FakeConfig:
 
 
 def study_row(model: str, spec: str, dataset: str = "wikitext2") -> BaselineRow:
-    return BaselineRow(model, dataset, spec, "ppl", "5.0", None, None, "", None, "", "t", "study")
+    table2 = str(Path(__file__).resolve().parent.parent / "baselines" / "study" / "table2.csv")
+    return BaselineRow(
+        model, dataset, spec, "ppl", "5.0", None, None, "", None, "", "table2", "study", file=table2
+    )  # a row of Table 2: its protocol is protocols.toml's
 
 
 def test_order_groups_rows_and_leaves_other_tests_in_their_places():

@@ -75,7 +75,10 @@ def test_every_study_model_has_a_parameter_count():
 
 
 def row(spec: str, dataset: str = "wikitext2", model: str = "llama2-7b") -> BaselineRow:
-    return BaselineRow(model, dataset, spec, "ppl", "5.0", None, None, "", None, "", "t", "study")
+    table2 = str(Path(__file__).resolve().parent.parent / "baselines" / "study" / "table2.csv")
+    return BaselineRow(
+        model, dataset, spec, "ppl", "5.0", None, None, "", None, "", "table2", "study", file=table2
+    )  # a row of Table 2: its protocol is protocols.toml's
 
 
 def test_pipelines_sharing_a_first_stage_pay_it_once_and_a_point_compresses_once():
