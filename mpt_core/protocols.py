@@ -344,7 +344,9 @@ def cpu_protocol(row) -> Protocol:
     stated = f"{where}: the row's seqlen column" if row.seqlen else f"CPU tier default {CPU_SEQLEN}"
     fixed = "the CPU tier's setting (mpt_core/protocols.py)"
     values = {
-        "evaluation": "windowed",
+        # an accuracy row (baselines.DOWNSTREAM_METRICS; baselines imports this module) is
+        # scored by lm-eval, a perplexity row by windows
+        "evaluation": "lm-eval" if row.metric in ("acc", "acc_norm") else "windowed",
         "seqlen": seqlen,
         "windows": row.windows or CPU_WINDOWS,
         "dtype": "float32",

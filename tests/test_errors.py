@@ -125,6 +125,7 @@ def make_inputs(tmp: Path) -> None:
     fields |= {"model": "tiny-llama", "spec": "magnitude:0.1", "seqlen": 64, "windows": 1}
     fields |= {"metric": "ppl", "value": 1.0, "stderr": 0.0, "footprint": {}, "seconds": {}}
     fields |= {"fingerprint": {}, "settings": [], "versions": {}, "window_losses": []}
+    fields |= {"memory": {}, "evaluation": "windowed"}
     record = Record(**fields).to_json()
     (tmp / "bad.jsonl").write_text(record + "\nthis is not json\n" + record + "\n")
     (tmp / "binary.jsonl").write_bytes(b"\x81\xfe\x00PK\x03\x04\xff\n\x00\x9c\n")

@@ -22,6 +22,7 @@ architecture (``LAYOUTS``, read from ``conversion/llama.py``, ``qwen.py``, ``gem
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -84,6 +85,17 @@ def converter_dir() -> Path:
     return folder
 
 
+def _save_keeping_config(model: nn.Module, folder: str) -> None:
+    """``save_pretrained`` writes ``architectures`` and ``dtype`` into the live model's
+    config too; put it back, so the model stays the one its snapshot restores in place."""
+    before = copy.deepcopy(model.config.__dict__)
+    try:
+        model.save_pretrained(folder)
+    finally:
+        model.config.__dict__.clear()
+        model.config.__dict__.update(before)
+
+
 def write_gguf(
     model: nn.Module, tokenizer, path: str | Path, dtype: gguf.GGMLQuantizationType
 ) -> Path:
@@ -94,7 +106,7 @@ def write_gguf(
     converter = converter_dir()
     path = Path(path)
     with tempfile.TemporaryDirectory(prefix="mpt-hf-") as folder:
-        model.save_pretrained(folder)
+        _save_keeping_config(model, folder)
         tokenizer.save_pretrained(folder)
         command = [sys.executable, "-I", str(DRIVER), str(converter), folder]
         command += ["--outfile", str(path), "--outtype", OUTTYPES[dtype]]
