@@ -110,7 +110,8 @@ def judged(before: Run, after: Run, point: tuple, rtol: float = DEFAULT_RTOL) ->
 
 
 def protocol_diff(a: Run, b: Run) -> tuple[str, ...]:
-    """The protocol fields (seqlen, windows, dtype) whose values differ between two runs."""
+    """The protocol fields (evaluation, seqlen, windows, dtype) whose values differ between
+    two runs."""
 
     def seen(run: Run) -> dict[str, set]:
         fields: dict[str, set] = {}
