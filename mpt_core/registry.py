@@ -43,6 +43,9 @@ class Method:
     missing: Callable[[], str | None] | None = None  # why it cannot run here (setup hint)
     # why it cannot compress a model of this class (read from its config), else None
     refuses: Callable[[str], str | None] | None = None
+    # raises SpecError for a stage no model can run (a scheme llama.cpp lacks, a ratio out of
+    # the method's reach), so a spec is refused when it is planned, before any model loads
+    check: Callable[[Stage, dict], None] | None = None
 
     def refusal(self, architecture: str) -> str | None:
         """Why this method cannot compress a model of class ``architecture``; else None."""
@@ -146,6 +149,7 @@ def register(
     library: str | None = None,
     missing: Callable[[], str | None] | None = None,
     refuses: Callable[[str], str | None] | None = None,
+    check: Callable[[Stage, dict], None] | None = None,
 ) -> Callable:
     """Decorate ``apply(model, stage, settings, calibration) -> list[TensorCost]``."""
     if family not in METHOD_FAMILIES:
@@ -166,6 +170,7 @@ def register(
             library,
             missing,
             refuses,
+            check,
         )
         return apply
 
@@ -238,7 +243,10 @@ def resolve(stage: Stage) -> tuple[Method, dict[str, object]]:
         raise SpecError(
             f"unknown option {unknown[0]!r} for {stage.method} (in {stage}); its options: {allowed}"
         )
-    return method, method.settings(stage)
+    settings = method.settings(stage)
+    if method.check is not None:
+        method.check(stage, settings)
+    return method, settings
 
 
 def validate(spec: Spec) -> None:

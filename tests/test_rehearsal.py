@@ -56,7 +56,7 @@ def test_a_rehearsed_row_loads_the_stand_in_at_its_protocols_seqlen():
 
 def test_a_spec_the_implementation_refuses_is_a_one_line_skip_not_an_error():
     row = next(r for r in MEASURED if r.spec.startswith("owl:2:4"))
-    assert policy.skip_reason(row, rehearsing=True).startswith("not implemented: owl")
+    assert policy.skip_reason(row, rehearsing=True).startswith("spec cannot run: owl")
 
 
 @needs_data

@@ -244,6 +244,7 @@ def check_reachable(stage, settings) -> None:
     family="unstructured",
     levels={"ratio"},
     needs_calibration=True,
+    check=check_reachable,
     options={
         "alloc": Option(one_of(ALLOCATIONS), "row", "sparsity learned per row or per layer"),
         "epochs": Option(positive_int, 1, "passes over the calibration samples per block"),
@@ -254,7 +255,6 @@ def check_reachable(stage, settings) -> None:
     },
 )
 def besa(model, stage, settings, calibration) -> dict[str, TensorStorage]:
-    check_reachable(stage, settings)
     if stage.ratio == 0:
         raise SpecError(f"{stage}: BESA needs a target sparsity above 0")
     windows = calibration.windows(settings)

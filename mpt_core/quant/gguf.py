@@ -138,6 +138,7 @@ NEEDS_IMATRIX = {
     library="llama-cpp-python",
     missing=quantizer_missing,
     refuses=unconvertible,
+    check=lambda stage, _settings: scheme_of(stage),
     options={
         "imatrix": Option(flag, None, "importance matrix (default: where llama.cpp needs one)"),
     },
