@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 from conftest import REPO, cli_env, needs_data
 from mpt_core import baselines
-from mpt_core.harness import policy, rehearsal
+from mpt_core.harness import collection, policy, rehearsal
 from mpt_core.spec import Spec
 
 STUDY = baselines.load_dir(REPO / "baselines" / "study", "study")
@@ -38,11 +38,13 @@ def _aspects(rows) -> set:
 
 def test_the_sample_covers_every_table_method_and_metric_of_the_study():
     items = [_item(row, i) for i, row in enumerate(MEASURED)]
-    kept = rehearsal.sample(items, rehearsable=lambda row: row in REHEARSABLE)
+    kept = rehearsal.sample(items, collection.item_rows, lambda row: row in REHEARSABLE)
     chosen = [item.callspec.params["mpt_row"] for item in items if item.nodeid in kept]
     assert _aspects(chosen) == _aspects(REHEARSABLE)
     assert len(chosen) < len(MEASURED) / 10
-    again = rehearsal.sample(list(reversed(items)), rehearsable=lambda row: row in REHEARSABLE)
+    again = rehearsal.sample(
+        list(reversed(items)), collection.item_rows, lambda row: row in REHEARSABLE
+    )
     assert again == kept  # deterministic
 
 

@@ -139,11 +139,9 @@ def select(config, items) -> None:
         _deselect(config, items, in_smoke)
         if rehearsal.rehearsal_model(config):
             sample = rehearsal.sample(
-                items, rehearsable=lambda row: policy.skip_reason(row, rehearsing=True) is None
+                items, item_rows, lambda row: policy.skip_reason(row, rehearsing=True) is None
             )
-            _deselect(
-                config, items, lambda item: item.nodeid in sample or not rehearsal.study_rows(item)
-            )
+            _deselect(config, items, lambda item: item.nodeid in sample or not _has_study_row(item))
     if config.getoption("--mpt-shard"):
         index, count = parse_shard(config.getoption("--mpt-shard"))
         shards = shard_by_cost(items, count, config.getoption("--mpt-windows"))
@@ -241,6 +239,10 @@ def item_rows(item) -> list[BaselineRow]:
     if isinstance(params.get("mpt_curve"), BaselineCurve):
         return list(params["mpt_curve"].rows)
     return []
+
+
+def _has_study_row(item) -> bool:
+    return any(row.tier == "study" for row in item_rows(item))
 
 
 def is_curve(item) -> bool:

@@ -53,14 +53,19 @@ def rehearsed(row: BaselineRow, model: str, seqlen: int, windows: int | None) ->
     )
 
 
-def sample(items, rehearsable: Callable[[BaselineRow], bool]) -> set[str]:
-    """Node ids of a deterministic sample of the study rows and curves in ``items``: each
-    one whose rows are all ``rehearsable`` (not skipped before they run) and that covers a
-    table, method, metric or test function not covered before it."""
+def sample(
+    items,
+    rows_of: Callable[[object], list[BaselineRow]],
+    rehearsable: Callable[[BaselineRow], bool],
+) -> set[str]:
+    """Node ids of a deterministic sample of the study rows and curves in ``items`` (``rows_of``
+    a test: ``collection.item_rows``): each one whose rows are all ``rehearsable`` (not skipped
+    before they run) and that covers a table, method, metric or test function not covered
+    before it."""
     covered: set[tuple] = set()
     kept: set[str] = set()
     for item in sorted(items, key=lambda item: item.nodeid):
-        rows = study_rows(item)
+        rows = [row for row in rows_of(item) if row.tier == "study"]
         if not rows or not all(rehearsable(row) for row in rows):
             continue
         aspects = {("test", item.originalname)} | {
@@ -70,13 +75,6 @@ def sample(items, rehearsable: Callable[[BaselineRow], bool]) -> set[str]:
             covered |= aspects
             kept.add(item.nodeid)
     return kept
-
-
-def study_rows(item) -> list[BaselineRow]:
-    params = item.callspec.params if hasattr(item, "callspec") else {}
-    row, curve = params.get("mpt_row"), params.get("mpt_curve")
-    rows = [row] if isinstance(row, BaselineRow) else list(getattr(curve, "rows", []))
-    return [row for row in rows if row.tier == "study"]
 
 
 def _aspects(row: BaselineRow) -> set[tuple]:

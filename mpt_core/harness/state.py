@@ -103,9 +103,10 @@ class MptState:
         if (point, dataset) not in self.records:
             wanted = {dataset} | self.datasets.get(point, set())
             todo = sorted(d for d in wanted if (point, d) not in self.records)
-            point.plan().check_model(point.model)  # before the model loads
+            resolved = point.plan()
+            resolved.check_model(point.model)  # before the model loads
             session = self.session_for(point.model, point.seqlen, point.dtype)
-            measured = session.measure_datasets(point.plan(), todo, point.windows, point.evaluation)
+            measured = session.measure_datasets(resolved, todo, point.windows, point.evaluation)
             for record in measured:
                 self._keep((point, record.dataset), record)
         return self.records[(point, dataset)]
@@ -117,9 +118,10 @@ class MptState:
         metrics."""
         key = (point, task, limit)
         if (*key, metric) not in self.records:
-            point.plan().check_model(point.model)  # before the model loads
+            resolved = point.plan()
+            resolved.check_model(point.model)  # before the model loads
             session = self.session_for(point.model, point.seqlen, point.dtype)
-            for record in session.measure_tasks(point.plan(), {task: limit}):
+            for record in session.measure_tasks(resolved, {task: limit}):
                 self._keep((*key, record.metric), record)
         return self.records[(*key, metric)]
 
