@@ -10,7 +10,15 @@ import torch
 from torch import nn
 
 from mpt_core.errors import DataError
-from mpt_core.evaluate.perplexity import eval_windows, perplexity, summarize, window_losses
+from mpt_core.evaluate import perplexity as perplexity_module
+from mpt_core.evaluate.perplexity import (
+    batch_for_memory,
+    eval_windows,
+    evaluation_batch,
+    perplexity,
+    summarize,
+    window_losses,
+)
 from mpt_core.snapshot import Snapshot
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -63,6 +71,55 @@ def test_batch_size_does_not_change_the_result(tiny, wikitext_ids, batch_size):
     assert other.windows == 7
     assert other.ppl == pytest.approx(one.ppl, rel=1e-6)
     assert other.window_losses == pytest.approx(one.window_losses, rel=1e-6)
+
+
+def whole_batch_losses(model, windows: torch.Tensor) -> list[float]:
+    """The loss as it was before chunking: the whole batch's fp32 logits at once."""
+    with torch.no_grad():
+        logits = model(windows, use_cache=False).logits.float()
+    per_token = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), windows[:, 1:].reshape(-1), reduction="none"
+    )
+    return per_token.view(windows.shape[0], -1).mean(dim=1).tolist()
+
+
+@pytest.mark.parametrize("chunk_elements", [258 * 7, 258 * 64, 1 << 22])
+def test_chunked_fp32_logits_give_bit_identical_losses(
+    tiny, wikitext_ids, monkeypatch, chunk_elements
+):
+    # 7 and 64 positions a chunk (a ragged last chunk), and the whole window in one
+    monkeypatch.setattr(perplexity_module, "LOSS_CHUNK_ELEMENTS", chunk_elements)
+    windows = eval_windows(wikitext_ids, SEQLEN, 4)
+    assert window_losses(tiny.model, windows, batch_size=4) == whole_batch_losses(
+        tiny.model, windows
+    )
+
+
+def test_off_cuda_the_batch_is_the_cpu_tiers(tiny):
+    assert evaluation_batch(tiny.model, SEQLEN) == perplexity_module.CPU_BATCH
+
+
+def test_on_cuda_the_batch_follows_the_free_memory(tiny, monkeypatch):
+    monkeypatch.setattr(perplexity_module, "compute_device", lambda _: torch.device("cuda"))
+    per_window = perplexity_module.window_bytes(tiny.model.config, SEQLEN, 4)
+    for windows in (1, 5, 40):
+        free = int(windows * per_window / (1 - perplexity_module.HEADROOM)) + 1
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda _device, free=free: (free, free))
+        assert evaluation_batch(tiny.model, SEQLEN) == windows
+
+
+def test_the_memory_batch_is_at_least_one_and_at_most_the_cap():
+    assert batch_for_memory(0, 10) == 1
+    assert batch_for_memory(10**15, 10) == perplexity_module.MAX_CUDA_BATCH
+    assert batch_for_memory(1000, 100) == 8  # 80% of the free memory: 800 bytes
+
+
+def test_a_longer_window_needs_more_than_proportionally_more_memory(tiny):
+    # attention scores grow with the square of the length
+    short = perplexity_module.window_bytes(tiny.model.config, 128, 2)
+    long = perplexity_module.window_bytes(tiny.model.config, 1024, 2)
+    chunk = 2 * 4 * perplexity_module.LOSS_CHUNK_ELEMENTS
+    assert long - chunk > 8 * (short - chunk)
 
 
 def test_eval_windows_cut_the_stream_without_overlap():

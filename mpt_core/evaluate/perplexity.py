@@ -3,8 +3,15 @@
 
 ``n = numel // seqlen`` windows (or the first ``windows``); each window's loss is
 the mean cross-entropy of its shifted logits, computed in fp32;
-``ppl = exp(mean window loss)``. The standard error comes from the spread of the
-window losses by the delta method: ``se(ppl) = ppl * std(loss) / sqrt(n)``.
+``ppl = exp(mean window loss)``. The fp32 logits exist only ``LOSS_CHUNK_ELEMENTS`` at a
+time (a window's positions in chunks): the per-token losses are bit-identical to those of
+the whole batch's fp32 logits, without their memory (4 × 4096 × 32000 fp32 is 2 GB, and its
+log-softmax another 2 GB) and at a third of their cost on the CPU
+(``benchmarks/test_perplexity_speed.py``). Windows per forward pass: ``CPU_BATCH`` off CUDA
+(the CPU tier's protocol), and on CUDA as many as the free memory holds
+(``batch_for_memory``); a causal window's loss does not depend on its batch neighbours.
+The standard error comes from the spread of the window losses by the delta method:
+``se(ppl) = ppl * std(loss) / sqrt(n)``.
 A non-finite loss is a collapsed model: ppl is ``inf``, never an exception.
 """
 
@@ -20,7 +27,14 @@ import torch.nn.functional as F
 from mpt_core.engine.layerwise import decoder_layers, stem_modules
 from mpt_core.engine.offload import streamed
 from mpt_core.errors import DataError
-from mpt_core.models import compute_device, is_offloaded
+from mpt_core.models import HEADROOM, compute_device, is_offloaded
+
+CPU_BATCH = 4  # windows per forward pass off CUDA: the CPU tier's baselines were made so
+# fp32 logits per loss chunk: 16 MB, within a server L3; 64 to 128 positions of a
+# 32k-49k vocabulary were fastest on this machine, and a chunk's per-token losses are
+# bit-identical to the whole batch's (tests/test_perplexity.py)
+LOSS_CHUNK_ELEMENTS = 1 << 22
+MAX_CUDA_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -51,10 +65,11 @@ def eval_windows(ids: torch.Tensor, seqlen: int, windows: int | None = None) -> 
 
 
 @torch.no_grad()
-def window_losses(model, windows: torch.Tensor, batch_size: int = 4) -> list[float]:
+def window_losses(model, windows: torch.Tensor, batch_size: int | None = None) -> list[float]:
     """Mean shifted cross-entropy of each window, in fp32 (an offloaded model streamed
     through the compute device block by block)."""
     device = compute_device(model)
+    batch_size = batch_size or evaluation_batch(model, windows.shape[1])
     losses: list[float] = []
     with _streamed_if_offloaded(model):
         for start in range(0, windows.shape[0], batch_size):
@@ -69,17 +84,57 @@ def _streamed_if_offloaded(model):
 
 
 def _batch_losses(model, batch: torch.Tensor) -> list[float]:
-    logits = model(batch, use_cache=False).logits.float()
-    per_token = F.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.shape[-1]),
-        batch[:, 1:].reshape(-1),
-        reduction="none",
-    ).view(batch.shape[0], -1)
-    return per_token.mean(dim=1).tolist()
+    logits = model(batch, use_cache=False).logits
+    means = [token_nll(logits[row, :-1], batch[row, 1:]).mean() for row in range(len(batch))]
+    return torch.stack(means).tolist()
+
+
+def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each position of one window's ``logits`` (positions, vocab) against
+    ``targets``, in fp32, the fp32 logits made ``LOSS_CHUNK_ELEMENTS`` at a time."""
+    step = max(1, LOSS_CHUNK_ELEMENTS // logits.shape[-1])
+    return torch.cat(
+        [
+            F.cross_entropy(
+                logits[at : at + step].float(), targets[at : at + step], reduction="none"
+            )
+            for at in range(0, logits.shape[0], step)
+        ]
+    )
+
+
+def evaluation_batch(model, seqlen: int) -> int:
+    """Windows per forward pass: ``CPU_BATCH`` off CUDA, else what the free memory holds."""
+    device = compute_device(model)
+    if device.type != "cuda":
+        return CPU_BATCH
+    free = torch.cuda.mem_get_info(device)[0]
+    return batch_for_memory(free, window_bytes(model.config, seqlen, _element_size(model)))
+
+
+def window_bytes(config, seqlen: int, element_size: int) -> int:
+    """Device memory one window's forward pass may need at once: its logits (kept for the
+    whole batch), one block's activations (hidden, MLP and attention scores, were attention
+    eager) and a loss chunk's fp32 logits and log-softmax."""
+    text = getattr(config, "text_config", config)
+    logits = seqlen * text.vocab_size * element_size
+    block = seqlen * (4 * text.hidden_size + 3 * text.intermediate_size) * element_size
+    scores = text.num_attention_heads * seqlen * seqlen * element_size
+    return logits + block + scores + 2 * 4 * LOSS_CHUNK_ELEMENTS
+
+
+def batch_for_memory(free_bytes: int, per_window: int) -> int:
+    """As many windows as fit in the free memory less ``models.HEADROOM``, 1 to
+    ``MAX_CUDA_BATCH``."""
+    return max(1, min(MAX_CUDA_BATCH, int((1 - HEADROOM) * free_bytes) // per_window))
+
+
+def _element_size(model) -> int:
+    return next(model.parameters()).element_size()
 
 
 def perplexity(
-    model, ids: torch.Tensor, seqlen: int, windows: int | None = None, batch_size: int = 4
+    model, ids: torch.Tensor, seqlen: int, windows: int | None = None, batch_size: int | None = None
 ) -> Perplexity:
     """Perplexity of ``model`` on the token stream ``ids`` (shape (1, n))."""
     losses = window_losses(model, eval_windows(ids, seqlen, windows), batch_size)
@@ -92,7 +147,7 @@ def llama_perplexity(
     ctx: int,
     bos_id: int | None,
     chunks: int | None = None,
-    batch_size: int = 4,
+    batch_size: int | None = None,
 ) -> Perplexity:
     """llama.cpp's ``llama-perplexity`` protocol (tools/perplexity/perplexity.cpp,
     ``perplexity``): the stream cut into ``ctx``-token chunks, each chunk's first token
@@ -104,6 +159,7 @@ def llama_perplexity(
     first = ctx // 2
     nll: list[torch.Tensor] = []
     device = compute_device(model)
+    batch_size = batch_size or evaluation_batch(model, ctx)
     with torch.no_grad(), _streamed_if_offloaded(model):
         for start in range(0, windows.shape[0], batch_size):
             batch = windows[start : start + batch_size].to(device)
@@ -116,11 +172,11 @@ def _second_half_nll(model, batch: torch.Tensor, first: int, bos_id: int | None)
     inputs = batch.clone()
     if bos_id is not None:
         inputs[:, 0] = bos_id
-    logits = model(inputs, use_cache=False).logits[:, first:-1].float()
+    logits = model(inputs, use_cache=False).logits
     targets = batch[:, first + 1 :]
-    return F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
-    ).view(targets.shape)
+    return torch.stack(
+        [token_nll(logits[row, first:-1], targets[row]) for row in range(len(batch))]
+    )
 
 
 def _llama_summary(per_token: torch.Tensor, ctx: int) -> Perplexity:
