@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
+import math
 from pathlib import Path
 
 import pytest
 
+from mpt_core.analysis.curves import read_jsonl
 from mpt_core.commands import fit, recommend
 from mpt_core.errors import MptError
 
@@ -100,3 +103,35 @@ def test_the_mpt_command_runs_fit_and_recommend() -> None:
     from mpt_core.cli import COMMANDS
 
     assert {"fit", "recommend"} <= set(COMMANDS)
+
+
+TINY_RECORD = (
+    Path(__file__).resolve().parent.parent / "baselines/cpu/tiny-llama/quant.records.jsonl"
+)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("null", "value is null and no 'nonfinite' entry says why"),
+        ("-Infinity", "value is -inf, which no metric can measure"),
+    ],
+)
+def test_a_value_that_is_no_measurement_is_an_error_not_a_collapsed_point(
+    tmp_path, capsys, value, message
+) -> None:
+    record = json.loads(TINY_RECORD.read_text().splitlines()[0])
+    path = tmp_path / "records.jsonl"
+    path.write_text(
+        json.dumps(record | {"value": 0.0}).replace('"value": 0.0', f'"value": {value}')
+    )
+    assert mpt("fit", str(path)) == 2
+    assert f"{path}:1: {message}" in capsys.readouterr().out
+
+
+def test_a_schema_2_collapsed_value_reads_as_nan(tmp_path) -> None:
+    record = json.loads(TINY_RECORD.read_text().splitlines()[0])
+    collapsed = record | {"value": None, "status": "collapsed", "nonfinite": {"/value": "nan"}}
+    path = tmp_path / "records.jsonl"
+    path.write_text(json.dumps(collapsed) + "\n")
+    assert math.isnan(read_jsonl(path)[0].value)

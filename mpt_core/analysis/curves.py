@@ -189,15 +189,19 @@ def point_from_record(record: dict, where: str) -> Point:
     except SpecError as error:
         raise ResultsError(f"{where}: {error}") from None
     value = record["value"]
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+    if value is None:  # schema 2 puts a non-finite value back from ``nonfinite`` first
+        raise ResultsError(f"{where}: value is null and no 'nonfinite' entry says why")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ResultsError(f"{where}: value is {value!r}, not a number")
+    if value == -math.inf:
+        raise ResultsError(f"{where}: value is -inf, which no metric can measure")
     return Point(
         model=str(record["model"]),
         dataset=str(record["dataset"]),
         metric=str(record["metric"]),
         seqlen=str(record.get("seqlen", "unknown")),
         spec=spec,
-        value=math.nan if value is None else float(value),
+        value=float(value),
         size=record_size(record),
         source=where,
     )
