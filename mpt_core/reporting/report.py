@@ -60,6 +60,12 @@ def format_cell(cell: Cell) -> str:
     return text
 
 
+REPEATED_NOTE = (
+    "A cell with values joined by ` / ` holds every record of that point in file order "
+    "(measured more than once, or under several protocols)."
+)
+
+
 def tables(cells: list[Cell]) -> str:
     """One markdown table per (model, dataset, metric, family); the dense point joins each
     table of its setting as the first column, as the study's FP16 columns do."""
@@ -76,19 +82,26 @@ def tables(cells: list[Cell]) -> str:
     for (model, dataset, metric, family), group in sorted(groups.items()):
         table = _pivot(dense.get((model, dataset, metric), []) + group)
         sections.append(f"### {model} · {dataset} · {metric} · {family}\n\n{table}\n")
+    if any(" / " in section for section in sections):
+        sections.append(REPEATED_NOTE + "\n")
     return "\n".join(sections)
 
 
 def _pivot(cells: list[Cell]) -> str:
-    rows: dict[str, dict[str, str]] = defaultdict(dict)
+    """The cells as one table; two records of one place show both values, never only
+    the last."""
+    rows: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     columns: list[str] = []
     for cell in cells:
         _, row, column = place(cell.spec)
         if column not in columns:
             columns.append(column)
-        rows[row][column] = format_cell(cell)
+        rows[row][column].append(format_cell(cell))
     columns.sort(key=_column_order)
-    body = [[row, *(values.get(column, "") for column in columns)] for row, values in rows.items()]
+    body = [
+        [row, *(" / ".join(values.get(column, [])) for column in columns)]
+        for row, values in rows.items()
+    ]
     return tabulate(body, headers=["", *columns], tablefmt="github", disable_numparse=True)
 
 
