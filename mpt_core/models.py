@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mpt_core import hub
 from mpt_core.errors import ModelError
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -117,6 +118,8 @@ def architecture(name: str) -> str:
             {},
         )
     )
+    if not path.exists():
+        kwargs |= hub.loading_kwargs()
     try:
         config = AutoConfig.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as error:
@@ -256,8 +259,11 @@ def _from_pretrained(source: str, dtype: torch.dtype, **kwargs):
 
 def _from_hub(name: str, dtype: torch.dtype, **kwargs):
     try:
-        return _from_pretrained(name, dtype, **kwargs)
+        return _from_pretrained(name, dtype, **kwargs, **hub.loading_kwargs())
     except (OSError, ValueError) as error:
+        if not hub.reachable():
+            known = [*ALIASES, *STUDY_MODELS]
+            raise ModelError(f"model {name!r}: {hub.unreachable_hint(name, known)}") from None
         raise ModelError(
             f"model {name!r} could not be loaded: it is not an alias ({', '.join(ALIASES)}), "
             f"not a local directory or .gguf file, and the hub gave: "

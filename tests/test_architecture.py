@@ -15,6 +15,7 @@ CORE = {
     "mpt_core.spec",
     "mpt_core.storage",
     "mpt_core.data",
+    "mpt_core.hub",
     "mpt_core.models",
     "mpt_core.snapshot",
     "mpt_core.registry",
