@@ -30,7 +30,7 @@ from torch import nn
 
 from mpt_core.engine.layerwise import decoder_layers, module_name, weight_name
 from mpt_core.engine.modules import replace_module
-from mpt_core.registry import Option, positive_int
+from mpt_core.registry import Option, positive_float, positive_int
 from mpt_core.storage import TensorStorage
 
 CHUNK = 128  # tokens per training sequence (the authors train on 256-token prompts)
@@ -39,14 +39,6 @@ MAX_GRAD_NORM = 1.0
 WARMUP_FRACTION = 0.1
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
-
-
-def positive_float(value: str) -> float:
-    """Option parser: a number above zero."""
-    number = float(value)
-    if not number > 0:
-        raise ValueError("must be a number above zero")
-    return number
 
 
 def recovery(value: str) -> str:

@@ -33,7 +33,7 @@ from mpt_core.engine.layerwise import (
 )
 from mpt_core.engine.signals import HessianStats, InputNormStats, wanda_score
 from mpt_core.prune import sparsegpt, wanda
-from mpt_core.registry import Option, one_of, register
+from mpt_core.registry import Option, float_in, one_of, positive_float, register
 from mpt_core.storage import TensorStorage
 
 BASES = {
@@ -102,8 +102,8 @@ def prune_with_sparsities(model, windows, stage, base: str, sparsities: list[flo
             "wanda",
             "method that prunes each layer: wanda or sparsegpt",
         ),
-        "m": Option(float, 5.0, "outlier threshold M, a multiple of the mean score"),
-        "lam": Option(float, 0.08, "λ: the layer sparsities span 2λ"),
+        "m": Option(positive_float, 5.0, "outlier threshold M, a multiple of the mean score"),
+        "lam": Option(float_in(0, 0.5, what="λ"), 0.08, "λ: the layer sparsities span 2λ"),
     },
 )
 def owl(model, stage, settings, calibration) -> dict[str, TensorStorage]:

@@ -32,7 +32,7 @@ from torch import nn
 from mpt_core.engine.layerwise import compress_layerwise
 from mpt_core.engine.signals import InputNormStats
 from mpt_core.prune.mask import SCOPES, nm_mask, unstructured_mask
-from mpt_core.registry import Option, flag, one_of, register
+from mpt_core.registry import Option, flag, nonnegative_float, one_of, register
 from mpt_core.storage import TensorStorage
 
 
@@ -120,7 +120,7 @@ def prune_linear(linear: nn.Linear, stats: InputNormStats, stage, settings: dict
     levels={"ratio", "nm"},
     needs_calibration=True,
     options={
-        "alpha": Option(float, 0.5, "exponent a of the activation norm"),
+        "alpha": Option(nonnegative_float, 0.5, "exponent a of the activation norm"),
         "scope": Option(
             one_of(SCOPES, "scope"), "layer", "comparison group: layer (theirs) or row"
         ),
