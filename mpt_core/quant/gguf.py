@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mpt_core.engine.layerwise import CALIBRATION_BATCH, block_linears
+from mpt_core.engine.layerwise import CALIBRATION_BATCH, block_linears, text_decoder
 from mpt_core.engine.modules import forward_hooks
 from mpt_core.errors import SpecError
 from mpt_core.quant.gguf_convert import (
@@ -225,10 +225,11 @@ def importance_matrix(model: nn.Module, windows: torch.Tensor) -> dict[str, np.n
 
     device = next(model.parameters()).device
     linears = {names[site.weight]: linear for site, linear in block_linears(model)}
+    decoder = text_decoder(model)
     with forward_hooks(linears, collect, pre=True):
         for batch in windows.split(CALIBRATION_BATCH):
             # the decoder stack only: the LM head has no imatrix entry and its logits are big
-            model.model(batch.to(device), use_cache=False)
+            decoder(batch.to(device), use_cache=False)
     return {name: (total / counts[name]).cpu().numpy() for name, total in sums.items()}
 
 
