@@ -28,16 +28,24 @@ the decoder blocks, the mean over calibration tokens of each input column's
 squared activation, as ``llama-imatrix`` collects it (it skips the LM head too),
 computed in torch with hooks on calibration windows, never evaluation text, and
 passed through ``llama_model_imatrix_data``.
+
+The quantized file lives in a temporary folder and goes with it, unless ``keeping_files``
+is open (``mpt run --save``): then it is moved into that folder as ``model-SCHEME.gguf``
+once its tensors are read back, the file llama.cpp loads.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import difflib
 import functools
 import logging
+import shutil
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
+from contextvars import ContextVar
 from pathlib import Path
 
 import gguf
@@ -160,7 +168,31 @@ def gguf_quant(model, stage, settings, calibration) -> dict[str, TensorStorage]:
         )
         quantized = quantize_file(llama_cpp, f16, Path(workdir) / f"{scheme}.gguf", scheme, imatrix)
         LOG.info("gguf:%s %s", scheme, describe(quantized))
-        return load_quantized(model, quantized)
+        storage = load_quantized(model, quantized)
+        _keep(quantized, f"model-{scheme}.gguf")
+        return storage
+
+
+# (folder, the files moved there so far) while ``keeping_files`` is open
+_KEEPING: ContextVar[tuple[Path, list[Path]] | None] = ContextVar("gguf_keeping", default=None)
+
+
+@contextlib.contextmanager
+def keeping_files(folder: Path) -> Iterator[list[Path]]:
+    """Inside it, every quantized file gguf reads back is moved into ``folder`` instead of
+    deleted; yields the list of their paths, in the order the stages made them."""
+    kept: list[Path] = []
+    token = _KEEPING.set((Path(folder), kept))
+    try:
+        yield kept
+    finally:
+        _KEEPING.reset(token)
+
+
+def _keep(quantized: Path, name: str) -> None:
+    if (keeping := _KEEPING.get()) is not None:
+        folder, kept = keeping
+        kept.append(Path(shutil.move(quantized, folder / name)))
 
 
 def scheme_of(stage) -> str:
