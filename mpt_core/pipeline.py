@@ -26,7 +26,7 @@ from mpt_core.data import (
     load_text,
     tokenize,
 )
-from mpt_core.errors import SpecError
+from mpt_core.errors import ModelError, SpecError
 from mpt_core.families import PRUNING_FAMILIES
 from mpt_core.quant import backends
 from mpt_core.spec import Spec, Stage
@@ -198,12 +198,26 @@ def apply_stages(
     storage = dict(storage or {})
     for planned in stages:
         stage_storage = planned.method.apply(model, planned.stage, planned.settings, calibration)
+        check_names(model, planned.stage, stage_storage)
         if planned.family in PRUNING_FAMILIES:
             stage_storage = {
                 k: dataclasses.replace(v, sparse=True) for k, v in stage_storage.items()
             }
         storage = merge_storage(storage, stage_storage)
     return storage
+
+
+def check_names(model, stage: Stage, storage: dict[str, TensorStorage]) -> None:
+    """A method's storage names parameters of the model it compressed. One that names others
+    spelled a layout this model lacks (the blocks as ``model.layers`` in a model that nests
+    its text decoder, as Gemma-3 4B/12B/27B do): its footprint would silently count nothing."""
+    parameters = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+    unknown = sorted(set(storage) - parameters)
+    if unknown:
+        raise ModelError(
+            f"{stage}: cannot compress {type(model).__name__}: it names {len(unknown)} "
+            f"tensor(s) the model does not have, e.g. {unknown[0]}"
+        )
 
 
 def merge_storage(before: dict[str, TensorStorage], after: dict[str, TensorStorage]) -> dict:

@@ -100,6 +100,47 @@ def tiny():
     return load_model("tiny-llama", device="cpu")
 
 
+def tiny_gemma3_multimodal(vocab_size: int = 320):
+    """Gemma-3 4B/12B/27B's class (``Gemma3ForConditionalGeneration``) at a tiny size: a
+    2-block Gemma-3 text decoder (hidden 64) beside a one-layer SigLIP vision encoder (28-pixel
+    images of 14-pixel patches, pooled to 4 image tokens; the last token id is the image's),
+    random weights from the caller's seed, eval mode."""
+    from transformers import (
+        Gemma3Config,
+        Gemma3ForConditionalGeneration,
+        Gemma3TextConfig,
+        SiglipVisionConfig,
+    )
+
+    text = Gemma3TextConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=256,
+        sliding_window=16,
+        query_pre_attn_scalar=16,
+    )
+    vision = SiglipVisionConfig(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=28,
+        patch_size=14,
+    )
+    config = Gemma3Config(
+        text_config=text.to_dict(),
+        vision_config=vision.to_dict(),
+        mm_tokens_per_image=4,
+        image_token_id=vocab_size - 1,
+    )
+    return Gemma3ForConditionalGeneration(config).eval()
+
+
 @pytest.fixture
 def fresh_tiny():
     """A tiny-llama of its own for a test that changes weights or structure."""

@@ -1,13 +1,15 @@
 """GGUF for each of the study's architectures, as tiny random models with real tokenizers.
 
 LLaMA-2 (SentencePiece), LLaMA-3.x and the R1 Llama distill (byte-level BPE, ``llama3``
-rope scaling), Qwen2/2.5 and the R1 Qwen distill (byte-level BPE, q/k/v biases) and Gemma-3
-(SentencePiece, norms stored plus one) each go through llama.cpp's converter, are quantized
-by llama.cpp and read back. The oracle is the model itself: an F32 file read back gives
-the same logits, F16 and Q8_0 give the weights back within their rounding. Sizes are
-multiples of 32 (Q8_0's block); llama.cpp falls back from k-quants on rows that are not
-multiples of 256, as on tiny-llama. A class the converter is not run for is refused
-from its config alone, before any weight loads.
+rope scaling), Qwen2/2.5 and the R1 Qwen distill (byte-level BPE, q/k/v biases), Gemma-3 1B
+(SentencePiece, norms stored plus one) and Gemma-3 4B/12B/27B (the same text decoder nested
+in ``Gemma3ForConditionalGeneration`` beside a SigLIP vision encoder, which the converter
+leaves out) each go through llama.cpp's converter, are quantized by llama.cpp and read
+back. The oracle is the model itself: an F32 file read back gives the same logits, F16 and
+Q8_0 give the weights the file holds back within their rounding. Sizes are multiples of 32
+(Q8_0's block); llama.cpp falls back from k-quants on rows that are not multiples of 256,
+as on tiny-llama. A class the converter is not run for is refused from its config alone,
+before any weight loads.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ import gguf
 import pytest
 import torch
 
+from conftest import tiny_gemma3_multimodal
 from mpt_core.errors import SpecError
 from mpt_core.pipeline import plan
 from mpt_core.quant import gguf as gguf_method
-from mpt_core.quant.gguf_convert import LAYOUTS, write_gguf
+from mpt_core.quant.gguf_convert import LAYOUTS, gguf_names, write_gguf
 from mpt_core.spec import Spec
 
 pytestmark = pytest.mark.skipif(
@@ -126,7 +129,21 @@ def gemma3(tmp_path):
     return Gemma3ForCausalLM(config), tokenizer
 
 
-BUILDERS = {"llama2": llama2, "llama3": llama3, "qwen2": qwen2, "gemma3": gemma3}
+def gemma3_multimodal(tmp_path):
+    """Gemma-3 4B/12B/27B's class, with the Gemma-3 case's tokenizer."""
+    from transformers import GemmaTokenizer
+
+    tokenizer = GemmaTokenizer.from_pretrained(str(sentencepiece_folder(tmp_path)))
+    return tiny_gemma3_multimodal(vocab_size=len(tokenizer)), tokenizer
+
+
+BUILDERS = {
+    "llama2": llama2,
+    "llama3": llama3,
+    "qwen2": qwen2,
+    "gemma3": gemma3,
+    "gemma3-multimodal": gemma3_multimodal,
+}
 
 
 @pytest.fixture(params=list(BUILDERS))
@@ -158,7 +175,18 @@ def scrambled(model):
 
 
 def test_every_study_architecture_is_covered():
-    assert set(LAYOUTS) == {"LlamaForCausalLM", "Qwen2ForCausalLM", "Gemma3ForCausalLM"}
+    covered = {"LlamaForCausalLM", "Qwen2ForCausalLM", "Gemma3ForCausalLM"}
+    assert set(LAYOUTS) == covered | {"Gemma3ForConditionalGeneration"}
+
+
+def test_a_multimodal_gemma3_file_holds_its_text_decoder_only(tmp_path):
+    """Every parameter but the vision encoder's and its projector's has a GGUF name; those
+    two are what llama.cpp writes to a separate mmproj file."""
+    model, _tokenizer = gemma3_multimodal(tmp_path)
+    vision = ("model.vision_tower.", "model.multi_modal_projector.")
+    text = {name for name, _ in model.named_parameters() if not name.startswith(vision)}
+    assert set(gguf_names(model)) == text
+    assert all(name.startswith("model.language_model.") for name in text)
 
 
 def test_f32_round_trip_gives_the_same_logits(study_model, tmp_path):
@@ -178,8 +206,9 @@ def test_f16_and_q8_0_read_back_within_their_rounding(study_model, tmp_path):
     for path, relative in ((f16, 2**-10), (q8_0, 1 / 127)):
         twin = scrambled(model)
         gguf_method.load_quantized(twin, path)
-        for name, param in twin.named_parameters():
-            original = originals[name]
+        read_back = dict(twin.named_parameters())
+        for name in gguf_names(model):  # what the file holds: all but a vision encoder
+            param, original = read_back[name], originals[name]
             # F16: half an ulp of each value; Q8_0: half a step of its block's absmax / 127
             bound = relative * original.abs().max().item()
             assert (param - original).abs().max().item() <= bound, (path.name, name)
@@ -194,8 +223,10 @@ def test_q4_k_m_quantizes_and_reads_back(study_model, tmp_path):
     assert set(types) - {"F32", "F16"}, f"nothing quantized: {types}"
     twin = scrambled(model)
     gguf_method.load_quantized(twin, path)
-    for (name, param), original in zip(twin.named_parameters(), model.parameters()):
-        error = (param - original).abs().max().item()
+    originals, read_back = dict(model.named_parameters()), dict(twin.named_parameters())
+    for name in gguf_names(model):
+        original = originals[name]
+        error = (read_back[name] - original).abs().max().item()
         assert error <= 0.25 * original.abs().max().item(), name
 
 
@@ -237,3 +268,12 @@ def test_both_aliases_are_llama():
 
     for alias in ("tiny-llama",):  # smollm2-135m: tests/test_gguf.py's slow round trip
         assert type(load_model(alias, device="cpu").model).__name__ == architecture(alias)
+
+
+def test_a_multimodal_gemma3s_importance_matrix_covers_its_text_linears(tmp_path):
+    model, _tokenizer = gemma3_multimodal(tmp_path)
+    windows = torch.randint(3, 300, (2, 16), generator=torch.Generator().manual_seed(0))
+    imatrix = gguf_method.importance_matrix(model, windows)
+    linears = [name for name in gguf_names(model) if ".mlp." in name or "_proj." in name]
+    assert sorted(imatrix) == sorted(gguf_names(model)[name] for name in linears)
+    assert all(name.startswith("blk.") for name in imatrix)

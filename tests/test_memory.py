@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from conftest import tiny_gemma3_multimodal
 from mpt_core import snapshot as snapshot_module
 from mpt_core.engine import offload as offload_module
 from mpt_core.engine.layerwise import decoder_layers
@@ -164,6 +165,20 @@ def test_block_offload_keeps_one_block_on_the_device_and_changes_no_weight(
 def test_an_offloaded_model_evaluates_block_by_block_to_the_same_perplexity(monkeypatch):
     model, _ = tiny_llama()
     ids = torch.randint(2, 258, (1, 4 * 32), generator=torch.Generator().manual_seed(0))
+    resident = perplexity(model, ids, 32)
+    offload(model, "cpu")
+    residency = Residency(model, monkeypatch)
+    streamed = perplexity(model, ids, 32)
+    assert streamed.window_losses == resident.window_losses
+    assert residency.most_on_device == 1 and residency.on_device_now == 0
+
+
+def test_an_offloaded_multimodal_gemma3_evaluates_block_by_block_to_the_same_perplexity(
+    monkeypatch,
+):
+    torch.manual_seed(0)
+    model = tiny_gemma3_multimodal()
+    ids = torch.randint(2, 300, (1, 4 * 32), generator=torch.Generator().manual_seed(0))
     resident = perplexity(model, ids, 32)
     offload(model, "cpu")
     residency = Residency(model, monkeypatch)

@@ -1,6 +1,7 @@
 """``mpt run --save DIR``: the compressed model reloads with transformers and scores the
 same; a folder that cannot take it, or a model whose layers transformers cannot rebuild,
-is refused in one line, and DIR is never left half written."""
+is refused in one line, and DIR is never left half written. A spec ending with gguf also
+writes llama.cpp's quantized file, which llama.cpp loads."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from conftest import needs_data
 from mpt_core.commands import save_model
 from mpt_core.commands.save_model import architecture_change, save_compressed
 from mpt_core.errors import MptError
+from mpt_core.quant.gguf import SETUP_HINT, quantizer_missing
 
 ARGS = ["--model", "tiny-llama", "--dataset", "wikitext2", "--seqlen", "64", "--windows", "2"]
 
@@ -125,3 +127,84 @@ def test_a_forward_hook_is_an_architecture_change(fresh_tiny):
     """A hook is code, not a tensor: the saved model would run without it."""
     fresh_tiny.model.model.norm.register_forward_hook(lambda _m, _a, out: out * 2)
     assert "model.norm carries a forward hook" in architecture_change(fresh_tiny.model)
+
+
+needs_quantizer = pytest.mark.skipif(quantizer_missing() is not None, reason=SETUP_HINT)
+
+
+@needs_data
+@needs_quantizer
+@pytest.mark.parametrize(
+    ("spec", "scheme"), [("gguf:Q8_0", "Q8_0"), ("wanda:0.5+gguf:4", "Q4_K_M")]
+)
+def test_a_gguf_spec_also_writes_the_file_llama_cpp_quantized(cli, tmp_path, spec, scheme):
+    """The file holds the saved model: reading it into a fresh tiny-llama gives exactly the
+    saved checkpoint. Q4_K_M on tiny-llama's 64-wide rows holds no Q4_K tensor (llama.cpp
+    falls back where rows are not multiples of 256); its file type says the scheme."""
+    import gguf
+    from transformers import AutoModelForCausalLM
+
+    from mpt_core.models import tiny_llama
+    from mpt_core.quant import gguf as gguf_method
+
+    saved = tmp_path / "tiny-gguf"
+    result = cli("run", *ARGS, "--spec", spec, "--save", str(saved))
+    assert result.returncode == 0, result.stderr[-2000:]
+    path = saved / f"model-{scheme}.gguf"
+    assert sorted(p.name for p in saved.iterdir() if p.suffix == ".gguf") == [path.name]
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny-gguf"]  # no staging folder left
+    reader = gguf.GGUFReader(path)
+    assert reader.fields["general.file_type"].contents() == gguf_method.SCHEMES[scheme]
+    if scheme == "Q8_0":
+        assert "Q8_0" in gguf_method.mixture(path)
+    model, _ = tiny_llama()
+    gguf_method.load_quantized(model, path)
+    checkpoint = AutoModelForCausalLM.from_pretrained(saved).state_dict()
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, checkpoint[name]), name
+
+
+@needs_data
+@needs_quantizer
+def test_a_spec_that_does_not_end_with_gguf_writes_no_gguf_file(cli, tmp_path):
+    """After a later stage the quantized file no longer holds the model."""
+    saved = tmp_path / "tiny"
+    result = cli("run", *ARGS, "--spec", "gguf:Q8_0+magnitude:0.5", "--save", str(saved))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (saved / "model.safetensors").is_file()
+    assert not list(saved.glob("*.gguf")) and [p.name for p in tmp_path.iterdir()] == ["tiny"]
+
+
+@needs_data
+@needs_quantizer
+def test_llama_cpp_loads_the_saved_gguf_and_computes_the_saved_models_logits(cli, tmp_path):
+    """On a tiny LLaMA with a trained byte-level BPE: tiny-llama's byte tokenizer has no
+    merges, and llama.cpp refuses a BPE vocabulary without them ('cannot find tokenizer
+    merges in model file'), though the quantizer never reads the vocabulary."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from test_gguf_architectures import llama3
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model, tokenizer = llama3(tmp_path)
+    model.save_pretrained(tmp_path / "bpe-llama")
+    tokenizer.save_pretrained(tmp_path / "bpe-llama")
+    saved = tmp_path / "saved"
+    args = ["--model", str(tmp_path / "bpe-llama"), *ARGS[2:], "--spec", "gguf:Q8_0"]
+    result = cli("run", *args, "--save", str(saved))
+    assert result.returncode == 0, result.stderr[-2000:]
+    llama = llama_cpp.Llama(
+        model_path=str(saved / "model-Q8_0.gguf"),
+        vocab_only=False,
+        n_ctx=64,
+        logits_all=True,
+        verbose=False,
+    )
+    ids = list(range(5, 37))
+    llama.eval(ids)
+    ours = torch.tensor(llama.scores[: len(ids)])
+    with torch.no_grad():
+        theirs = AutoModelForCausalLM.from_pretrained(saved)(torch.tensor([ids])).logits[0]
+    # llama.cpp multiplies Q8_0 weights by activations it rounds to Q8_0 too: measured 0.7%
+    # of the largest logit apart (0.0049 of 0.68, this test's model); the bound allows ~3x
+    assert (ours - theirs).abs().max() <= 0.02 * theirs.abs().max()

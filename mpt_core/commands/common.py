@@ -68,7 +68,9 @@ def check_context(args: argparse.Namespace, loaded) -> None:
     Here and not in ``measure.Session``: the harness's rehearsal measures small stand-ins
     at the study's seqlens on purpose."""
     config = getattr(loaded.model, "config", None)
-    context = getattr(config, "max_position_embeddings", None)
+    # a multimodal model (Gemma-3 4B/12B/27B) keeps its positions in its text config
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    context = getattr(text, "max_position_embeddings", None)
     if args.allow_long_context or not isinstance(context, int) or args.seqlen <= context:
         return
     raise MptError(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from mpt_core.commands.common import add_model_arguments, check_out, describe, open_session
-from mpt_core.commands.save_model import check_save_dir, saver
+from mpt_core.commands.save_model import check_save_dir, saving
 from mpt_core.errors import MptError
 from mpt_core.evaluate.tasks import TASKS
 from mpt_core.pipeline import plan
@@ -42,8 +42,9 @@ def register(subparsers) -> None:
         default=None,
         metavar="DIR",
         help="also write the compressed model to this new folder (safetensors and config, "
-        "reloads with transformers' from_pretrained); a gguf spec writes its dequantized "
-        "weights (llama.cpp's file is temporary); refused where a method changes the layers",
+        "reloads with transformers' from_pretrained); a spec ending with gguf also writes "
+        "llama.cpp's quantized file, model-SCHEME.gguf; refused where a method changes the "
+        "layers",
     )
     parser.set_defaults(func=run)
 
@@ -88,11 +89,11 @@ def run(args: argparse.Namespace) -> int:
         require_lm_eval()  # before the model loads: fail in a second, not a minute
     spec.check_model(args.model)
     session = open_session(args)
-    save = saver(args.save, str(spec.spec))
-    if tasks:
-        records = session.measure_tasks(spec, dict.fromkeys(tasks, args.limit), save)
-    else:
-        records = [session.measure(spec, args.dataset, args.windows, save)]
+    with saving(args.save, spec.spec) as save:
+        if tasks:
+            records = session.measure_tasks(spec, dict.fromkeys(tasks, args.limit), save)
+        else:
+            records = [session.measure(spec, args.dataset, args.windows, save)]
     for record in records:
         if args.out:
             append(args.out, record)

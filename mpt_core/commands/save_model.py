@@ -6,20 +6,28 @@ alone: a method that changed the architecture (SliceGPT's narrower stream, low-r
 factors, FLAP's added biases, int8 layers) would reload wrong or not at all, so such a
 model is refused, found by comparing it with the model its config builds. The folder is
 written beside DIR and renamed into place: DIR is never half written.
+
+A spec whose last stage is gguf also writes the file llama.cpp quantized, the one whose
+tensors were read back into the model (``DIR/model-SCHEME.gguf``, which llama.cpp loads):
+the method keeps it while ``saving`` is open (``quant.gguf.keeping_files``) instead of
+deleting it, so it is not quantized twice. After a later stage the file no longer holds
+the model, so only the checkpoint is written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from mpt_core.errors import MptError
+from mpt_core.spec import Spec
 
 
 def check_save_dir(path: str | None) -> None:
@@ -60,16 +68,35 @@ def architecture_change(model: nn.Module) -> str | None:
     return None
 
 
-def saver(path: str | None, spec: str) -> Callable | None:
+@contextlib.contextmanager
+def saving(path: str | None, spec: Spec) -> Iterator[Callable | None]:
     """The ``Session`` callback that writes the compressed model to ``path`` (None: no
-    ``--save``)."""
+    ``--save``); for a spec that ends with gguf, the quantized file is kept meanwhile in a
+    folder beside ``path`` and moved in with the checkpoint."""
     if path is None:
-        return None
-    return lambda loaded: save_compressed(loaded.model, loaded.tokenizer, path, spec)
+        yield None
+        return
+    if spec.stages[-1].method != "gguf":
+        yield lambda loaded: save_compressed(loaded.model, loaded.tokenizer, path, str(spec))
+        return
+    from mpt_core.quant.gguf import keeping_files
+
+    target = Path(path)
+    with (
+        tempfile.TemporaryDirectory(prefix=f".{target.name}.gguf-", dir=target.parent) as kept,
+        keeping_files(Path(kept)) as files,
+    ):
+        # the last stage's file is the last one kept: it holds the model as it is saved
+        yield lambda loaded: save_compressed(
+            loaded.model, loaded.tokenizer, path, str(spec), files[-1:]
+        )
 
 
-def save_compressed(model: nn.Module, tokenizer, path: str, spec: str) -> None:
-    """Write ``model`` (compressed by ``spec``) and its tokenizer to the folder ``path``."""
+def save_compressed(
+    model: nn.Module, tokenizer, path: str, spec: str, extra: list[Path] | tuple = ()
+) -> None:
+    """Write ``model`` (compressed by ``spec``) and its tokenizer to the folder ``path``,
+    with the files ``extra`` moved in beside them."""
     change = architecture_change(model)
     if change is not None:
         raise MptError(
@@ -81,6 +108,8 @@ def save_compressed(model: nn.Module, tokenizer, path: str, spec: str) -> None:
     try:
         partial.chmod(0o777 & ~current_umask())  # mkdtemp's 0700 would hide it from others
         write_checkpoint(model, tokenizer, partial)
+        for file in extra:
+            shutil.move(file, partial / file.name)
         partial.replace(target)  # rename(2): also over an empty folder, never over a full one
     except OSError as error:
         raise MptError(f"--save {path}: could not write the model: {error}") from None

@@ -17,6 +17,9 @@ model. ``propagate="dense"`` feeds each block the dense model's activations inst
 
 This module is the one place that knows the blocks' parameter names
 (``model.layers.{index}``): methods name tensors through ``LinearSite`` and ``weight_name``.
+``text_decoder`` finds the decoder (embeddings, blocks, final norm) in a text-only model
+and in a multimodal one that nests it (Gemma-3 4B/12B/27B: ``model.language_model``); the
+sites the engine makes carry that model's block prefix (``blocks_prefix``).
 """
 
 from __future__ import annotations
@@ -48,9 +51,25 @@ class LayerInputs:
     kwargs: dict
 
 
+def text_decoder(model: nn.Module) -> nn.Module:
+    """The module that holds the embeddings, the blocks, the final norm and the rotary
+    tables: ``model.model`` (LLaMA-family layout), or ``model.model.language_model`` in a
+    multimodal model that keeps a vision encoder beside it
+    (``Gemma3ForConditionalGeneration``)."""
+    inner = model.model
+    return getattr(inner, "language_model", inner)
+
+
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The model's list of transformer blocks (LLaMA-family layout)."""
-    return model.model.layers
+    """The model's list of transformer blocks."""
+    return text_decoder(model).layers
+
+
+def blocks_prefix(model: nn.Module) -> str:
+    """The parameter-name prefix of the blocks: ``model.layers`` (``BLOCKS``), or
+    ``model.language_model.layers`` in a multimodal Gemma-3."""
+    layers = decoder_layers(model)
+    return next(name for name, module in model.named_modules() if module is layers)
 
 
 def linear_layers(block: nn.Module) -> dict[str, nn.Linear]:
@@ -63,11 +82,12 @@ class LinearSite:
 
     index: int
     name: str  # inside the block, e.g. "self_attn.q_proj"
+    blocks: str = BLOCKS  # the model's block prefix (``blocks_prefix``)
 
     @property
     def path(self) -> str:
         """Its module name in the model, e.g. ``model.layers.3.self_attn.q_proj``."""
-        return module_name(self.index, self.name)
+        return module_name(self.index, self.name, self.blocks)
 
     @property
     def weight(self) -> str:
@@ -75,9 +95,9 @@ class LinearSite:
         return f"{self.path}.weight"
 
 
-def module_name(index: int, name: str = "") -> str:
+def module_name(index: int, name: str = "", blocks: str = BLOCKS) -> str:
     """The model-level name of block ``index`` (or of ``name`` inside it)."""
-    return f"{BLOCKS}.{index}.{name}" if name else f"{BLOCKS}.{index}"
+    return f"{blocks}.{index}.{name}" if name else f"{blocks}.{index}"
 
 
 def weight_name(index: int, name: str) -> str:
@@ -88,15 +108,20 @@ def weight_name(index: int, name: str) -> str:
 def block_linears(model: nn.Module) -> Iterator[tuple[LinearSite, nn.Linear]]:
     """Every linear of every decoder block with its site: the loop of methods that need
     no calibration data (an offloaded model's block on the compute device meanwhile)."""
+    blocks = blocks_prefix(model)
     for index, block in enumerate(decoder_layers(model)):
         with on_compute(model, block):
             for name, linear in linear_layers(block).items():
-                yield LinearSite(index, name), linear
+                yield LinearSite(index, name, blocks), linear
 
 
 def stem_modules(model: nn.Module) -> list[nn.Module]:
-    """What runs outside the blocks: embeddings, rotary tables, final norm, the head."""
-    inner = model.model
+    """What runs outside the blocks: embeddings, rotary tables, final norm, the head.
+
+    A multimodal model's vision encoder and projector are not part of it: mpt feeds text
+    only (``input_ids``), so they never run, and an offloaded model leaves them in host
+    memory."""
+    inner = text_decoder(model)
     return [inner.embed_tokens, getattr(inner, "rotary_emb", None), inner.norm, model.lm_head]
 
 
@@ -172,12 +197,13 @@ def iterate_blocks(
 
 @torch.no_grad()
 def collect_stats(
-    block: nn.Module, inputs: LayerInputs, make_stats: Callable, index: int
+    block: nn.Module, inputs: LayerInputs, make_stats: Callable, index: int, blocks: str = BLOCKS
 ) -> dict[str, object]:
     """Run block ``index`` once with a statistics object, ``make_stats(site, linear)``, fed
-    by a hook on each linear; keyed by the linear's name inside the block."""
+    by a hook on each linear; keyed by the linear's name inside the block. ``blocks``: the
+    model's block prefix, which the sites carry."""
     stats = {
-        name: make_stats(LinearSite(index, name), linear)
+        name: make_stats(LinearSite(index, name, blocks), linear)
         for name, linear in linear_layers(block).items()
     }
     handles = [
@@ -208,10 +234,11 @@ def compress_layerwise(
 ) -> dict[str, TensorStorage]:
     """Compress every linear of every decoder block from calibration statistics."""
     storage: dict[str, TensorStorage] = {}
+    blocks = blocks_prefix(model)
     for index, block, inputs in iterate_blocks(model, windows, propagate):
-        stats = collect_stats(block, inputs, make_stats, index)
+        stats = collect_stats(block, inputs, make_stats, index, blocks)
         for name, linear in linear_layers(block).items():
-            site = LinearSite(index, name)
+            site = LinearSite(index, name, blocks)
             storage[site.weight] = compress(site, linear, stats[name])
             stats[name] = None
     return storage

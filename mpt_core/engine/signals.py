@@ -22,7 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mpt_core.engine.layerwise import LayerInputs, capture_layer0_inputs, decoder_layers, run_block
+from mpt_core.engine.layerwise import (
+    LayerInputs,
+    capture_layer0_inputs,
+    decoder_layers,
+    run_block,
+    text_decoder,
+)
 
 
 class InputNormStats:
@@ -108,7 +114,8 @@ def loss_from(model: nn.Module, blocks: list, inputs: LayerInputs, windows: torc
     for block in blocks:
         inputs = LayerInputs(run_block(block, inputs), inputs.kwargs)
     total = 0.0
+    norm = text_decoder(model).norm
     for hidden, ids in zip(inputs.hidden, windows):
-        logits = model.lm_head(model.model.norm(hidden[None]))[0, :-1].float()
+        logits = model.lm_head(norm(hidden[None]))[0, :-1].float()
         total += F.cross_entropy(logits, ids[1:].to(logits.device), reduction="sum").item()
     return total

@@ -28,16 +28,24 @@ the decoder blocks, the mean over calibration tokens of each input column's
 squared activation, as ``llama-imatrix`` collects it (it skips the LM head too),
 computed in torch with hooks on calibration windows, never evaluation text, and
 passed through ``llama_model_imatrix_data``.
+
+The quantized file lives in a temporary folder and goes with it, unless ``keeping_files``
+is open (``mpt run --save``): then it is moved into that folder as ``model-SCHEME.gguf``
+once its tensors are read back, the file llama.cpp loads.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import difflib
 import functools
 import logging
+import shutil
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
+from contextvars import ContextVar
 from pathlib import Path
 
 import gguf
@@ -45,7 +53,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mpt_core.engine.layerwise import CALIBRATION_BATCH, block_linears
+from mpt_core.engine.layerwise import CALIBRATION_BATCH, block_linears, text_decoder
 from mpt_core.engine.modules import forward_hooks
 from mpt_core.errors import SpecError
 from mpt_core.quant.gguf_convert import (
@@ -160,7 +168,31 @@ def gguf_quant(model, stage, settings, calibration) -> dict[str, TensorStorage]:
         )
         quantized = quantize_file(llama_cpp, f16, Path(workdir) / f"{scheme}.gguf", scheme, imatrix)
         LOG.info("gguf:%s %s", scheme, describe(quantized))
-        return load_quantized(model, quantized)
+        storage = load_quantized(model, quantized)
+        _keep(quantized, f"model-{scheme}.gguf")
+        return storage
+
+
+# (folder, the files moved there so far) while ``keeping_files`` is open
+_KEEPING: ContextVar[tuple[Path, list[Path]] | None] = ContextVar("gguf_keeping", default=None)
+
+
+@contextlib.contextmanager
+def keeping_files(folder: Path) -> Iterator[list[Path]]:
+    """Inside it, every quantized file gguf reads back is moved into ``folder`` instead of
+    deleted; yields the list of their paths, in the order the stages made them."""
+    kept: list[Path] = []
+    token = _KEEPING.set((Path(folder), kept))
+    try:
+        yield kept
+    finally:
+        _KEEPING.reset(token)
+
+
+def _keep(quantized: Path, name: str) -> None:
+    if (keeping := _KEEPING.get()) is not None:
+        folder, kept = keeping
+        kept.append(Path(shutil.move(quantized, folder / name)))
 
 
 def scheme_of(stage) -> str:
@@ -225,10 +257,11 @@ def importance_matrix(model: nn.Module, windows: torch.Tensor) -> dict[str, np.n
 
     device = next(model.parameters()).device
     linears = {names[site.weight]: linear for site, linear in block_linears(model)}
+    decoder = text_decoder(model)
     with forward_hooks(linears, collect, pre=True):
         for batch in windows.split(CALIBRATION_BATCH):
             # the decoder stack only: the LM head has no imatrix entry and its logits are big
-            model.model(batch.to(device), use_cache=False)
+            decoder(batch.to(device), use_cache=False)
     return {name: (total / counts[name]).cpu().numpy() for name, total in sums.items()}
 
 

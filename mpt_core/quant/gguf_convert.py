@@ -18,6 +18,12 @@ architecture (``LAYOUTS``, read from ``conversion/llama.py``, ``qwen.py``, ``gem
   ``Gemma3RMSNorm`` multiplies by ``1 + weight``), and the embedding keeps only the
   tokenizer's rows (the rest of a padded vocabulary is dropped, and stays as it was).
 - a tied LM head is written once, as ``token_embd``.
+- Gemma-3 4B/12B/27B (``Gemma3ForConditionalGeneration``, the same ``Gemma3Model``
+  converter class): the text decoder is written as Gemma-3 1B's is, under the names the
+  converter gives it after dropping ``language_model.`` (``ModelBase.filter_tensors``); the
+  vision encoder and its projector are skipped (``TextModel.filter_tensors``: llama.cpp
+  writes them to a separate ``mmproj`` file, with ``--mmproj``, which mpt does not make:
+  it evaluates text only), so they are neither quantized nor read back.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import gguf
 import torch
 from torch import nn
 
+from mpt_core.engine.layerwise import text_decoder
 from mpt_core.errors import ModelError, SpecError
 from mpt_core.models import cache_dir
 
@@ -42,6 +49,7 @@ SETUP_COMMAND = "scripts/setup_gguf.sh"
 DRIVER = Path(__file__).parent / "backends" / "llama_cpp_convert.py"
 OUTTYPES = {gguf.GGMLQuantizationType.F32: "f32", gguf.GGMLQuantizationType.F16: "f16"}
 GENERATED = {"rope_freqs.weight"}  # tensors the converter computes (llama3 rope scaling)
+NESTED_TEXT = "language_model."  # what the converter drops from a multimodal model's names
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,9 @@ LAYOUTS = {
     "LlamaForCausalLM": Layout(gguf.MODEL_ARCH.LLAMA, permuted=True),
     "Qwen2ForCausalLM": Layout(gguf.MODEL_ARCH.QWEN2, permuted=False),
     "Gemma3ForCausalLM": Layout(gguf.MODEL_ARCH.GEMMA3, permuted=False, norm_shift=1.0),
+    "Gemma3ForConditionalGeneration": Layout(
+        gguf.MODEL_ARCH.GEMMA3, permuted=False, norm_shift=1.0
+    ),
 }
 
 
@@ -124,12 +135,13 @@ def _converter_env() -> dict[str, str]:
 
 
 def gguf_names(model: nn.Module) -> dict[str, str]:
-    """GGUF tensor name of every (untied) parameter, as llama.cpp's converter names it."""
+    """GGUF tensor name of every (untied) parameter the converter writes, as it names it."""
     layout = layout_of(model)
-    names = gguf.TensorNameMap(layout.arch, model.config.num_hidden_layers)
+    names = gguf.TensorNameMap(layout.arch, model.config.get_text_config().num_hidden_layers)
     mapping = {}
-    for name, _ in _unique_parameters(model):
-        mapped = names.get_name(name, try_suffixes=(".weight", ".bias"))
+    for name, _ in _text_parameters(model):
+        converted = name.replace(NESTED_TEXT, "")
+        mapped = names.get_name(converted, try_suffixes=(".weight", ".bias"))
         if mapped is None:
             raise ModelError(f"no GGUF name for parameter {name}")
         mapping[name] = mapped
@@ -140,7 +152,7 @@ def gguf_names(model: nn.Module) -> dict[str, str]:
 def restore_layout(model: nn.Module, name: str, values: torch.Tensor, shape) -> torch.Tensor:
     """A tensor as the file holds it -> as parameter ``name`` of ``model`` holds it."""
     layout = layout_of(model)
-    heads = rotary_heads(model.config, name) if layout.permuted else None
+    heads = rotary_heads(model.config.get_text_config(), name) if layout.permuted else None
     if heads:
         values = unpermute(values, heads)
     if layout.norm_shift and name.endswith("norm.weight"):
@@ -165,10 +177,13 @@ def unpermute(weight: torch.Tensor, heads: int) -> torch.Tensor:
     )
 
 
-def _unique_parameters(model: nn.Module):
-    """Parameters with a tied LM head listed once, under the embedding's name."""
+def _text_parameters(model: nn.Module):
+    """The text decoder's parameters and the LM head's, a tied head listed once under the
+    embedding's name: all of a text-only model's, none of a multimodal one's vision encoder."""
+    decoder = text_decoder(model)
+    prefix = next(name for name, module in model.named_modules() if module is decoder)
     seen: set[int] = set()
     for name, param in model.named_parameters():
-        if param.data_ptr() not in seen:
+        if name.startswith((f"{prefix}.", "lm_head.")) and param.data_ptr() not in seen:
             seen.add(param.data_ptr())
             yield name, param
