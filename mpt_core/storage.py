@@ -142,12 +142,18 @@ def measure(
     )
 
 
+# What a text-only evaluation never runs: a multimodal checkpoint's vision encoder and
+# projector (Gemma-3 4B/12B/27B). They are not the language model measured, and the study's
+# sizes leave them out (Table 6: Gemma-3-4B-IT FP16 7.77 GB, its ~3.88e9 text parameters).
+NOT_TEXT_MODULES = frozenset({"vision_tower", "multi_modal_projector"})
+
+
 def _unique_parameters(model: nn.Module):
-    """Named parameters with tied tensors (same storage) listed once."""
+    """Named parameters of the language model, tied tensors (same storage) listed once."""
     seen: set[int] = set()
     for name, param in model.named_parameters(remove_duplicate=False):
         key = param.data_ptr()
-        if key in seen:
+        if key in seen or not NOT_TEXT_MODULES.isdisjoint(name.split(".")):
             continue
         seen.add(key)
         yield name, param

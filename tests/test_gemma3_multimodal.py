@@ -73,6 +73,13 @@ def test_a_multimodal_gemma3s_footprint_counts_its_compressed_text_weights():
     linears = sum(model.get_parameter(name).numel() for name in block_linear_names(model))
     assert footprint.compressed_numel == linears
     assert footprint.sparsity == pytest.approx(0.5)
+    # the size is the language model's alone, as the study's Table 6 sizes are
+    text = {
+        param.data_ptr(): param.numel()
+        for name, param in model.named_parameters()
+        if "vision_tower" not in name and "multi_modal_projector" not in name
+    }
+    assert footprint.fp16_bytes == 2 * sum(text.values())
 
 
 def test_storage_naming_tensors_the_model_lacks_is_refused_in_one_line(tiny):
