@@ -21,6 +21,7 @@ from mpt_core.engine.layerwise import decoder_layers, stem_modules
 from mpt_core.engine.offload import streamed
 from mpt_core.errors import DataError
 from mpt_core.models import compute_device, is_offloaded
+from mpt_core.progress import bar
 
 
 @dataclass(frozen=True)
@@ -56,9 +57,11 @@ def window_losses(model, windows: torch.Tensor, batch_size: int = 4) -> list[flo
     through the compute device block by block)."""
     device = compute_device(model)
     losses: list[float] = []
-    with _streamed_if_offloaded(model):
+    with _streamed_if_offloaded(model), bar(windows.shape[0], "perplexity") as advance:
         for start in range(0, windows.shape[0], batch_size):
-            losses.extend(_batch_losses(model, windows[start : start + batch_size].to(device)))
+            batch = windows[start : start + batch_size]
+            losses.extend(_batch_losses(model, batch.to(device)))
+            advance(batch.shape[0])
     return losses
 
 
@@ -104,10 +107,15 @@ def llama_perplexity(
     first = ctx // 2
     nll: list[torch.Tensor] = []
     device = compute_device(model)
-    with torch.no_grad(), _streamed_if_offloaded(model):
+    with (
+        torch.no_grad(),
+        _streamed_if_offloaded(model),
+        bar(windows.shape[0], "llama-perplexity") as advance,
+    ):
         for start in range(0, windows.shape[0], batch_size):
             batch = windows[start : start + batch_size].to(device)
             nll.append(_second_half_nll(model, batch, first, bos_id).cpu())
+            advance(batch.shape[0])
     per_token = torch.cat(nll).double()  # (chunks, ctx - first - 1)
     return _llama_summary(per_token, ctx)
 
