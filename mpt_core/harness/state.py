@@ -138,6 +138,7 @@ class MptState:
                 record.value,
                 row.value,
                 verdict.passed,
+                verdict.outcome,
             )
         )
         self.measured_rows.append((row, record))
