@@ -12,6 +12,7 @@ import argparse
 import importlib
 import sys
 
+from mpt_core import progress
 from mpt_core.errors import MptError
 
 COMMANDS = (
@@ -54,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        # the measuring commands take --no-progress (commands/common.py); the others draw none
+        with progress.shown(sys.stderr, enabled=not getattr(args, "no_progress", False)):
+            return args.func(args)
     except MptError as error:
         print(f"mpt: error: {error}", file=sys.stderr)
         return 2

@@ -29,7 +29,11 @@ so they cannot disagree.
   the field: a changed protocol is never read as a regression or a library's effect.
 
 Words: ``ok``, ``still collapsed``, ``regressed``, ``improved``, ``left collapse``,
-``footprint changed``, ``recovery below gate``, ``protocol differs``.
+``footprint changed``, ``recovery below gate``, ``protocol differs``. A value beyond its
+tolerance is said to have *regressed* (worse) or *improved* (better; ``left collapse`` is
+an improvement too), never just "failed": an improvement fails as well, since the baseline
+no longer describes the method, and its message says to re-record the baseline. What moves
+without a better or worse (a phase-transition point, ``harness.curve_check``) has *moved*.
 """
 
 from __future__ import annotations
@@ -49,6 +53,13 @@ SPARSITY_ATOL = 1e-5  # ~1,300 of SmolLM2's 135M weights; pruning 10% less moves
 NOISE_MULTIPLE = 3.0  # a tolerance is never below this multiple of the point's noise floor
 CHAOTIC = 0.05  # a noise floor above this: the point is chaotic (float order alone moves it)
 HIGHER_IS_BETTER = DOWNSTREAM_METRICS  # accuracies; perplexity is better lower
+IMPROVEMENTS = ("improved", "left collapse")  # better than the baseline, beyond tolerance
+RE_RECORD = "re-record the baseline"
+HEADLINES = {
+    "regressed": "regressed beyond tolerance",
+    "improved": f"improved beyond tolerance ({RE_RECORD})",
+    "left collapse": f"left collapse, improved beyond tolerance ({RE_RECORD})",
+}
 
 
 @dataclass(frozen=True)
@@ -77,6 +88,17 @@ class Verdict:
         return self.outcome in ("ok", "still collapsed")
 
     @property
+    def improved(self) -> bool:
+        """Better than the baseline beyond tolerance: fails until the baseline is re-recorded."""
+        return self.outcome in IMPROVEMENTS
+
+    @property
+    def headline(self) -> str:
+        """The outcome in words that say which way: ``regressed beyond tolerance``,
+        ``improved beyond tolerance (re-record the baseline)``."""
+        return HEADLINES.get(self.outcome, self.outcome)
+
+    @property
     def ratio(self) -> float:
         return self.measured / self.baseline if self.baseline else math.inf
 
@@ -98,7 +120,7 @@ class Verdict:
         if self.protocol:
             return f"protocol differs: {', '.join(self.protocol)} (measured vs baseline)"
         text = (
-            f"{self.outcome}: measured {self.measured:.4f} vs baseline {self.baseline:.4f}, "
+            f"{self.headline}: measured {self.measured:.4f} vs baseline {self.baseline:.4f}, "
             f"ratio {self.ratio:.4f}, tolerance {self.rule}"
         )
         recovery = self.recovery_ratio

@@ -163,7 +163,15 @@ def main() -> None:
     print("\n".join(section(claim, cpu_dir) for claim in CLAIMS))
     if args.figures:
         names = ["table1", "table2", "table3", "table5", "table6", "table7", "table8", "table10"]
-        for path in write_figures([STUDY / f"{n}.csv" for n in names], args.figures):
+        # the PTP figures draw ratio curves: each table's claimed range of s0 beside them
+        bands = {
+            table: (claim.low, claim.high)
+            for claim in CLAIMS
+            if claim.axis == "ratio"
+            for table in claim.tables
+        }
+        files = [STUDY / f"{n}.csv" for n in names]
+        for path in write_figures(files, args.figures, bands):
             print(f"<!-- wrote {path} -->")
 
 

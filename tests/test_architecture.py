@@ -23,6 +23,7 @@ CORE = {
     "mpt_core.baselines",
     "mpt_core.protocols",
     "mpt_core.verdict",
+    "mpt_core.progress",
 }
 METHOD_PACKAGES = ("mpt_core.prune", "mpt_core.quant", "mpt_core.lowrank")
 # what each layer may not import (by module-name prefix)

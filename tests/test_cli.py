@@ -67,3 +67,8 @@ def test_human_line_has_model_spec_dataset_ppl_size_and_seconds(json_run, cli):
     assert "4.25 bits/w" in line
     assert re.search(r"size \d+\.\d MB \(\d+\.\d% of fp16", line), line
     assert re.search(r"  \d+\.\d s$", line), line
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(json_run):
+    result, _ = json_run  # stderr is a pipe here
+    assert "window/s" not in result.stderr and "perplexity:" not in result.stderr

@@ -65,3 +65,7 @@ def test_each_panel_shows_the_interval_and_the_band():
         spans = sorted((p.get_x(), p.get_x() + p.get_width(), p.get_hatch()) for p in ax.patches)
         assert spans == sorted([(result.s0_low, result.s0_high, None), (0.45, 0.55, "//")]), spans
         assert curve.key.model in ax.get_title() and curve.key.label in ax.get_title()
+        assert curve.key.dataset in ax.get_title()
+    figure.canvas.draw()
+    ticks = [t.get_text() for ax in panels for t in ax.get_yticklabels() + ax.get_xticklabels()]
+    assert ticks and not [t for t in ticks if "times" in t or "×" in t or "e+" in t]

@@ -145,6 +145,9 @@ def test_sabotaged_baseline_fails_exactly_that_test(tiny_baselines, tmp_path):
     for word in ("measured", "baseline", "ratio", "tolerance"):
         assert word in message
     assert f"{baseline:.4f}" in message and "ratio 0.66" in message
+    # the baseline was raised by half: the point is better than it, and the failure says so
+    assert "improved beyond tolerance (re-record the baseline)" in message
+    assert "regress" not in message.lower()
 
 
 def test_another_window_count_is_a_protocol_error_not_a_verdict(tiny_baselines):

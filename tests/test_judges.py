@@ -1,5 +1,6 @@
 """The judges agree: the pytest plugin, ``mpt report --baselines`` and ``mpt compare`` /
-``mpt history`` give the same pass/fail on the same records (issue #19).
+``mpt history`` give the same pass/fail, in the same words, on the same records (issues #19,
+#23).
 
 Over every committed CPU-tier grid, each baseline row's own record is re-judged as if it
 had been measured again, unchanged and moved in the ways a library update moves a point
@@ -42,7 +43,11 @@ def _moved(record: Record, move: str) -> Record:
     return dataclasses.replace(record, value=MOVES[move](record.value), footprint=footprint)
 
 
-def _judgements(path: Path, move: str) -> list[tuple[str, bool, bool, bool]]:
+PASSING = ("ok", "still collapsed")
+
+
+def _judgements(path: Path, move: str) -> list[tuple[str, str, str, str]]:
+    """(spec, the plugin's word, the report's, history's) for each row's moved record."""
     rows = [row for row in baselines.load_file(path, "cpu") if row.is_numeric]
     behind, noise = baselines.BaselineRecords(), baselines.NoiseFloors()
     pairs = [(row, behind.of(row)) for row in rows if row.metric == "ppl"]
@@ -62,11 +67,11 @@ def _judgements(path: Path, move: str) -> list[tuple[str, bool, bool, bool]]:
             dense_baseline=dense_row.value if dense_row else None,
             baseline_record=behind.of(row),
             noise=noise.of(row),
-        ).passed
-        report = cell.passed
+        )
+        assert cell.passed == plugin.passed
         rtol = policy.tolerance(row, None, noise.of(row))
-        history = judged(*runs, _point(measured), rtol).passed
-        out.append((row.spec, plugin, report, history))
+        history = judged(*runs, _point(measured), rtol).outcome
+        out.append((row.spec, plugin.outcome, cell.outcome, history))
     return out
 
 
@@ -77,6 +82,10 @@ def test_plugin_report_and_compare_agree_on_every_committed_point(path, move):
     disagree = [j for j in judgements if len(set(j[1:])) > 1]
     assert not disagree, disagree[:5]
     if move == "unchanged":
-        assert all(j[1] for j in judgements), [j for j in judgements if not j[1]][:5]
+        assert all(j[1] in PASSING for j in judgements), judgements[:5]
     if move in ("NaN", "footprint"):
-        assert not any(j[1] for j in judgements if j[0] != "dense")
+        assert not any(j[1] in PASSING for j in judgements if j[0] != "dense")
+    if move in ("better 10%", "x0.2"):  # an improvement is never called a regression
+        assert not any(j[1] == "regressed" for j in judgements), judgements[:5]
+    if move in ("drift 5%", "x2.5"):
+        assert not any(j[1] in ("improved", "left collapse") for j in judgements)

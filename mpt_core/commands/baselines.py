@@ -7,8 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
-
+from mpt_core import progress
 from mpt_core.baselines import DOWNSTREAM_METRICS, task_limits
 from mpt_core.commands.common import add_model_arguments, describe, open_session
 from mpt_core.commands.run import describe_score
@@ -108,7 +107,7 @@ def run_record(args: argparse.Namespace) -> int:
     if tasks:
         return _record_tasks(session, specs, tasks, records_path, out, args.family, command)
     done = known_keys(records_path)
-    for spec in tqdm(specs, desc=f"baselines {args.family}", unit="point"):
+    for spec in progress.each(specs, f"baselines {args.family}"):
         missing = [
             dataset
             for dataset in datasets
@@ -118,7 +117,7 @@ def run_record(args: argparse.Namespace) -> int:
             continue
         for record in session.measure_datasets(Spec.parse(spec), missing, args.windows):
             append(records_path, record)
-            tqdm.write(describe(record))
+            progress.write(describe(record))
         write_csv(records_path, out, args.family, command, specs, rtol)
     count = write_csv(records_path, out, args.family, command, specs, rtol)
     print(f"wrote {count} rows to {out}")
@@ -153,12 +152,12 @@ def _record_tasks(session, specs, tasks, records_path, out, family, command) -> 
         for record in read(records_path)
         if record.metric in DOWNSTREAM_METRICS and record.key.setup == session.setup
     }
-    for spec in tqdm(specs, desc=f"baselines {family}", unit="point"):
+    for spec in progress.each(specs, f"baselines {family}"):
         missing = {task: n for task, n in tasks.items() if (spec, task, n) not in done}
         for task, limit in missing.items():
             for record in session.measure_tasks(Spec.parse(spec), {task: limit}):
                 append(records_path, record)
-                tqdm.write(describe_score(record))
+                progress.write(describe_score(record))
             write_csv(records_path, out, family, command, specs)
     count = write_csv(records_path, out, family, command, specs)
     print(f"wrote {count} rows to {out}")

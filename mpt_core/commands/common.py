@@ -37,6 +37,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         choices=sorted(DTYPES),
         help="default: float32 on CPU, bfloat16/float16 on CUDA",
     )
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars on stderr (they are drawn only when stderr is a terminal)",
+    )
 
 
 def check_protocol(args: argparse.Namespace) -> None:

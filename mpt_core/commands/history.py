@@ -24,7 +24,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     runs = load_runs(args.directory)
-    steps = {(point, after) for point, _, after in step_changes(runs, args.rtol)}
+    steps = {(point, after): word for point, _, after, word in step_changes(runs, args.rtol)}
     points = sorted({point for item in runs for point in item.values()})
     headers = ["point", *(f"run {i + 1}" for i in range(len(runs)))]
     body = [[point_label(point), *(_cell(item, point, steps) for item in runs)] for point in points]
@@ -36,8 +36,9 @@ def run(args: argparse.Namespace) -> int:
         print("\nPTP (s0) per curve\n")
         print(tabulate(rows, headers=["curve", *headers[1:]], tablefmt="github"))
     print(
-        f"\n{len(runs)} runs; {len(steps)} step changes (marked *: the regression suite's "
-        f"verdict fails, rtol {args.rtol:g})"
+        f"\n{len(runs)} runs; {len(steps)} step changes (marked with the regression suite's "
+        f"verdict where it fails against the run before: regressed, improved, ...; "
+        f"rtol {args.rtol:g})"
     )
     print("runs: " + ", ".join(f"{i + 1}={item.name}" for i, item in enumerate(runs)))
     if args.plot:
@@ -53,7 +54,8 @@ def _cell(item, point, steps) -> str:
     if record is None:
         return ""
     text = "inf" if not math.isfinite(record.value) else f"{record.value:.4f}"
-    return text + (" *" if (point, item.name) in steps else "")
+    word = steps.get((point, item.name))
+    return text + (f" ({word})" if word else "")
 
 
 def _s0(value: float | None) -> str:

@@ -71,14 +71,21 @@ def _cell(record, dense: dict, rows: dict, footprints, noise) -> Cell:
     if row is None:
         return Cell(record.model, record.dataset, record.spec, record.metric, record.value)
     dense_row = rows.get((record.model, record.dataset, "dense", record.metric))
-    passed = policy.judge_row(
+    verdict = policy.judge_row(
         row,
         record,
         dense_measured=dense.get(_dense_key(record)),
         dense_baseline=dense_row.value if dense_row else None,
         baseline_record=footprints.of(row),
         noise=noise.of(row),
-    ).passed
+    )
     return Cell(
-        record.model, record.dataset, record.spec, record.metric, record.value, row.value, passed
+        record.model,
+        record.dataset,
+        record.spec,
+        record.metric,
+        record.value,
+        row.value,
+        verdict.passed,
+        verdict.outcome,
     )

@@ -9,8 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from tqdm import tqdm
-
+from mpt_core import progress
 from mpt_core.commands.common import add_model_arguments, check_out, describe, open_session
 from mpt_core.errors import MptError
 from mpt_core.pipeline import Plan, plan
@@ -106,10 +105,10 @@ def run(args: argparse.Namespace) -> int:
     ]
     if len(todo) < len(specs):
         print(f"resuming: {len(specs) - len(todo)} of {len(specs)} points already in {args.out}")
-    for spec in tqdm(todo, desc=f"sweep {args.method}", unit="point"):
+    for spec in progress.each(todo, f"sweep {args.method}"):
         record = session.measure(spec, args.dataset, args.windows)
         append(args.out, record)
-        tqdm.write(describe(record))
+        progress.write(describe(record))
     return 0
 
 
@@ -125,14 +124,14 @@ def run_adaptive(args: argparse.Namespace) -> int:
     plan(first).check_model(args.model)
     session = open_session(args)
     points = _measured_ratios(args, session, suffix)
-    for _ in tqdm(range(max(0, args.budget - len(points))), desc="adaptive sweep", unit="point"):
+    for _ in progress.each(range(max(0, args.budget - len(points))), "adaptive sweep"):
         level = round(propose_next(points, lo, hi), 4)
         record = session.measure(
             Spec.parse(f"{args.method}:{level!r}{suffix}"), args.dataset, args.windows
         )
         append(args.out, record)
         points.append((level, record.value))
-        tqdm.write(describe(record))
+        progress.write(describe(record))
     return 0
 
 

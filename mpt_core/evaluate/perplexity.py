@@ -28,6 +28,7 @@ from mpt_core.engine.layerwise import decoder_layers, stem_modules
 from mpt_core.engine.offload import streamed
 from mpt_core.errors import DataError
 from mpt_core.models import HEADROOM, compute_device, is_offloaded
+from mpt_core.progress import bar
 
 CPU_BATCH = 4  # windows per forward pass off CUDA: the CPU tier's baselines were made so
 # fp32 logits per loss chunk: 16 MB, within a server L3; 64 to 128 positions of a
@@ -71,9 +72,11 @@ def window_losses(model, windows: torch.Tensor, batch_size: int | None = None) -
     device = compute_device(model)
     batch_size = batch_size or evaluation_batch(model, windows.shape[1])
     losses: list[float] = []
-    with _streamed_if_offloaded(model):
+    with _streamed_if_offloaded(model), bar(windows.shape[0], "perplexity") as advance:
         for start in range(0, windows.shape[0], batch_size):
-            losses.extend(_batch_losses(model, windows[start : start + batch_size].to(device)))
+            batch = windows[start : start + batch_size]
+            losses.extend(_batch_losses(model, batch.to(device)))
+            advance(batch.shape[0])
     return losses
 
 
@@ -160,10 +163,15 @@ def llama_perplexity(
     nll: list[torch.Tensor] = []
     device = compute_device(model)
     batch_size = batch_size or evaluation_batch(model, ctx)
-    with torch.no_grad(), _streamed_if_offloaded(model):
+    with (
+        torch.no_grad(),
+        _streamed_if_offloaded(model),
+        bar(windows.shape[0], "llama-perplexity") as advance,
+    ):
         for start in range(0, windows.shape[0], batch_size):
             batch = windows[start : start + batch_size].to(device)
             nll.append(_second_half_nll(model, batch, first, bos_id).cpu())
+            advance(batch.shape[0])
     per_token = torch.cat(nll).double()  # (chunks, ctx - first - 1)
     return _llama_summary(per_token, ctx)
 

@@ -108,6 +108,11 @@ def add_options(parser) -> None:
         "every study row's code path, no GPU needed; rows end 'rehearsed', not judged",
     )
     group.addoption(
+        "--mpt-no-progress",
+        action="store_true",
+        help="no progress bars for the evaluation windows (drawn only when the terminal is a TTY)",
+    )
+    group.addoption(
         "--mpt-update-baselines",
         action="store_true",
         help="rewrite the CPU-tier CSVs from this run (never the study's)",

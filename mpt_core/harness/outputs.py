@@ -10,6 +10,7 @@ from pathlib import Path
 
 from mpt_core.harness.scaleout import merge_parts
 from mpt_core.reporting.report import summary_line, tables
+from mpt_core.verdict import RE_RECORD
 
 
 def write_all(config, state) -> None:
@@ -66,8 +67,9 @@ def terminal_summary(write_line, state, config) -> None:
     for row, verdict in state.verdicts:
         if not verdict.passed:
             recovery = verdict.recovery_ratio
+            advice = f"{RE_RECORD}; " if verdict.improved else ""  # better, yet failing
             write_line(
-                f"  {verdict.outcome.upper()} {row.test_id} ({row.table}): baseline "
+                f"  {verdict.outcome.upper()} {row.test_id} ({row.table}): {advice}baseline "
                 f"{verdict.baseline:.4g}, measured {verdict.measured:.4g}, ratio "
                 f"{verdict.ratio:.4f}, recovery "
                 + (f"{recovery:.4f}" if recovery is not None else "-")

@@ -16,9 +16,11 @@ from functools import cached_property
 
 import pytest
 
+from mpt_core import progress
 from mpt_core.baselines import BaselineRecords, BaselineRow, NoiseFloors
 from mpt_core.harness import collection, outputs, policy, rehearsal
 from mpt_core.harness.scaleout import part_path
+from mpt_core.harness.terminal_progress import terminal_stream
 from mpt_core.records import Record, append
 from mpt_core.reporting.report import Cell
 from mpt_core.verdict import Verdict
@@ -136,6 +138,7 @@ class MptState:
                 record.value,
                 row.value,
                 verdict.passed,
+                verdict.outcome,
             )
         )
         self.measured_rows.append((row, record))
@@ -147,6 +150,13 @@ class MptState:
             worker = worker_id(self.config)
             append(part_path(results, worker) if worker else results, record)
         self.records[key] = record
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtestloop(self, session):
+        """Measurements draw their progress bars on pytest's terminal (an xdist worker's
+        output is not one): ``mpt_core.harness.terminal_progress``."""
+        with progress.shown(None if worker_id(self.config) else terminal_stream(self.config)):
+            return (yield)
 
     @pytest.hookimpl
     def pytest_runtest_logreport(self, report) -> None:

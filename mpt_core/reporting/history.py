@@ -132,17 +132,15 @@ def _values(values: set) -> str:
     return "/".join(str(value) for value in sorted(values, key=str))
 
 
-def moved(before: Run, after: Run, point: tuple, rtol: float = DEFAULT_RTOL) -> bool:
-    return not judged(before, after, point, rtol).passed
-
-
-def step_changes(runs: list[Run], rtol: float = DEFAULT_RTOL) -> list[tuple[tuple, str, str]]:
-    """(point, run before, run after) for every step a point took between consecutive runs."""
+def step_changes(runs: list[Run], rtol: float = DEFAULT_RTOL) -> list[tuple[tuple, str, str, str]]:
+    """(point, run before, run after, the verdict's word: regressed, improved, ...) for every
+    step a point took between consecutive runs."""
     steps = []
     for earlier, later in zip(runs, runs[1:]):
         for point in sorted(set(earlier.values()) & set(later.values())):
-            if moved(earlier, later, point, rtol):
-                steps.append((point, earlier.name, later.name))
+            verdict = judged(earlier, later, point, rtol)
+            if not verdict.passed:
+                steps.append((point, earlier.name, later.name, verdict.outcome))
     return steps
 
 

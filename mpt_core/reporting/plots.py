@@ -1,7 +1,9 @@
 """Figures in the study's layout (matplotlib, Agg backend; every figure as PNG and SVG).
 
 - ``ptp_<table>``: per method family, measured points, the fitted curve and a
-  star at the PTP (the study's Figs. 2-3 and B1), from single-stage ratio curves.
+  star at the PTP with its 95% interval shaded, and the study's range of the PTP when
+  the caller gives it (the study's Figs. 2-3 and B1), from single-stage ratio curves;
+  each panel titled with its model(s), dataset and table.
 - ``quantization_size``: PPL against size in GB per model family at each
   quantization level (Fig. 4, from Tables 5-6).
 - ``combined_<table>``: the pruning x quantization surface and its contour with
@@ -31,6 +33,7 @@ from mpt_core.analysis.curves import (  # noqa: E402
 )
 from mpt_core.analysis.fit import PhaseFit, fit_phase_transition  # noqa: E402
 from mpt_core.errors import FitError  # noqa: E402
+from mpt_core.reporting.figure_style import Style, legend_beside, plain_ticks, styles  # noqa: E402
 
 FORMATS = ("png", "svg")
 AXIS_LABELS = {"ratio": "compression ratio", "bits": "compression (1 - bits/16)"}
@@ -38,8 +41,13 @@ MIN_GRID_CELLS = 12
 LOG_SPAN = 10  # a curve whose PPL spans more than this factor gets a log axis
 
 
-def write_figures(csv_paths: list[str | Path], out_dir: str | Path) -> list[Path]:
-    """Every figure the files support; returns the paths written."""
+def write_figures(
+    csv_paths: list[str | Path],
+    out_dir: str | Path,
+    bands: dict[str, tuple[float, float]] | None = None,
+) -> list[Path]:
+    """Every figure the files support; returns the paths written. ``bands``: the study's
+    range of the PTP (compression x) by file stem, drawn on that file's PTP figure."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -49,7 +57,8 @@ def write_figures(csv_paths: list[str | Path], out_dir: str | Path) -> list[Path
         quant_points += [p for p in points if p.size_gb is not None]
         curves = family_curves(points)
         if curves:
-            written += save(plot_family(curves, path.stem), out / f"ptp_{path.stem}")
+            band = (bands or {}).get(path.stem)
+            written += save(plot_family(curves, path.stem, band), out / f"ptp_{path.stem}")
         grid = combined_grid(points)
         if grid is not None:
             written += save(plot_combined(grid, path.stem), out / f"combined_{path.stem}")
@@ -78,33 +87,45 @@ def family_curves(points: list[Point]) -> list[MeasuredCurve]:
     return [c for c in curves if c.key.others == "dense" and c.x.size >= 5]
 
 
-def plot_family(curves: list[MeasuredCurve], title: str) -> plt.Figure:
+def plot_family(
+    curves: list[MeasuredCurve], title: str, band: tuple[float, float] | None = None
+) -> plt.Figure:
+    """One panel per dataset: every curve's points, fit, s0 and its 95% interval, each
+    curve in a style of its own; ``band`` (the study's range of s0) hatched when given."""
     datasets = sorted({c.key.dataset for c in curves})
-    fig, axes = plt.subplots(1, len(datasets), figsize=(7 * len(datasets), 5), squeeze=False)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(9 * len(datasets), 5), squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=True):
-        for color, curve in zip(
-            colors(), [c for c in curves if c.key.dataset == dataset], strict=False
-        ):
-            draw_curve(ax, curve, color)
+        shown = [c for c in curves if c.key.dataset == dataset]
+        models = sorted({c.key.model for c in shown})
+        for style, curve in zip(styles(), shown, strict=False):
+            draw_curve(ax, curve, style, with_model=len(models) > 1)
+        if band is not None:
+            draw_band(ax, band)
         ax.set(yscale="log", xlabel="compression ratio", ylabel=f"{dataset} PPL (log)")
-        ax.set_title(f"{title}: {dataset}")
+        ax.set_title(f"{', '.join(models)}: {dataset} ({title})", fontsize=10)
+        plain_ticks(ax)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        legend_beside(ax)
+    fig.tight_layout()
     return fig
 
 
-def colors():
-    return iter(plt.cm.tab10(np.linspace(0, 1, 10)).tolist() * 3)
-
-
-def draw_curve(ax: plt.Axes, curve: MeasuredCurve, color) -> None:
-    """Points, the fitted curve, and a star at s0 (hollow when the fit selects no transition)."""
-    draw_points(ax, curve, color)
+def draw_curve(ax: plt.Axes, curve: MeasuredCurve, style: Style, with_model: bool) -> None:
+    """Points, the fitted curve, a star at s0 (hollow when the fit selects no transition)
+    and s0's 95% interval shaded in the curve's colour."""
+    draw_points(ax, curve, style.colour)
     try:
         fit = fit_phase_transition(curve.x, curve.y)
     except FitError:
         return
-    draw_fit(ax, curve, fit, color, f"{curve_label(curve)}: s0={fit.s0:.2f}")
+    name = f"{curve.key.model} {curve_label(curve)}" if with_model else curve_label(curve)
+    label = f"{name}: s0={fit.s0:.2f} [{fit.s0_low:.2f}, {fit.s0_high:.2f}]"
+    draw_fit(ax, curve, fit, style.colour, label, style.linestyle)
+    ax.axvspan(fit.s0_low, fit.s0_high, color=style.colour, alpha=0.12)
+
+
+def draw_band(ax: plt.Axes, band: tuple[float, float]) -> None:
+    ax.axvspan(*band, fill=False, hatch="//", ec="gray", label="study's range of s0")
 
 
 def curve_label(curve: MeasuredCurve) -> str:
@@ -117,9 +138,11 @@ def draw_points(ax: plt.Axes, curve: MeasuredCurve, color) -> None:
     ax.plot(curve.x[finite], curve.y[finite], "o", color=color, ms=4)
 
 
-def draw_fit(ax: plt.Axes, curve: MeasuredCurve, fit: PhaseFit, color, label: str) -> None:
+def draw_fit(
+    ax: plt.Axes, curve: MeasuredCurve, fit: PhaseFit, color, label: str, linestyle: str = "-"
+) -> None:
     xs = np.linspace(curve.x.min(), curve.x.max(), 200)
-    ax.plot(xs, fit.predict(xs), "-", color=color, lw=1.2, label=label)
+    ax.plot(xs, fit.predict(xs), linestyle=linestyle, color=color, lw=1.2, label=label)
     ax.plot(
         [fit.s0],
         fit.predict(fit.s0),
@@ -146,13 +169,14 @@ def plot_fits(
         draw_fit(ax, curve, fit, "C0", "fit")
         ax.axvspan(fit.s0_low, fit.s0_high, color="C1", alpha=0.2, label="s0, 95% interval")
         if band is not None:
-            ax.axvspan(*band, fill=False, hatch="//", ec="gray", label="study's range")
+            draw_band(ax, band)
         key = curve.key
         ax.set(xlabel=AXIS_LABELS[key.axis], ylabel=f"{key.dataset} {key.metric}")
         finite = curve.y[np.isfinite(curve.y)]
         if key.metric == "ppl" and finite.max() > LOG_SPAN * finite.min():
             ax.set_yscale("log")  # a collapse spans decades; a flat curve reads better linear
-        ax.set_title(f"{key.model}: {curve_label(curve)}", fontsize=9)
+        ax.set_title(f"{key.model}, {key.dataset}: {curve_label(curve)}", fontsize=9)
+        plain_ticks(ax)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -176,12 +200,16 @@ def plot_quantization(points: list[Point]) -> plt.Figure:
     for ax in axes.flat[len(families) :]:
         ax.set_visible(False)
     for ax, family in zip(axes.flat, families, strict=False):
-        for model, items in sorted(by_family[family].items()):
+        for style, (model, items) in zip(styles(), sorted(by_family[family].items()), strict=False):
             items.sort(key=lambda p: p.size_gb)
-            ax.plot([p.size_gb for p in items], [p.value for p in items], "o-", ms=3, label=model)
+            sizes, values = [p.size_gb for p in items], [p.value for p in items]
+            ax.plot(
+                sizes, values, color=style.colour, ls=style.linestyle, marker="o", ms=3, label=model
+            )
             two_bit = [p for p in items if p.spec.stages and nominal_bits(p) == 2]
             ax.plot([p.size_gb for p in two_bit], [p.value for p in two_bit], "rx", ms=8)
         ax.set(xscale="log", xlabel="size (GB, log)", ylabel="WikiText-2 PPL", title=family)
+        plain_ticks(ax)
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)

@@ -4,7 +4,8 @@ Single-stage points pivot as the study's Tables 1-4 and 7: one row per method
 (with its options), one column per level (ratio, N:M, bits, scheme). Two-stage
 pipelines pivot as Tables 8-10: one row per level of the first stage, one
 column per second stage. Each cell is the measured value; where a baseline
-exists, its relative delta, and a mark on failures.
+exists, its relative delta, and on a failure a mark with the verdict's word
+(``✗ regressed``, ``✗ improved``: which way it went).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class Cell:
     value: float
     baseline: float | None = None
     passed: bool | None = None
+    outcome: str | None = None  # the verdict's word: which way a failed cell went
 
 
 def place(spec_text: str) -> tuple[str, str, str]:
@@ -56,7 +58,7 @@ def format_cell(cell: Cell) -> str:
     if cell.baseline is not None and math.isfinite(cell.baseline) and math.isfinite(cell.value):
         text += f" ({100 * (cell.value / cell.baseline - 1):+.1f}%)"
     if cell.passed is False:
-        text += " ✗"
+        text += f" ✗ {cell.outcome}" if cell.outcome else " ✗"
     return text
 
 
