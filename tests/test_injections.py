@@ -117,9 +117,7 @@ def _run(tmp_path: Path, selection: str, code: str | None) -> subprocess.Complet
         "tiny-llama", "-k", f"tiny-llama and ({selection})", "-p", "no:randomly", "-p",
         "no:cacheprovider", "-q", "--benchmark-disable", "-rf", *plugins,
     ]  # fmt: skip
-    return subprocess.run(
-        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
-    )
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
 
 
 @pytest.fixture(scope="module")
