@@ -51,6 +51,21 @@ def const(*fragments: str) -> Callable[[Path], list[str]]:
     return lambda _tmp: list(fragments)
 
 
+def collect(folder: str) -> Callable[[Path], list[str]]:
+    """pytest's arguments collecting the CPU tier of a baselines folder under the tmp dir."""
+    return lambda tmp: ["--collect-only", "--mpt-tier", "cpu", "--mpt-baselines", str(tmp / folder)]
+
+
+def csv_line(folder: str, line: int) -> Callable[[Path], list[str]]:
+    """``file:line`` of the tiny tier's quant.csv copied under ``folder``."""
+    return lambda tmp: [f"{tmp / folder / 'cpu' / 'tiny-llama' / 'quant.csv'}:{line}"]
+
+
+TINY_LINES = TINY_CSV.read_text().splitlines()
+ADDED = len(TINY_LINES) + 1  # the line a row appended to the tiny quant.csv lands on
+FIRST_ROW = next(n for n, line in enumerate(TINY_LINES, 1) if line.startswith("tiny-llama,"))
+
+
 RUN = ("run", "--model", "tiny-llama")
 CASES = [
     # options validated as values (issue #23, item 4)
@@ -126,6 +141,28 @@ CASES = [
         "pytest",
     ),
     Case(
+        "baseline-not-utf8",
+        collect("bl-not-utf8"),
+        lambda tmp: [str(tmp / "bl-not-utf8" / "cpu" / "tiny-llama" / "quant.csv"), "UTF-8"],
+        "pytest",
+    ),
+    # rows no test would judge (issue #23, item 1)
+    Case(
+        "baseline-unknown-method",
+        collect("bl-unknown"),
+        lambda tmp: [*csv_line("bl-unknown", ADDED)(tmp), "unknown method 'foo'", "mpt methods"],
+        "pytest",
+    ),
+    Case(
+        "baseline-duplicate-row",
+        collect("bl-duplicate"),
+        lambda tmp: [
+            *csv_line("bl-duplicate", ADDED)(tmp),
+            f"duplicate of {csv_line('bl-duplicate', FIRST_ROW)(tmp)[0]}",
+        ],
+        "pytest",
+    ),
+    Case(
         "data-dir-missing",
         const("--collect-only", "--mpt-data-dir", "/nonexistent"),
         const("--mpt-data-dir /nonexistent"),
@@ -138,8 +175,9 @@ PREFIX = {"mpt": "mpt: error: ", "pytest": "ERROR: "}
 
 
 def make_inputs(tmp: Path) -> None:
-    """A data folder with a broken WikiText-2, a baselines folder with a broken CSV header,
-    and committed records with one field made wrong."""
+    """A data folder with a broken WikiText-2, baselines folders each with one broken CSV
+    (a header, a byte, a row naming no method, a row twice), and committed records with
+    one field made wrong."""
     data = tmp / "data"
     shutil.copytree(Path(os.environ["MPT_DATA_DIR"]) / "ptb", data / "ptb")
     (data / "wikitext-2-raw").mkdir()
@@ -149,6 +187,15 @@ def make_inputs(tmp: Path) -> None:
     header = TINY_CSV.read_text()
     assert "\n# windows: 4\n" in header
     bad_csv.write_text(header.replace("\n# windows: 4\n", "\n# windows: two\n"))
+    tiny = TINY_CSV.read_text()
+    for folder, text in [
+        ("bl-unknown", tiny + "tiny-llama,wikitext2,foo:0.5,ppl,300.0,,,,64,added\n"),
+        ("bl-duplicate", tiny + TINY_LINES[FIRST_ROW - 1] + "\n"),
+        ("bl-not-utf8", tiny.replace("tiny-llama,wikitext2,dense", "tiny-llama,wiki\udcfftext2,d")),
+    ]:
+        path = tmp / folder / "cpu" / "tiny-llama" / "quant.csv"
+        path.parent.mkdir(parents=True)
+        path.write_bytes(text.encode("utf-8", "surrogateescape"))
     record = json.loads(TINY_RECORDS.read_text().splitlines()[0])
     (tmp / "high.jsonl").write_text(json.dumps(record | {"value": "high"}) + "\n")
     (tmp / "abc.jsonl").write_text(json.dumps(record | {"seqlen": "abc"}) + "\n")
