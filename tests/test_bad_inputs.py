@@ -1,7 +1,8 @@
 """Every class of bad input issue #23 found: one line, its exit code, no traceback.
 
-``mpt`` refuses with ``mpt: error: ...`` and exit 2; the pytest harness with pytest's
-``ERROR: ...`` and exit 4 (its usage error). Each case runs the real command in a
+``mpt`` refuses with ``mpt: error: ...`` and exit 2 (usage) or 3 (data: a file or model
+that does not read); the pytest harness with pytest's ``ERROR: ...`` and exit 4 (its usage
+error). Each case runs the real command in a
 subprocess; the cases run two at a time, started together when the first needs its
 result. All but two are refused before a model loads.
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, cli_env, needs_data
+from mpt_core.errors import DATA, USAGE
 
 GRID = str(REPO / "fixtures" / "curves" / "grid.csv")
 TINY_CSV = REPO / "baselines" / "cpu" / "tiny-llama" / "quant.csv"
@@ -34,6 +36,7 @@ class Case:
     names: Callable[[Path], list[str]]  # fragments the error line must contain
     tool: str = "mpt"  # or "pytest": python -m pytest benchmarks ...
     env: Callable[[Path], dict] = field(default=lambda _tmp: {})
+    exit: int | None = None  # None: the tool's usage error (EXIT)
 
 
 def mpt(*args: str) -> Callable[[Path], list[str]]:
@@ -100,16 +103,19 @@ CASES = [
         mpt(*RUN, "--spec", "dense", "--seqlen", "64", "--windows", "1"),
         lambda tmp: [str(tmp / "data" / "wikitext-2-raw" / "wiki.test.raw"), "not UTF-8"],
         env=lambda tmp: {"MPT_DATA_DIR": str(tmp / "data")},
+        exit=DATA,
     ),
     Case(
         "fit-value-not-a-number",
         lambda tmp: ["fit", str(tmp / "high.jsonl")],
         lambda tmp: [f"{tmp / 'high.jsonl'}:1", "'high'"],
+        exit=DATA,
     ),
     Case(
         "report-value-not-a-number",
         lambda tmp: ["report", str(tmp / "high.jsonl")],
         lambda tmp: [f"{tmp / 'high.jsonl'}:1", "'high'"],
+        exit=DATA,
     ),
     Case(
         "resume-seqlen-not-a-number",
@@ -125,6 +131,7 @@ CASES = [
             str(tmp / "abc.jsonl"),
         ],  # fmt: skip
         lambda tmp: [f"{tmp / 'abc.jsonl'}:1", "'abc'"],
+        exit=DATA,
     ),
     # the pytest harness
     Case(
@@ -170,7 +177,7 @@ CASES = [
     ),
 ]
 BY_ID = {case.id: case for case in CASES}
-EXIT = {"mpt": 2, "pytest": 4}
+EXIT = {"mpt": USAGE, "pytest": 4}
 PREFIX = {"mpt": "mpt: error: ", "pytest": "ERROR: "}
 
 
@@ -241,7 +248,7 @@ def test_a_bad_input_is_refused_in_one_line(outcomes, case_id):
     case, result = BY_ID[case_id], future.result()
     last = (result.stderr.strip().splitlines() or [""])[-1]
     assert "Traceback" not in result.stdout + result.stderr, f"traceback ending in: {last}"
-    assert result.returncode == EXIT[case.tool], (result.returncode, last)
+    assert result.returncode == (case.exit or EXIT[case.tool]), (result.returncode, last)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(PREFIX[case.tool]), lines[0]
@@ -270,7 +277,8 @@ def test_a_budget_is_a_percentage_or_a_fraction_below_one(text, budget):
 @pytest.mark.parametrize("text", ["1", "5", "inf", "nan%"])
 def test_a_bare_budget_of_one_or_more_or_not_finite_is_refused(text):
     from mpt_core.commands.recommend import parse_budget
-    from mpt_core.errors import FitError
+    from mpt_core.errors import MptError
 
-    with pytest.raises(FitError, match="--max-ppl-increase"):
+    with pytest.raises(MptError, match="--max-ppl-increase") as refused:
         parse_budget(text)
+    assert refused.value.exit_code == USAGE  # an option, not the grid it is applied to
