@@ -2,7 +2,9 @@
 
 Every baseline file has the header
 ``model,dataset,spec,metric,value,stderr,size,size_unit,seqlen,source``;
-lines starting with ``#`` carry metadata (``# windows: 8``, ``# command: ...``).
+lines starting with ``#`` carry metadata (``# windows: 8``, ``# command: ...``). A value
+is a number, ``nan`` or ``inf`` (a collapsed point: kept and judged in the collapsed regime),
+or ``-``: a cell the study left empty, read but never a test. Errors name ``file:line``.
 Study tables (``baselines/study``) are the GPU tier; harness-produced tables
 (``baselines/cpu/<model>``) are the CPU tier.
 
@@ -68,6 +70,7 @@ class BaselineRow:
     tier: str  # "study" (GPU tier) or "cpu"
     windows: int | None = None
     file: str = ""
+    line: int = 0  # the row's line in its file
     limit: int | None = None  # accuracy rows: lm-eval's limit (None: every question)
     rtol: float | None = None  # the file's declared tolerance (``# rtol:``), if any
     min_recovery: float | None = None  # the file's recovery gate (``# min_recovery:``)
@@ -80,6 +83,15 @@ class BaselineRow:
     @property
     def is_numeric(self) -> bool:
         return self.value is not None and math.isfinite(self.value)
+
+    @property
+    def has_value(self) -> bool:
+        """A number, finite or not (a collapsed point); False for an empty cell ('-')."""
+        return self.value is not None
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}"
 
     @property
     def family(self) -> str:
@@ -117,15 +129,19 @@ def load_file(path: str | Path, tier: str) -> list[BaselineRow]:
     path = Path(path)
     if not path.is_file():
         raise BaselineError(f"baseline file {path} does not exist")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise BaselineError(f"{path}: not UTF-8 text (byte {error.start})") from None
     meta = _metadata(lines)
-    body = [line for line in lines if not line.startswith("#")]
-    reader = csv.reader(body)
+    # each CSV line with its line in the file: errors name file:line past the # lines
+    numbered = [(number, line) for number, line in enumerate(lines, 1) if not line.startswith("#")]
+    reader = csv.reader(line for _number, line in numbered)
     header = tuple(next(reader, ()))
     if header != HEADER:
         raise BaselineError(f"{path}: header must be {','.join(HEADER)}; found {','.join(header)}")
     windows = _declared_windows(meta, path)
-    rows = [_row(path, number, cells, tier, windows) for number, cells in enumerate(reader, 2)]
+    rows = [_row(path, numbered[reader.line_num - 1][0], cells, tier, windows) for cells in reader]
     for key in ("rtol", "min_recovery"):
         if key in meta:
             value = _declared_number(key, meta[key], path)
@@ -199,6 +215,7 @@ def _row(path: Path, number: int, cells: list[str], tier: str, windows: int | No
             tier=tier,
             windows=windows,
             file=str(path),
+            line=number,
         )
         row.value  # noqa: B018  (validates the value cell)
     except ValueError as error:

@@ -3,7 +3,11 @@ recommend | combined, and ``mpt --version``.
 
 Each subcommand lives in ``mpt_core/commands/<name>.py`` and exposes
 ``register(subparsers)``. Bad input raises an ``MptError``; it is printed as one
-line (no traceback) and the exit code is 2.
+line (no traceback) and the exit code is the error's (``mpt_core.errors``): 2 for usage
+(an option, argument or spec that does not hold; argparse's own errors too), 3 for data
+(a data set, model, baseline or results file that is missing, unreadable or malformed, or
+a library that failed on the model). 1: ``mpt compare --fail-on`` found a move; 130:
+interrupted.
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             return args.func(args)
     except MptError as error:
         print(f"mpt: error: {error}", file=sys.stderr)
-        return 2
+        return error.exit_code
     except KeyboardInterrupt:
         print("mpt: interrupted; every finished point is recorded", file=sys.stderr)
         return 130

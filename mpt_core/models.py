@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from mpt_core import hub
-from mpt_core.errors import ModelError
+from mpt_core.errors import ModelError, MptError
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 ALIASES = ("smollm2-135m", "tiny-llama")
@@ -213,11 +213,11 @@ def _device(device: str | torch.device | None) -> torch.device:
     try:
         chosen = torch.device(device)
     except RuntimeError:
-        raise ModelError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
+        raise MptError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
     if chosen.type == "cuda" and (
         not torch.cuda.is_available() or (chosen.index or 0) >= torch.cuda.device_count()
     ):
-        raise ModelError(
+        raise MptError(  # usage: the fix is another --device
             f"device {device!r} is not present: this machine has "
             f"{torch.cuda.device_count()} CUDA device(s); use --device cpu"
         )

@@ -1,7 +1,8 @@
 """Every class of bad input issue #23 found: one line, its exit code, no traceback.
 
-``mpt`` refuses with ``mpt: error: ...`` and exit 2; the pytest harness with pytest's
-``ERROR: ...`` and exit 4 (its usage error). Each case runs the real command in a
+``mpt`` refuses with ``mpt: error: ...`` and exit 2 (usage) or 3 (data: a file or model
+that does not read); the pytest harness with pytest's ``ERROR: ...`` and exit 4 (its usage
+error). Each case runs the real command in a
 subprocess; the cases run two at a time, started together when the first needs its
 result. All but two are refused before a model loads.
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, cli_env, needs_data
+from mpt_core.errors import DATA, USAGE
 
 GRID = str(REPO / "fixtures" / "curves" / "grid.csv")
 TINY_CSV = REPO / "baselines" / "cpu" / "tiny-llama" / "quant.csv"
@@ -34,6 +36,7 @@ class Case:
     names: Callable[[Path], list[str]]  # fragments the error line must contain
     tool: str = "mpt"  # or "pytest": python -m pytest benchmarks ...
     env: Callable[[Path], dict] = field(default=lambda _tmp: {})
+    exit: int | None = None  # None: the tool's usage error (EXIT)
 
 
 def mpt(*args: str) -> Callable[[Path], list[str]]:
@@ -49,6 +52,21 @@ def sweep(ratios: str) -> Callable[[Path], list[str]]:
 
 def const(*fragments: str) -> Callable[[Path], list[str]]:
     return lambda _tmp: list(fragments)
+
+
+def collect(folder: str) -> Callable[[Path], list[str]]:
+    """pytest's arguments collecting the CPU tier of a baselines folder under the tmp dir."""
+    return lambda tmp: ["--collect-only", "--mpt-tier", "cpu", "--mpt-baselines", str(tmp / folder)]
+
+
+def csv_line(folder: str, line: int) -> Callable[[Path], list[str]]:
+    """``file:line`` of the tiny tier's quant.csv copied under ``folder``."""
+    return lambda tmp: [f"{tmp / folder / 'cpu' / 'tiny-llama' / 'quant.csv'}:{line}"]
+
+
+TINY_LINES = TINY_CSV.read_text().splitlines()
+ADDED = len(TINY_LINES) + 1  # the line a row appended to the tiny quant.csv lands on
+FIRST_ROW = next(n for n, line in enumerate(TINY_LINES, 1) if line.startswith("tiny-llama,"))
 
 
 RUN = ("run", "--model", "tiny-llama")
@@ -85,16 +103,19 @@ CASES = [
         mpt(*RUN, "--spec", "dense", "--seqlen", "64", "--windows", "1"),
         lambda tmp: [str(tmp / "data" / "wikitext-2-raw" / "wiki.test.raw"), "not UTF-8"],
         env=lambda tmp: {"MPT_DATA_DIR": str(tmp / "data")},
+        exit=DATA,
     ),
     Case(
         "fit-value-not-a-number",
         lambda tmp: ["fit", str(tmp / "high.jsonl")],
         lambda tmp: [f"{tmp / 'high.jsonl'}:1", "'high'"],
+        exit=DATA,
     ),
     Case(
         "report-value-not-a-number",
         lambda tmp: ["report", str(tmp / "high.jsonl")],
         lambda tmp: [f"{tmp / 'high.jsonl'}:1", "'high'"],
+        exit=DATA,
     ),
     Case(
         "resume-seqlen-not-a-number",
@@ -110,6 +131,7 @@ CASES = [
             str(tmp / "abc.jsonl"),
         ],  # fmt: skip
         lambda tmp: [f"{tmp / 'abc.jsonl'}:1", "'abc'"],
+        exit=DATA,
     ),
     # the pytest harness
     Case(
@@ -126,6 +148,28 @@ CASES = [
         "pytest",
     ),
     Case(
+        "baseline-not-utf8",
+        collect("bl-not-utf8"),
+        lambda tmp: [str(tmp / "bl-not-utf8" / "cpu" / "tiny-llama" / "quant.csv"), "UTF-8"],
+        "pytest",
+    ),
+    # rows no test would judge (issue #23, item 1)
+    Case(
+        "baseline-unknown-method",
+        collect("bl-unknown"),
+        lambda tmp: [*csv_line("bl-unknown", ADDED)(tmp), "unknown method 'foo'", "mpt methods"],
+        "pytest",
+    ),
+    Case(
+        "baseline-duplicate-row",
+        collect("bl-duplicate"),
+        lambda tmp: [
+            *csv_line("bl-duplicate", ADDED)(tmp),
+            f"duplicate of {csv_line('bl-duplicate', FIRST_ROW)(tmp)[0]}",
+        ],
+        "pytest",
+    ),
+    Case(
         "data-dir-missing",
         const("--collect-only", "--mpt-data-dir", "/nonexistent"),
         const("--mpt-data-dir /nonexistent"),
@@ -133,13 +177,14 @@ CASES = [
     ),
 ]
 BY_ID = {case.id: case for case in CASES}
-EXIT = {"mpt": 2, "pytest": 4}
+EXIT = {"mpt": USAGE, "pytest": 4}
 PREFIX = {"mpt": "mpt: error: ", "pytest": "ERROR: "}
 
 
 def make_inputs(tmp: Path) -> None:
-    """A data folder with a broken WikiText-2, a baselines folder with a broken CSV header,
-    and committed records with one field made wrong."""
+    """A data folder with a broken WikiText-2, baselines folders each with one broken CSV
+    (a header, a byte, a row naming no method, a row twice), and committed records with
+    one field made wrong."""
     data = tmp / "data"
     shutil.copytree(Path(os.environ["MPT_DATA_DIR"]) / "ptb", data / "ptb")
     (data / "wikitext-2-raw").mkdir()
@@ -149,6 +194,15 @@ def make_inputs(tmp: Path) -> None:
     header = TINY_CSV.read_text()
     assert "\n# windows: 4\n" in header
     bad_csv.write_text(header.replace("\n# windows: 4\n", "\n# windows: two\n"))
+    tiny = TINY_CSV.read_text()
+    for folder, text in [
+        ("bl-unknown", tiny + "tiny-llama,wikitext2,foo:0.5,ppl,300.0,,,,64,added\n"),
+        ("bl-duplicate", tiny + TINY_LINES[FIRST_ROW - 1] + "\n"),
+        ("bl-not-utf8", tiny.replace("tiny-llama,wikitext2,dense", "tiny-llama,wiki\udcfftext2,d")),
+    ]:
+        path = tmp / folder / "cpu" / "tiny-llama" / "quant.csv"
+        path.parent.mkdir(parents=True)
+        path.write_bytes(text.encode("utf-8", "surrogateescape"))
     record = json.loads(TINY_RECORDS.read_text().splitlines()[0])
     (tmp / "high.jsonl").write_text(json.dumps(record | {"value": "high"}) + "\n")
     (tmp / "abc.jsonl").write_text(json.dumps(record | {"seqlen": "abc"}) + "\n")
@@ -194,7 +248,7 @@ def test_a_bad_input_is_refused_in_one_line(outcomes, case_id):
     case, result = BY_ID[case_id], future.result()
     last = (result.stderr.strip().splitlines() or [""])[-1]
     assert "Traceback" not in result.stdout + result.stderr, f"traceback ending in: {last}"
-    assert result.returncode == EXIT[case.tool], (result.returncode, last)
+    assert result.returncode == (case.exit or EXIT[case.tool]), (result.returncode, last)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(PREFIX[case.tool]), lines[0]
@@ -223,7 +277,8 @@ def test_a_budget_is_a_percentage_or_a_fraction_below_one(text, budget):
 @pytest.mark.parametrize("text", ["1", "5", "inf", "nan%"])
 def test_a_bare_budget_of_one_or_more_or_not_finite_is_refused(text):
     from mpt_core.commands.recommend import parse_budget
-    from mpt_core.errors import FitError
+    from mpt_core.errors import MptError
 
-    with pytest.raises(FitError, match="--max-ppl-increase"):
+    with pytest.raises(MptError, match="--max-ppl-increase") as refused:
         parse_budget(text)
+    assert refused.value.exit_code == USAGE  # an option, not the grid it is applied to

@@ -1,4 +1,6 @@
-"""Bad input through the real CLI: exit code 2, one line ``mpt: error: ...``, no traceback.
+"""Bad input through the real CLI: one line ``mpt: error: ...``, no traceback, and the
+exit code of its kind: 2 for usage (an option or spec), 3 for data (a data set, model or
+results file that is missing or does not read); each ``MptError`` class states its own.
 
 Every case runs ``python -m mpt_core.cli`` in a subprocess. The subprocesses of the
 selected cases are started together (as many at a time as there are CPUs) when the
@@ -12,10 +14,24 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from conftest import cli_env, needs_data, run_cli
+from mpt_core import cli, registry
+from mpt_core.errors import (
+    DATA,
+    USAGE,
+    BackendError,
+    BaselineError,
+    DataError,
+    FitError,
+    ModelError,
+    MptError,
+    ResultsError,
+    SpecError,
+)
 from mpt_core.records import Record
 
 TINY = ["--model", "tiny-llama", "--dataset", "ptb", "--seqlen", "64", "--windows", "1"]
@@ -45,6 +61,7 @@ class Case:
     names: Callable[[Path], list[str]]  # fragments the error line must contain
     env: Callable[[Path], dict] = field(default=lambda _tmp: {})
     loads_model: bool = False
+    code: int = USAGE
 
 
 CASES = [
@@ -79,6 +96,7 @@ CASES = [
         ),
         lambda _: ["500000"],
         loads_model=True,
+        code=DATA,  # the data set is shorter than one window
     ),
     # models and devices
     Case(
@@ -87,12 +105,14 @@ CASES = [
         lambda _: ["no-such-model-xyz"],
         env=lambda _: {"HF_HUB_OFFLINE": "1"},
         loads_model=True,
+        code=DATA,
     ),
     Case(
         "directory-not-a-model",
         lambda tmp: ["run", *TINY[2:], "--model", str(tmp / "not-a-model"), "--spec", "dense"],
         lambda tmp: [str(tmp / "not-a-model")],
         loads_model=True,
+        code=DATA,
     ),
     Case(
         "device-not-present",
@@ -107,9 +127,20 @@ CASES = [
         lambda tmp: ["MPT_DATA_DIR", str(tmp / "empty"), "wiki.test.raw"],
         env=lambda tmp: {"MPT_DATA_DIR": str(tmp / "empty")},
         loads_model=True,
+        code=DATA,
     ),
-    Case("results-bad-middle-line", sweep_out("bad.jsonl"), lambda tmp: [f"{tmp / 'bad.jsonl'}:2"]),
-    Case("results-not-text", sweep_out("binary.jsonl"), lambda tmp: [str(tmp / "binary.jsonl")]),
+    Case(
+        "results-bad-middle-line",
+        sweep_out("bad.jsonl"),
+        lambda tmp: [f"{tmp / 'bad.jsonl'}:2"],
+        code=DATA,
+    ),
+    Case(
+        "results-not-text",
+        sweep_out("binary.jsonl"),
+        lambda tmp: [str(tmp / "binary.jsonl")],
+        code=DATA,
+    ),
 ]
 # one thread per subprocess: the cases run side by side on few CPUs
 QUIET = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -161,7 +192,7 @@ def test_bad_input_is_one_clean_error(outcomes, case_id):
     stderr_lines = [line for line in result.stderr.splitlines() if line.strip()]
     last = result.stderr.strip().splitlines()[-1:] or [""]
     assert "Traceback" not in result.stderr, f"traceback ending in: {last[0]}"
-    assert result.returncode == 2, (result.returncode, last[0])
+    assert result.returncode == case.code, (result.returncode, last[0])
     assert len(stderr_lines) == 1, result.stderr
     line = stderr_lines[0]
     assert line.startswith("mpt: error: "), line
@@ -189,8 +220,47 @@ def test_a_bad_out_is_refused_before_anything_is_measured(tmp_path, out, fragmen
         "sweep": ["--method", "magnitude", "--ratios", "0.5"],
     }
     result = run_cli(command, "--model", "tiny-llama", *levels[command], "--out", path)
-    assert result.returncode == 2
+    assert result.returncode == USAGE
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"mpt: error: --out {path}")
     assert fragment in lines[0]
     assert "PPL" not in result.stdout  # refused before anything was measured
+
+
+# The exit code each kind of error means; a new MptError class is added here on purpose.
+STATED = {
+    MptError: USAGE,
+    SpecError: USAGE,
+    DataError: DATA,
+    ModelError: DATA,
+    BaselineError: DATA,
+    ResultsError: DATA,
+    BackendError: DATA,
+    FitError: DATA,
+}
+
+
+def _error_classes() -> list[type]:
+    """MptError and every subclass, once the CLI's commands and the methods are imported."""
+    cli.build_parser()
+    registry.names()
+    found, todo = set(), [MptError]
+    while todo:
+        error = todo.pop()
+        found.add(error)
+        todo += error.__subclasses__()
+    return sorted(found, key=lambda error: error.__name__)
+
+
+@pytest.mark.parametrize("error", _error_classes(), ids=lambda error: error.__name__)
+def test_every_error_states_its_exit_code_and_mpt_exits_with_it(error, monkeypatch, capsys):
+    assert error in STATED, f"{error.__name__}: state its exit code in STATED"
+    assert vars(error).get("exit_code") == STATED[error], "stated on the class itself"
+
+    def fail(_args):
+        raise error("what went wrong")
+
+    parser = SimpleNamespace(parse_args=lambda _argv: SimpleNamespace(func=fail))
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    assert cli.main([]) == STATED[error]
+    assert capsys.readouterr().err == "mpt: error: what went wrong\n"

@@ -1,8 +1,8 @@
-"""``mpt fit`` and ``mpt recommend``: tables on good input, one line and exit 2 on bad."""
+"""``mpt fit`` and ``mpt recommend``: tables on good input, one line on bad: exit 2 for a
+bad option, 3 for a file that cannot be fitted."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
@@ -10,24 +10,14 @@ from pathlib import Path
 import pytest
 
 from mpt_core.analysis.curves import read_jsonl
-from mpt_core.commands import fit, recommend
-from mpt_core.errors import MptError
+from mpt_core.cli import main
+from mpt_core.errors import DATA, USAGE
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "curves"
 
 
 def mpt(*argv: str) -> int:
-    """What ``mpt_core.cli.main`` does for these commands: MptError -> one line, exit 2."""
-    parser = argparse.ArgumentParser(prog="mpt")
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    fit.register(subparsers)
-    recommend.register(subparsers)
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except MptError as error:
-        print(f"mpt: error: {error}")
-        return 2
+    return main(list(argv))
 
 
 def test_fit_prints_one_ptp_row_per_curve(capsys) -> None:
@@ -53,25 +43,27 @@ def test_fit_markdown_is_a_github_table(capsys) -> None:
 
 
 @pytest.mark.parametrize(
-    ("argv", "message"),
+    ("argv", "code", "message"),
     [
-        (("empty.csv",), "empty.csv: empty file"),
-        (("one_point.csv",), "too few points (1 distinct < 5"),
-        (("nan_x.csv", "--x", "ratio", "--y", "ppl"), "x must be finite"),
+        (("empty.csv",), DATA, "empty.csv: empty file"),
+        (("one_point.csv",), DATA, "too few points (1 distinct < 5"),
+        (("nan_x.csv", "--x", "ratio", "--y", "ppl"), DATA, "x must be finite"),
         (
             ("xy.csv", "--x", "ratio", "--y", "loss"),
+            DATA,
             "no column 'loss'; columns are method, ratio, ppl",
         ),
-        (("xy.csv",), "not a baseline CSV; name its columns with --x and --y"),
-        (("missing.csv",), "missing.csv: no such file"),
-        (("synthetic.csv", "--metric", "acc"), "no curve for metric 'acc'"),
+        (("xy.csv",), DATA, "not a baseline CSV; name its columns with --x and --y"),
+        (("missing.csv",), DATA, "missing.csv: no such file"),
+        (("synthetic.csv", "--metric", "acc"), DATA, "no curve for metric 'acc'"),
+        (("synthetic.csv", "--by", "model"), USAGE, "--by model: baseline files group by"),
     ],
 )
-def test_bad_fit_input_gives_one_line_and_exit_2(argv, message, capsys) -> None:
-    assert mpt("fit", str(FIXTURES / argv[0]), *argv[1:]) == 2
-    out = capsys.readouterr().out
-    assert out.startswith("mpt: error: ") and out.count("\n") == 1
-    assert message in out
+def test_bad_fit_input_gives_one_line_and_its_exit_code(argv, code, message, capsys) -> None:
+    assert mpt("fit", str(FIXTURES / argv[0]), *argv[1:]) == code
+    err = capsys.readouterr().err
+    assert err.startswith("mpt: error: ") and err.count("\n") == 1
+    assert message in err
 
 
 def test_recommend_prints_the_smallest_cell_within_budget(capsys) -> None:
@@ -82,21 +74,21 @@ def test_recommend_prints_the_smallest_cell_within_budget(capsys) -> None:
 
 
 @pytest.mark.parametrize(
-    ("argv", "message"),
+    ("argv", "code", "message"),
     [
-        (("grid.csv", "--max-ppl-increase", "five"), "write a percentage (5%) or a fraction"),
-        (("grid.csv", "--max-ppl-increase=-5%"), "must be zero or more"),
-        (("empty.csv", "--max-ppl-increase", "5%"), "empty file"),
-        (("synthetic.csv", "--max-ppl-increase", "5%", "--metric", "acc"), "no points with"),
-        (("one_point.csv", "--max-ppl-increase", "5%"), "no uncompressed ('dense') point"),
-        (("xy.csv", "--max-ppl-increase", "5%"), "header 'method,ratio,ppl' is not"),
+        (("grid.csv", "--max-ppl-increase", "five"), USAGE, "write a percentage (5%) or a"),
+        (("grid.csv", "--max-ppl-increase=-5%"), USAGE, "must be zero or more"),
+        (("empty.csv", "--max-ppl-increase", "5%"), DATA, "empty file"),
+        (("synthetic.csv", "--max-ppl-increase", "5%", "--metric", "acc"), DATA, "no points"),
+        (("one_point.csv", "--max-ppl-increase", "5%"), DATA, "no uncompressed ('dense') point"),
+        (("xy.csv", "--max-ppl-increase", "5%"), DATA, "header 'method,ratio,ppl' is not"),
     ],
 )
-def test_bad_recommend_input_gives_one_line_and_exit_2(argv, message, capsys) -> None:
-    assert mpt("recommend", str(FIXTURES / argv[0]), *argv[1:]) == 2
-    out = capsys.readouterr().out
-    assert out.startswith("mpt: error: ") and out.count("\n") == 1
-    assert message in out
+def test_bad_recommend_input_gives_one_line_and_its_exit_code(argv, code, message, capsys):
+    assert mpt("recommend", str(FIXTURES / argv[0]), *argv[1:]) == code
+    err = capsys.readouterr().err
+    assert err.startswith("mpt: error: ") and err.count("\n") == 1
+    assert message in err
 
 
 def test_the_mpt_command_runs_fit_and_recommend() -> None:
@@ -125,7 +117,7 @@ def test_a_value_that_is_no_measurement_is_an_error_not_a_collapsed_point(
     path.write_text(
         json.dumps(record | {"value": 0.0}).replace('"value": 0.0', f'"value": {value}')
     )
-    assert mpt("fit", str(path)) == 2
+    assert mpt("fit", str(path)) == DATA
     assert f"{path}:1: {message}" in capsys.readouterr().out
 
 

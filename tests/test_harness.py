@@ -216,8 +216,8 @@ def test_gpu_tier_collects_one_test_per_numeric_study_cell():
     points = [line for line in collected if "::test_ptp[" not in line]
     curves = [line for line in collected if "::test_ptp[" in line]
     study = baselines.load_dir(ROOT / "baselines" / "study", "study")
-    assert len(points) == sum(row.is_numeric for row in study)
-    assert len(curves) == len(baseline_curves([row for row in study if row.is_numeric])) > 0
+    assert len(points) == sum(row.has_value for row in study)
+    assert len(curves) == len(baseline_curves([row for row in study if row.has_value])) > 0
     assert (
         "benchmarks/test_unstructured.py::test_ppl[llama2-7b-wikitext2-wanda:0.5-table2]"
         in collected

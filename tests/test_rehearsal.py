@@ -15,7 +15,7 @@ from mpt_core.harness import collection, policy, rehearsal
 from mpt_core.spec import Spec
 
 STUDY = baselines.load_dir(REPO / "baselines" / "study", "study")
-MEASURED = [row for row in STUDY if row.is_numeric]
+MEASURED = [row for row in STUDY if row.has_value]
 REHEARSABLE = [row for row in MEASURED if policy.skip_reason(row, rehearsing=True) is None]
 
 

@@ -11,7 +11,7 @@ from mpt_core import progress
 from mpt_core.baselines import DOWNSTREAM_METRICS, task_limits
 from mpt_core.commands.common import add_model_arguments, describe, open_session
 from mpt_core.commands.run import describe_score
-from mpt_core.errors import MptError
+from mpt_core.errors import BaselineError
 from mpt_core.harness.baseline_record import (
     GRIDS_DIR,
     grid_datasets,
@@ -74,7 +74,7 @@ def run_noise(args: argparse.Namespace) -> int:
 
     csv_path = Path(args.csv)
     if not csv_path.is_file():
-        raise MptError(f"--csv {csv_path} does not exist")
+        raise BaselineError(f"--csv {csv_path} does not exist")
     specs = _comma_set(args.specs)
     datasets = _comma_set(args.datasets)
 

@@ -91,7 +91,7 @@ def load_curves(args: argparse.Namespace, path: Path) -> list[MeasuredCurve]:
         raise BaselineError(f"{path}: empty file")
     if is_baseline_csv(path):
         if args.by not in (None, "method"):
-            raise BaselineError(f"--by {args.by}: baseline files group by 'method' only")
+            raise MptError(f"--by {args.by}: baseline files group by 'method' only")
         points = [p for p in read_points(path) if p.metric == args.metric]
         return group_curves(points, axes=AXES if args.axis == "all" else (args.axis,))
     if args.x is None or args.y is None:

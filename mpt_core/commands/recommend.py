@@ -14,7 +14,7 @@ import math
 from mpt_core.analysis.combine import Grid, Recommendation, build_grid, recommend, select_setting
 from mpt_core.analysis.curves import read_points
 from mpt_core.commands.fit import DIRECTIONS
-from mpt_core.errors import FitError
+from mpt_core.errors import FitError, MptError
 
 
 def parse_budget(text: str) -> float:
@@ -25,13 +25,13 @@ def parse_budget(text: str) -> float:
     try:
         value = float(raw[:-1]) / 100 if percent else float(raw)
     except ValueError:
-        raise FitError(
+        raise MptError(
             f"--max-ppl-increase {text!r}: write a percentage (5%) or a fraction (0.05)"
         ) from None
     if not (value >= 0 and math.isfinite(value)):
-        raise FitError(f"--max-ppl-increase {text!r} must be zero or more, and finite")
+        raise MptError(f"--max-ppl-increase {text!r} must be zero or more, and finite")
     if not percent and value >= 1:
-        raise FitError(
+        raise MptError(
             f"--max-ppl-increase {text!r} would allow +{100 * value:g}%: "
             f"write {raw}% or {value / 100:g} for +{value:g}%, or {100 * value:g}% if meant"
         )

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from mpt_core import baselines
-from mpt_core.errors import MptError
+from mpt_core.errors import ResultsError
 from mpt_core.harness import policy
 from mpt_core.records import read
 from mpt_core.reporting.report import Cell, tables
@@ -26,10 +26,10 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if not Path(args.results).is_file():
-        raise MptError(f"results file {args.results} does not exist")
+        raise ResultsError(f"results file {args.results} does not exist")
     records = read(args.results)
     if not records:
-        raise MptError(f"{args.results} holds no records")
+        raise ResultsError(f"{args.results} holds no records")
     rows = _baseline_rows(args.baselines) if args.baselines else {}
     cells = judged_cells(records, rows, baselines.BaselineRecords(), baselines.NoiseFloors())
     text = tables(cells)

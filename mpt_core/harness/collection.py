@@ -6,6 +6,7 @@ Rows are read once per session (``rows``) and every other lookup uses that list.
 from __future__ import annotations
 
 import re
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -13,8 +14,8 @@ import pytest
 
 from mpt_core import baselines
 from mpt_core.baselines import BaselineRow
-from mpt_core.errors import MptError
-from mpt_core.harness import plan, policy, rehearsal
+from mpt_core.errors import BaselineError, MptError
+from mpt_core.harness import plan, policy, rehearsal, row_checks
 from mpt_core.harness.curve_rows import BaselineCurve, baseline_curves
 from mpt_core.harness.scaleout import balance, in_shard, parse_shard
 from mpt_core.spec import Spec
@@ -37,6 +38,7 @@ SMOKE_DATASET = "wikitext2"
 TINY_MODELS = ("tiny-llama",)
 _ROWS = pytest.StashKey[list]()
 _READ_ERROR = pytest.StashKey[str]()
+_EMPTY_CELLS = pytest.StashKey[int]()
 
 
 def baselines_dir(config) -> Path:
@@ -45,7 +47,8 @@ def baselines_dir(config) -> Path:
 
 
 def rows(config) -> list[BaselineRow]:
-    """Every numeric baseline row of the selected tiers, read from disk once per session."""
+    """Every baseline row of the selected tiers that has a value (finite or collapsed; not
+    the study's empty cells), read from disk and checked (``row_checks``) once per session."""
     if _ROWS not in config.stash:
         try:
             config.stash[_ROWS] = _read_rows(config)
@@ -56,8 +59,13 @@ def rows(config) -> list[BaselineRow]:
 
 
 def read_error(config) -> str | None:
-    """The one-line error of a baseline file that did not read, if one did not."""
+    """The error of baseline files that did not read or check, one line per bad row."""
     return config.stash.get(_READ_ERROR, None)
+
+
+def empty_cells(config) -> int:
+    """How many rows of the selected tiers are cells the study left empty ('-')."""
+    return config.stash.get(_EMPTY_CELLS, 0)
 
 
 def tier(config) -> str:
@@ -84,7 +92,17 @@ def _read_rows(config) -> list[BaselineRow]:
         cpu_dir = root / "cpu" / model.strip()
         if tier_name in ("cpu", "all") and cpu_dir.is_dir():
             found += baselines.load_dir(cpu_dir, "cpu")
-    return [row for row in found if row.is_numeric]
+    problems = row_checks.errors(found)
+    if problems:
+        raise BaselineError("\n".join(problems))
+    for row, conflict in row_checks.conflicts(found):  # shown where the row is
+        warnings.warn_explicit(conflict, MptBaselineWarning, row.file, row.line)
+    config.stash[_EMPTY_CELLS] = sum(not row.has_value for row in found)
+    return [row for row in found if row.has_value]
+
+
+class MptBaselineWarning(pytest.PytestWarning):
+    """Baseline rows that are all tests but cannot all be right (``row_checks.conflicts``)."""
 
 
 def parametrize(metafunc) -> None:

@@ -8,6 +8,7 @@ import os
 from collections import Counter
 from pathlib import Path
 
+from mpt_core.harness import collection
 from mpt_core.harness.scaleout import merge_parts
 from mpt_core.reporting.report import summary_line, tables
 from mpt_core.verdict import RE_RECORD
@@ -53,13 +54,17 @@ def write_report(path: Path, state) -> None:
 
 
 def terminal_summary(write_line, state, config) -> None:
-    """The rows collected, judged and skipped (by reason), the points judged by outcome, then
+    """The rows collected (and the study's empty cells left out), judged and skipped (by
+    reason), the points judged by outcome, then
     each point that did not pass with its baseline, measured value, ratio, recovery and the
     verdict's reason: a run that tested less than asked says so."""
     skipped = ", ".join(f"{count} {reason}" for reason, count in state.skips.most_common())
+    empty = collection.empty_cells(config)
     write_line(
         f"mpt: {state.collected_rows} baseline rows collected, {len(state.verdicts)} judged, "
-        f"{sum(state.skips.values())} tests skipped" + (f" ({skipped})" if skipped else "")
+        f"{sum(state.skips.values())} tests skipped"
+        + (f" ({skipped})" if skipped else "")
+        + (f"; {empty} empty cells of the study ('-') are no tests" if empty else "")
     )
     outcomes = Counter(verdict.outcome for _row, verdict in state.verdicts)
     counts = ", ".join(f"{count} {outcome}" for outcome, count in sorted(outcomes.items()))

@@ -83,12 +83,13 @@ def pytest_generate_tests(metafunc) -> None:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_make_collect_report(collector):
-    """A baseline file that does not read stops the session with its one-line error (exit
-    4), not a traceback under every benchmark module that asked for its rows."""
+    """A baseline file that does not read, or rows no test would judge, stop the session
+    (exit 4) with one line per error, not a traceback under every benchmark module that
+    asked for its rows."""
     report = yield
     error = collection.read_error(collector.config)
     if error is not None:
-        raise pytest.UsageError(error)
+        raise pytest.UsageError(*error.splitlines())
     return report
 
 
