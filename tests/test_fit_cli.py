@@ -118,7 +118,7 @@ def test_a_value_that_is_no_measurement_is_an_error_not_a_collapsed_point(
         json.dumps(record | {"value": 0.0}).replace('"value": 0.0', f'"value": {value}')
     )
     assert mpt("fit", str(path)) == DATA
-    assert f"{path}:1: {message}" in capsys.readouterr().out
+    assert f"{path}:1: {message}" in capsys.readouterr().err
 
 
 def test_a_schema_2_collapsed_value_reads_as_nan(tmp_path) -> None:
