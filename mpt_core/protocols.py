@@ -50,7 +50,7 @@ CPU_CALIBRATION = "ptb"  # its baselines calibrated on PTB valid (their CSVs' `#
 # made with, so code that drew from another split is caught by the numbers it changes
 CPU_CALIBRATION_SPLIT = "validation"
 CPU_CALIB_BATCH = 8  # engine.layerwise.CALIBRATION_BATCH (tests/test_protocols.py: equal)
-CPU_EVAL_BATCH = 4  # evaluate.perplexity.CPU_BATCH (tests/test_protocols.py: equal)
+CPU_EVAL_BATCH = 4  # evaluate.batching.CPU_BATCH (tests/test_protocols.py: equal)
 
 
 class _Parsers:

@@ -10,11 +10,10 @@ import torch
 from torch import nn
 
 from mpt_core.errors import DataError
-from mpt_core.evaluate import perplexity as perplexity_module
+from mpt_core.evaluate import batching, loss
+from mpt_core.evaluate.batching import batch_for_memory, evaluation_batch
 from mpt_core.evaluate.perplexity import (
-    batch_for_memory,
     eval_windows,
-    evaluation_batch,
     perplexity,
     summarize,
     window_losses,
@@ -88,7 +87,7 @@ def test_chunked_fp32_logits_give_bit_identical_losses(
     tiny, wikitext_ids, monkeypatch, chunk_elements
 ):
     # 7 and 64 positions a chunk (a ragged last chunk), and the whole window in one
-    monkeypatch.setattr(perplexity_module, "LOSS_CHUNK_ELEMENTS", chunk_elements)
+    monkeypatch.setattr(loss, "LOSS_CHUNK_ELEMENTS", chunk_elements)
     windows = eval_windows(wikitext_ids, SEQLEN, 4)
     assert window_losses(tiny.model, windows, batch_size=4) == whole_batch_losses(
         tiny.model, windows
@@ -96,29 +95,29 @@ def test_chunked_fp32_logits_give_bit_identical_losses(
 
 
 def test_off_cuda_the_batch_is_the_cpu_tiers(tiny):
-    assert evaluation_batch(tiny.model, SEQLEN) == perplexity_module.CPU_BATCH
+    assert evaluation_batch(tiny.model, SEQLEN) == batching.CPU_BATCH
 
 
 def test_on_cuda_the_batch_follows_the_free_memory(tiny, monkeypatch):
-    monkeypatch.setattr(perplexity_module, "compute_device", lambda _: torch.device("cuda"))
-    per_window = perplexity_module.window_bytes(tiny.model.config, SEQLEN, 4)
+    monkeypatch.setattr(batching, "compute_device", lambda _: torch.device("cuda"))
+    per_window = batching.window_bytes(tiny.model.config, SEQLEN, 4)
     for windows in (1, 5, 40):
-        free = int(windows * per_window / (1 - perplexity_module.HEADROOM)) + 1
+        free = int(windows * per_window / (1 - batching.HEADROOM)) + 1
         monkeypatch.setattr(torch.cuda, "mem_get_info", lambda _device, free=free: (free, free))
         assert evaluation_batch(tiny.model, SEQLEN) == windows
 
 
 def test_the_memory_batch_is_at_least_one_and_at_most_the_cap():
     assert batch_for_memory(0, 10) == 1
-    assert batch_for_memory(10**15, 10) == perplexity_module.MAX_CUDA_BATCH
+    assert batch_for_memory(10**15, 10) == batching.MAX_CUDA_BATCH
     assert batch_for_memory(1000, 100) == 8  # 80% of the free memory: 800 bytes
 
 
 def test_a_longer_window_needs_more_than_proportionally_more_memory(tiny):
     # attention scores grow with the square of the length
-    short = perplexity_module.window_bytes(tiny.model.config, 128, 2)
-    long = perplexity_module.window_bytes(tiny.model.config, 1024, 2)
-    chunk = 2 * 4 * perplexity_module.LOSS_CHUNK_ELEMENTS
+    short = batching.window_bytes(tiny.model.config, 128, 2)
+    long = batching.window_bytes(tiny.model.config, 1024, 2)
+    chunk = 2 * 4 * loss.LOSS_CHUNK_ELEMENTS
     assert long - chunk > 8 * (short - chunk)
 
 

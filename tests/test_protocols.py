@@ -12,7 +12,7 @@ import pytest
 from mpt_core import baselines, protocols
 from mpt_core.engine import layerwise
 from mpt_core.errors import BaselineError
-from mpt_core.evaluate import perplexity
+from mpt_core.evaluate import batching
 from mpt_core.harness import policy
 from mpt_core.protocols import ProtocolFile, cpu_protocol, protocol_for
 
@@ -225,7 +225,7 @@ def test_the_cpu_tier_is_measured_as_before():
 
 def test_the_cpu_protocol_states_the_code_it_runs():
     assert protocols.CPU_CALIB_BATCH == layerwise.CALIBRATION_BATCH
-    assert perplexity.CPU_BATCH == protocols.CPU_EVAL_BATCH
+    assert batching.CPU_BATCH == protocols.CPU_EVAL_BATCH
     assert cpu_protocol(CPU_ROWS[0]).calib_set == "ptb"
 
 

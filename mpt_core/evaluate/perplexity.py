@@ -3,13 +3,8 @@
 
 ``n = numel // seqlen`` windows (or the first ``windows``); each window's loss is
 the mean cross-entropy of its shifted logits, computed in fp32;
-``ppl = exp(mean window loss)``. The fp32 logits exist only ``LOSS_CHUNK_ELEMENTS`` at a
-time (a window's positions in chunks): the per-token losses are bit-identical to those of
-the whole batch's fp32 logits, without their memory (4 × 4096 × 32000 fp32 is 2 GB, and its
-log-softmax another 2 GB) and at a third of their cost on the CPU
-(``benchmarks/test_perplexity_speed.py``). Windows per forward pass: ``CPU_BATCH`` off CUDA
-(the CPU tier's protocol), and on CUDA as many as the free memory holds
-(``batch_for_memory``); a causal window's loss does not depend on its batch neighbours.
+``ppl = exp(mean window loss)`` (the losses: ``evaluate.loss``; windows per forward
+pass: ``evaluate.batching``).
 The standard error comes from the spread of the window losses by the delta method:
 ``se(ppl) = ppl * std(loss) / sqrt(n)``.
 A non-finite loss is a collapsed model: ppl is ``inf``, never an exception.
@@ -22,20 +17,14 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from mpt_core.engine.layerwise import decoder_layers, stem_modules
 from mpt_core.engine.offload import streamed
 from mpt_core.errors import DataError
-from mpt_core.models import HEADROOM, compute_device, is_offloaded
+from mpt_core.evaluate.batching import evaluation_batch
+from mpt_core.evaluate.loss import next_token_nll
+from mpt_core.models import compute_device, is_offloaded
 from mpt_core.progress import bar
-
-CPU_BATCH = 4  # windows per forward pass off CUDA: the CPU tier's baselines were made so
-# fp32 logits per loss chunk: 16 MB, within a server L3; 64 to 128 positions of a
-# 32k-49k vocabulary were fastest on this machine, and a chunk's per-token losses are
-# bit-identical to the whole batch's (tests/test_perplexity.py)
-LOSS_CHUNK_ELEMENTS = 1 << 22
-MAX_CUDA_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -87,53 +76,7 @@ def _streamed_if_offloaded(model):
 
 
 def _batch_losses(model, batch: torch.Tensor) -> list[float]:
-    logits = model(batch, use_cache=False).logits
-    means = [token_nll(logits[row, :-1], batch[row, 1:]).mean() for row in range(len(batch))]
-    return torch.stack(means).tolist()
-
-
-def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of each position of one window's ``logits`` (positions, vocab) against
-    ``targets``, in fp32, the fp32 logits made ``LOSS_CHUNK_ELEMENTS`` at a time."""
-    step = max(1, LOSS_CHUNK_ELEMENTS // logits.shape[-1])
-    return torch.cat(
-        [
-            F.cross_entropy(
-                logits[at : at + step].float(), targets[at : at + step], reduction="none"
-            )
-            for at in range(0, logits.shape[0], step)
-        ]
-    )
-
-
-def evaluation_batch(model, seqlen: int) -> int:
-    """Windows per forward pass: ``CPU_BATCH`` off CUDA, else what the free memory holds."""
-    device = compute_device(model)
-    if device.type != "cuda":
-        return CPU_BATCH
-    free = torch.cuda.mem_get_info(device)[0]
-    return batch_for_memory(free, window_bytes(model.config, seqlen, _element_size(model)))
-
-
-def window_bytes(config, seqlen: int, element_size: int) -> int:
-    """Device memory one window's forward pass may need at once: its logits (kept for the
-    whole batch), one block's activations (hidden, MLP and attention scores, were attention
-    eager) and a loss chunk's fp32 logits and log-softmax."""
-    text = getattr(config, "text_config", config)
-    logits = seqlen * text.vocab_size * element_size
-    block = seqlen * (4 * text.hidden_size + 3 * text.intermediate_size) * element_size
-    scores = text.num_attention_heads * seqlen * seqlen * element_size
-    return logits + block + scores + 2 * 4 * LOSS_CHUNK_ELEMENTS
-
-
-def batch_for_memory(free_bytes: int, per_window: int) -> int:
-    """As many windows as fit in the free memory less ``models.HEADROOM``, 1 to
-    ``MAX_CUDA_BATCH``."""
-    return max(1, min(MAX_CUDA_BATCH, int((1 - HEADROOM) * free_bytes) // per_window))
-
-
-def _element_size(model) -> int:
-    return next(model.parameters()).element_size()
+    return next_token_nll(model, batch, batch[:, 1:]).mean(dim=1).tolist()
 
 
 def perplexity(
@@ -180,11 +123,7 @@ def _second_half_nll(model, batch: torch.Tensor, first: int, bos_id: int | None)
     inputs = batch.clone()
     if bos_id is not None:
         inputs[:, 0] = bos_id
-    logits = model(inputs, use_cache=False).logits
-    targets = batch[:, first + 1 :]
-    return torch.stack(
-        [token_nll(logits[row, first:-1], targets[row]) for row in range(len(batch))]
-    )
+    return next_token_nll(model, inputs, batch[:, first + 1 :], first)
 
 
 def _llama_summary(per_token: torch.Tensor, ctx: int) -> Perplexity:
