@@ -77,16 +77,18 @@ def test_errors_past_a_screenful_are_counted(tmp_path):
     assert found[-1] == f"... and {25 - row_checks.MAX_LINES} more rows like these"
 
 
-def test_one_point_in_two_cpu_files_must_have_one_value(tmp_path):
+def test_one_point_in_two_cpu_files_must_agree_within_its_tolerance(tmp_path):
     same = _cpu_rows(tmp_path / "quant.csv", _row("rtn:4"))
     same += _cpu_rows(tmp_path / "combined-x.csv", _row("rtn:4"))
     assert row_checks.errors(same) == [] and row_checks.conflicts(same) == []
-    stale = same + _cpu_rows(tmp_path / "combined-y.csv", _row("rtn:4", "30.5"))
+    close = _cpu_rows(tmp_path / "combined-z.csv", _row("rtn:4", "30.002"))  # within 1e-4
+    assert row_checks.conflicts(same + close) == []
+    stale = same + _cpu_rows(tmp_path / "combined-y.csv", _row("rtn:4", "31.0"))
     [(row, line)] = row_checks.conflicts(stale)
     assert row.where == f"{tmp_path / 'combined-y.csv'}:4"
-    assert f"is 30.5 here and 30.0 in {tmp_path / 'quant.csv'}:4, under one protocol" in line
+    assert f"is 31.0 here and 30.0 in {tmp_path / 'quant.csv'}:4, under one protocol" in line
     other_protocol = (tmp_path / "w8").mkdir() or tmp_path / "w8" / "quant.csv"
-    other_protocol.write_text(f"# windows: 8\n{HEADER}\n{_row('rtn:4', '30.5')}\n")
+    other_protocol.write_text(f"# windows: 8\n{HEADER}\n{_row('rtn:4', '31.0')}\n")
     assert row_checks.conflicts(same + baselines.load_file(other_protocol, "cpu")) == []
 
 

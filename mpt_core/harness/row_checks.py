@@ -3,9 +3,11 @@
 Read silently, a row naming a method nobody knows, or one whose family no benchmarks module
 collects, would vanish; a row repeating another of its file would become a second test
 of the same point against another baseline. These are errors that stop collection
-(``errors``). One point in two CPU-tier files under one protocol with two different values
-is a warning (``conflicts``): each file is a table with its own references (a combined
-table keeps its single-method points), so both rows are tests, and one value is stale.
+(``errors``). One point in two CPU-tier files under one protocol with values farther apart
+than its tolerance is a warning (``conflicts``): each file is a table with its own
+references (a combined table keeps its single-method points), so both rows are tests, and
+one measurement would fail the other. Closer values are two measurements of the point (a
+method whose result moves with the library versions or the BLAS threads), and pass.
 Two study tables printing one point differently are the study's two measurements: kept.
 """
 
@@ -17,6 +19,7 @@ from collections.abc import Iterator
 from mpt_core import baselines, registry
 from mpt_core.baselines import BaselineRow
 from mpt_core.families import ROW_FAMILIES
+from mpt_core.harness import policy
 from mpt_core.protocols import protocol_for
 from mpt_core.spec import Spec
 
@@ -69,14 +72,19 @@ def conflicts(rows: list[BaselineRow]) -> list[tuple[BaselineRow, str]]:
             continue
         key = (row.model, row.dataset, row.spec, row.metric, row.limit, protocol_for(row))
         other = first.setdefault(key, row)
-        if other.file != row.file and not _same_value(other.value, row.value):
+        if other.file != row.file and not _agree(other, row):
             found.append((row, (
                 f"{row.test_id} {row.metric} is {row.raw_value} here and {other.raw_value} in "
-                f"{other.where}, under one protocol: one is stale; record both files again "
-                "(mpt baselines record) or drop one row"
+                f"{other.where}, under one protocol, beyond its tolerance: one would fail the "
+                "other; record both files again (mpt baselines record) or drop one row"
             )))  # fmt: skip
     return found
 
 
-def _same_value(a: float, b: float) -> bool:
-    return a == b or (math.isnan(a) and math.isnan(b))
+def _agree(first: BaselineRow, second: BaselineRow) -> bool:
+    """Whether two baselines of one point are within the point's tolerance of each other
+    (both collapsed counts as agreeing)."""
+    a, b = first.value, second.value
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return a == b or (math.isnan(a) and math.isnan(b))
+    return abs(a - b) <= policy.tolerance(first, None) * abs(a)
