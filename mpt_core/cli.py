@@ -17,7 +17,7 @@ import importlib
 import sys
 
 from mpt_core import progress
-from mpt_core.errors import MptError
+from mpt_core.errors import USAGE, MptError
 
 COMMANDS = (
     "methods",
@@ -43,8 +43,15 @@ def version_text() -> str:
     return f"mpt {own} ({others})"
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's usage errors as one line (its default prints the usage block first)."""
+
+    def error(self, message: str):
+        self.exit(USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="mpt", description="Measure what compression does to a causal language model."
     )
     parser.add_argument(

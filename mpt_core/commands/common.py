@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from pathlib import Path
 
@@ -12,6 +13,17 @@ from mpt_core.data import DATASETS
 from mpt_core.errors import MptError
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def finite_float(text: str) -> float:
+    """An argparse type: a finite number (argparse's ``float`` takes nan and inf)."""
+    try:
+        number = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return number
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

@@ -12,6 +12,7 @@ import argparse
 
 from tabulate import tabulate
 
+from mpt_core.commands.common import finite_float
 from mpt_core.reporting.history import (
     judged,
     load_run,
@@ -29,7 +30,7 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("compare", help="points and PTPs that moved between two runs")
     parser.add_argument("run_a", help="a run file of a history folder (the earlier run)")
     parser.add_argument("run_b", help="a run file of a history folder (the later run)")
-    parser.add_argument("--rtol", type=float, default=DEFAULT_RTOL)
+    parser.add_argument("--rtol", type=finite_float, default=DEFAULT_RTOL)
     parser.add_argument(
         "--fail-on",
         choices=("moved", "regressed"),

@@ -22,6 +22,7 @@ from mpt_core.analysis.curves import (
     read_xy_curves,
 )
 from mpt_core.analysis.fit import PhaseFit, fit_phase_transition
+from mpt_core.commands.common import finite_float
 from mpt_core.errors import BaselineError, FitError, MptError
 
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")  # matplotlib writes each by the file's suffix
@@ -126,7 +127,7 @@ def register(subparsers) -> None:
     parser.add_argument("--direction", default=None, choices=["up", "down"])
     parser.add_argument(
         "--floor",
-        type=float,
+        type=finite_float,
         default=None,
         help="what a collapsed model still scores, fitted above (default: 0.25 for acc, "
         "acc_norm: chance on four choices; 0 otherwise)",

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from mpt_core.commands.common import finite_float
 from mpt_core.reporting.history import load_runs, point_label, run_ptps, step_changes
 from mpt_core.verdict import DEFAULT_RTOL
 
@@ -16,7 +17,10 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("history", help="values and PTPs over recorded runs")
     parser.add_argument("directory", help="folder written by pytest --mpt-history DIR")
     parser.add_argument(
-        "--rtol", type=float, default=DEFAULT_RTOL, help="relative change that counts as a step"
+        "--rtol",
+        type=finite_float,
+        default=DEFAULT_RTOL,
+        help="relative change that counts as a step",
     )
     parser.add_argument("--plot", default=None, help="write PPL- and PTP-over-runs figures here")
     parser.set_defaults(func=run)
