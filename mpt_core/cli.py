@@ -65,9 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # the measuring commands take --no-progress (commands/common.py); the others draw none
+    drawn = not getattr(args, "no_progress", False) and sys.stderr.isatty()
+    if not drawn:  # the hub's and transformers' own bars ("Loading weights") follow ours
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
     try:
-        # the measuring commands take --no-progress (commands/common.py); the others draw none
-        with progress.shown(sys.stderr, enabled=not getattr(args, "no_progress", False)):
+        with progress.shown(sys.stderr, enabled=drawn):
             return args.func(args)
     except MptError as error:
         print(f"mpt: error: {error}", file=sys.stderr)

@@ -71,6 +71,32 @@ def test_each_advances_once_per_item_even_past_a_continue():
 CLI_ARGS = ["--model", "tiny-llama", "--seqlen", "64", "--windows", "3"]
 
 
+@pytest.mark.parametrize(
+    ("terminal", "flag", "hub_bars"),
+    [(True, [], True), (True, ["--no-progress"], False), (False, [], False)],
+)
+def test_the_hubs_own_bars_follow_ours(monkeypatch, terminal, flag, hub_bars):
+    """transformers' "Loading weights" bar is the hub's tqdm: off where ours are off."""
+    import huggingface_hub.utils
+
+    turned_off = []
+    monkeypatch.setattr(
+        huggingface_hub.utils, "disable_progress_bars", lambda: turned_off.append(1)
+    )
+    monkeypatch.setattr("sys.stderr", FakeTerminal() if terminal else io.StringIO())
+    monkeypatch.setattr(cli, "build_parser", lambda: _parser_returning(flag))
+    assert cli.main([]) == 0
+    assert (not turned_off) is hub_bars
+
+
+def _parser_returning(flag):
+    class Parser:
+        def parse_args(self, _argv):
+            return SimpleNamespace(no_progress=bool(flag), func=lambda _args: 0)
+
+    return Parser()
+
+
 @needs_data
 @pytest.mark.parametrize("flag, drawn", [([], True), (["--no-progress"], False)])
 def test_mpt_run_draws_on_a_terminal_stderr_unless_no_progress(monkeypatch, capsys, flag, drawn):

@@ -68,7 +68,8 @@ def terminal_summary(write_line, state, config) -> None:
     )
     outcomes = Counter(verdict.outcome for _row, verdict in state.verdicts)
     counts = ", ".join(f"{count} {outcome}" for outcome, count in sorted(outcomes.items()))
-    write_line(f"mpt: {len(state.verdicts)} points judged: {counts}")
+    if counts:
+        write_line(f"mpt: {len(state.verdicts)} points judged: {counts}")
     for row, verdict in state.verdicts:
         if not verdict.passed:
             recovery = verdict.recovery_ratio
