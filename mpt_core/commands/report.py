@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from mpt_core import baselines
-from mpt_core.errors import ResultsError
-from mpt_core.harness import policy
+from mpt_core.errors import BaselineError, ResultsError
+from mpt_core.harness import policy, row_checks
 from mpt_core.records import read
 from mpt_core.reporting.report import Cell, tables
 
@@ -45,7 +45,9 @@ def _baseline_rows(path: str) -> dict[tuple, baselines.BaselineRow]:
     rows = (
         baselines.load_dir(source, "cpu") if source.is_dir() else baselines.load_file(source, "cpu")
     )
-    return {_key(row): row for row in rows if row.is_numeric}
+    if problems := row_checks.errors(rows):  # a repeated row would silently keep the last
+        raise BaselineError("; ".join(problems[:3]))
+    return {_key(row): row for row in rows if row.has_value}  # a collapsed one is judged too
 
 
 def _key(point) -> tuple:
