@@ -57,7 +57,7 @@ def test_a_passing_verdict_reads_as_before():
 def summary_lines(verdict) -> list[str]:
     row = SimpleNamespace(test_id="tiny-llama-wikitext2-magnitude:0.5", table="unstructured")
     state = SimpleNamespace(collected_rows=1, verdicts=[(row, verdict)], skips=Counter())
-    config = SimpleNamespace(getoption=lambda name: None)
+    config = SimpleNamespace(getoption=lambda name: None, stash={})
     lines: list[str] = []
     terminal_summary(lines.append, state, config)
     return lines
