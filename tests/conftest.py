@@ -100,6 +100,18 @@ def tiny():
     return load_model("tiny-llama", device="cpu")
 
 
+# The tests' tiny random decoders of every study architecture (hidden 64, 2 blocks, GQA)
+TINY_SHAPE = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    max_position_embeddings=256,
+)
+
+
 def tiny_gemma3_multimodal(vocab_size: int = 320):
     """Gemma-3 4B/12B/27B's class (``Gemma3ForConditionalGeneration``) at a tiny size: a
     2-block Gemma-3 text decoder (hidden 64) beside a one-layer SigLIP vision encoder (28-pixel
@@ -113,16 +125,7 @@ def tiny_gemma3_multimodal(vocab_size: int = 320):
     )
 
     text = Gemma3TextConfig(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=256,
-        sliding_window=16,
-        query_pre_attn_scalar=16,
+        vocab_size=vocab_size, sliding_window=16, query_pre_attn_scalar=16, **TINY_SHAPE
     )
     vision = SiglipVisionConfig(
         hidden_size=16,

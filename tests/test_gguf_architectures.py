@@ -20,7 +20,7 @@ import gguf
 import pytest
 import torch
 
-from conftest import tiny_gemma3_multimodal
+from conftest import TINY_SHAPE, tiny_gemma3_multimodal
 from mpt_core.errors import SpecError
 from mpt_core.pipeline import plan
 from mpt_core.quant import gguf as gguf_method
@@ -34,15 +34,7 @@ F32, F16 = gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16
 TEXT = [
     f"The quick brown fox jumps over the lazy dog {i} times, said Alice to Bob." for i in range(200)
 ]
-SHAPE = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=16,
-    max_position_embeddings=256,
-)
+SHAPE = TINY_SHAPE
 
 
 def sentencepiece_folder(tmp_path):

@@ -8,19 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import tiny_gemma3_multimodal
+from conftest import TINY_SHAPE, tiny_gemma3_multimodal
 from mpt_core.evaluate import loss
 from mpt_core.evaluate.loss import next_token_nll
 
 VOCAB = 320
-SHAPE = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=256,
-)
+SHAPE = TINY_SHAPE
 
 
 def llama():
@@ -39,7 +32,7 @@ def gemma3(softcap: float | None = None):
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     config = Gemma3TextConfig(
-        vocab_size=VOCAB, head_dim=16, sliding_window=16, final_logit_softcapping=softcap, **SHAPE
+        vocab_size=VOCAB, sliding_window=16, final_logit_softcapping=softcap, **SHAPE
     )
     return Gemma3ForCausalLM(config)
 

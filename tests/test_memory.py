@@ -162,23 +162,21 @@ def test_block_offload_keeps_one_block_on_the_device_and_changes_no_weight(
     assert most <= 1
 
 
-def test_an_offloaded_model_evaluates_block_by_block_to_the_same_perplexity(monkeypatch):
-    model, _ = tiny_llama()
-    ids = torch.randint(2, 258, (1, 4 * 32), generator=torch.Generator().manual_seed(0))
-    resident = perplexity(model, ids, 32)
-    offload(model, "cpu")
-    residency = Residency(model, monkeypatch)
-    streamed = perplexity(model, ids, 32)
-    assert streamed.window_losses == resident.window_losses
-    assert residency.most_on_device == 1 and residency.on_device_now == 0
-
-
-def test_an_offloaded_multimodal_gemma3_evaluates_block_by_block_to_the_same_perplexity(
-    monkeypatch,
-):
+def _seeded_gemma3_multimodal():
     torch.manual_seed(0)
-    model = tiny_gemma3_multimodal()
-    ids = torch.randint(2, 300, (1, 4 * 32), generator=torch.Generator().manual_seed(0))
+    return tiny_gemma3_multimodal()
+
+
+@pytest.mark.parametrize(
+    ("build", "vocab"),
+    [(lambda: tiny_llama()[0], 258), (_seeded_gemma3_multimodal, 300)],
+    ids=["llama", "multimodal-gemma3"],
+)
+def test_an_offloaded_model_evaluates_block_by_block_to_the_same_perplexity(
+    monkeypatch, build, vocab
+):
+    model = build()
+    ids = torch.randint(2, vocab, (1, 4 * 32), generator=torch.Generator().manual_seed(0))
     resident = perplexity(model, ids, 32)
     offload(model, "cpu")
     residency = Residency(model, monkeypatch)
