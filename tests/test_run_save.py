@@ -73,6 +73,8 @@ def test_an_empty_folder_is_filled(fresh_tiny, tmp_path):
     assert (target / "model.safetensors").is_file() and (target / "config.json").is_file()
     assert json.loads((target / "config.json").read_text())["use_cache"] is True
     assert fresh_tiny.model.config.use_cache is False  # mpt's own scoring keeps it off
+    readable = 0o666 & ~save_model.current_umask()
+    assert {file.stat().st_mode & 0o777 for file in target.iterdir()} == {readable}
 
 
 def test_a_failed_write_leaves_no_folder_behind(fresh_tiny, tmp_path, monkeypatch):

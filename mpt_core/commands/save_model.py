@@ -110,6 +110,8 @@ def save_compressed(
         write_checkpoint(model, tokenizer, partial)
         for file in extra:
             shutil.move(file, partial / file.name)
+        for file in partial.iterdir():  # safetensors writes its file 0600, like a temp file
+            file.chmod(0o666 & ~current_umask())
         partial.replace(target)  # rename(2): also over an empty folder, never over a full one
     except OSError as error:
         raise MptError(f"--save {path}: could not write the model: {error}") from None
