@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from conftest import TINY_SHAPE
 from mpt_core.engine.layerwise import block_linear_names
 from mpt_core.pipeline import compress, merge_storage
 from mpt_core.spec import Spec
@@ -154,15 +155,7 @@ def test_pruning_then_quantizing_counts_the_measured_zeros(fresh_tiny):
 def tied_tiny():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(
-        vocab_size=258,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-    )
+    config = LlamaConfig(vocab_size=258, tie_word_embeddings=True, **TINY_SHAPE)
     torch.manual_seed(0)
     return LlamaForCausalLM(config).eval()
 
