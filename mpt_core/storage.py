@@ -113,7 +113,7 @@ def _scale_bits(numel: int, tensor: torch.Tensor, storage: TensorStorage) -> int
 
 
 def dense_numel(model: nn.Module) -> int:
-    return sum(param.numel() for _, param in _unique_parameters(model))
+    return sum(param.numel() for _, param in language_model_parameters(model))
 
 
 def measure(
@@ -126,7 +126,7 @@ def measure(
     """
     costs = [
         tensor_cost(name, param.detach(), storage.get(name))
-        for name, param in _unique_parameters(model)
+        for name, param in language_model_parameters(model)
     ]
     compressed = [cost for cost in costs if cost.name in storage]
     numel = sum(cost.numel for cost in compressed)
@@ -148,8 +148,10 @@ def measure(
 NOT_TEXT_MODULES = frozenset({"vision_tower", "multi_modal_projector"})
 
 
-def _unique_parameters(model: nn.Module):
-    """Named parameters of the language model, tied tensors (same storage) listed once."""
+def language_model_parameters(model: nn.Module):
+    """Named parameters of the language model, tied tensors (same storage) listed once under
+    their first name (a tied LM head under the embedding's): what the footprint counts and
+    what llama.cpp's converter writes (``quant.gguf_convert``)."""
     seen: set[int] = set()
     for name, param in model.named_parameters(remove_duplicate=False):
         key = param.data_ptr()

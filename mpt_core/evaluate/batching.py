@@ -29,7 +29,7 @@ def window_bytes(config, seqlen: int, element_size: int) -> int:
     """Device memory one window may need at once: its logits (kept for the whole batch),
     one block's activations (hidden, MLP, and attention scores were attention eager), a
     loss chunk's fp32 logits and log-softmax."""
-    text = getattr(config, "text_config", config)
+    text = config.get_text_config()
     output = seqlen * text.vocab_size * element_size
     block = seqlen * (4 * text.hidden_size + 3 * text.intermediate_size) * element_size
     scores = text.num_attention_heads * seqlen * seqlen * element_size

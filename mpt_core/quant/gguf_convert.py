@@ -40,9 +40,9 @@ import gguf
 import torch
 from torch import nn
 
-from mpt_core.engine.layerwise import text_decoder
 from mpt_core.errors import ModelError, SpecError
 from mpt_core.models import cache_dir
+from mpt_core.storage import language_model_parameters
 
 LLAMA_CPP_VERSION = "0.3.36"
 SETUP_COMMAND = "scripts/setup_gguf.sh"
@@ -139,7 +139,7 @@ def gguf_names(model: nn.Module) -> dict[str, str]:
     layout = layout_of(model)
     names = gguf.TensorNameMap(layout.arch, model.config.get_text_config().num_hidden_layers)
     mapping = {}
-    for name, _ in _text_parameters(model):
+    for name, _ in language_model_parameters(model):
         converted = name.replace(NESTED_TEXT, "")
         mapped = names.get_name(converted, try_suffixes=(".weight", ".bias"))
         if mapped is None:
@@ -175,15 +175,3 @@ def unpermute(weight: torch.Tensor, heads: int) -> torch.Tensor:
     return (
         weight.reshape(heads, shape[0] // heads // 2, 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
     )
-
-
-def _text_parameters(model: nn.Module):
-    """The text decoder's parameters and the LM head's, a tied head listed once under the
-    embedding's name: all of a text-only model's, none of a multimodal one's vision encoder."""
-    decoder = text_decoder(model)
-    prefix = next(name for name, module in model.named_modules() if module is decoder)
-    seen: set[int] = set()
-    for name, param in model.named_parameters():
-        if name.startswith((f"{prefix}.", "lm_head.")) and param.data_ptr() not in seen:
-            seen.add(param.data_ptr())
-            yield name, param
