@@ -6,6 +6,9 @@ writes llama.cpp's quantized file, which llama.cpp loads."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -177,13 +180,35 @@ def test_a_spec_that_does_not_end_with_gguf_writes_no_gguf_file(cli, tmp_path):
     assert not list(saved.glob("*.gguf")) and [p.name for p in tmp_path.iterdir()] == ["tiny"]
 
 
+# llama.cpp runs in a process of its own: a native crash (llama-cpp-python has segfaulted
+# freeing a model) fails this test instead of ending the whole session, and os._exit skips
+# the destructors once the logits are out
+LLAMA_CPP_LOGITS = """
+import json, os, sys
+import llama_cpp
+path, ids = sys.argv[1], json.loads(sys.argv[2])
+llama = llama_cpp.Llama(model_path=path, n_ctx=64, logits_all=True, verbose=False)
+llama.eval(ids)
+print(json.dumps(llama.scores[: len(ids)].tolist()), flush=True)
+os._exit(0)
+"""
+
+
+def llama_cpp_logits(path: Path, ids: list[int]) -> list[list[float]]:
+    """The logits llama.cpp computes for ``ids`` with the GGUF file at ``path``."""
+    command = [sys.executable, "-c", LLAMA_CPP_LOGITS, str(path), json.dumps(ids)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"llama.cpp exited {result.returncode}: {result.stderr[-2000:]}"
+    return json.loads(result.stdout)
+
+
 @needs_data
 @needs_quantizer
 def test_llama_cpp_loads_the_saved_gguf_and_computes_the_saved_models_logits(cli, tmp_path):
     """On a tiny LLaMA with a trained byte-level BPE: tiny-llama's byte tokenizer has no
     merges, and llama.cpp refuses a BPE vocabulary without them ('cannot find tokenizer
     merges in model file'), though the quantizer never reads the vocabulary."""
-    llama_cpp = pytest.importorskip("llama_cpp")
+    pytest.importorskip("llama_cpp")
     from test_gguf_architectures import llama3
     from transformers import AutoModelForCausalLM
 
@@ -195,16 +220,8 @@ def test_llama_cpp_loads_the_saved_gguf_and_computes_the_saved_models_logits(cli
     args = ["--model", str(tmp_path / "bpe-llama"), *ARGS[2:], "--spec", "gguf:Q8_0"]
     result = cli("run", *args, "--save", str(saved))
     assert result.returncode == 0, result.stderr[-2000:]
-    llama = llama_cpp.Llama(
-        model_path=str(saved / "model-Q8_0.gguf"),
-        vocab_only=False,
-        n_ctx=64,
-        logits_all=True,
-        verbose=False,
-    )
     ids = list(range(5, 37))
-    llama.eval(ids)
-    ours = torch.tensor(llama.scores[: len(ids)])
+    ours = torch.tensor(llama_cpp_logits(saved / "model-Q8_0.gguf", ids))
     with torch.no_grad():
         theirs = AutoModelForCausalLM.from_pretrained(saved)(torch.tensor([ids])).logits[0]
     # llama.cpp multiplies Q8_0 weights by activations it rounds to Q8_0 too: measured 0.7%
