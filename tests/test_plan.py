@@ -56,13 +56,33 @@ def test_the_plan_of_the_study_tier_counts_its_distinct_points_and_runs_nothing(
     printed = float(HOURS.search(result.stdout).group(1))
     assert printed == pytest.approx(hours["compress"] + hours["evaluate"], abs=0.05)
     assert {model["checkpoint"] for model in found["models"]} == set(STUDY_MODELS.values())
+    stated = f"{rows} rows, {measured} measured at {points} distinct points"
+    assert stated in readme_text(), f"README.md: the plan of -m gpu is now {stated}"
+    assert f"{printed} GPU-hours" in readme_text(), f"README.md: the plan is now {printed} h"
+    assert_usage_shows(result.stdout)
 
 
 def test_the_plan_follows_k():
     result = run_plan("-k", "quant")
     assert result.returncode == 0, result.stdout[-2000:]
-    points = int(SUMMARY.search(result.stdout).group(3))
+    rows, _, points = map(int, SUMMARY.search(result.stdout).groups())
     assert points == len(study_points(lambda row: row.family == "quant"))
+    stated = f"`-k quant`: {rows} rows at {points} points"
+    assert stated in readme_text(), f"README.md: the plan of -m gpu -k quant is now {stated}"
+    assert_usage_shows(result.stdout)
+
+
+def assert_usage_shows(output: str) -> None:
+    """docs/usage.md shows the plan's output as it is now, line for line."""
+    usage = (ROOT / "docs" / "usage.md").read_text(encoding="utf-8").splitlines()
+    for line in output.splitlines():
+        if line.startswith("plan:"):
+            assert line in usage, f"docs/usage.md: the plan now prints {line!r}"
+
+
+def readme_text() -> str:
+    """README.md with its lines joined: a stated count may wrap."""
+    return " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
 
 
 def all_study_rows() -> list[BaselineRow]:
