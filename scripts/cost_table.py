@@ -2,7 +2,12 @@
 
 Usage: MPT_DATA_DIR=../shared/data python scripts/cost_table.py [RECORDS.jsonl ...]
 Without files: baselines/cpu/smollm2-135m/*.records.jsonl. Writes
-mpt_core/harness/cost_table.json (``--out`` elsewhere).
+mpt_core/harness/cost_table.json (``--out`` elsewhere), keeping its ``gpu`` section.
+
+``python scripts/cost_table.py --gpu RESULTS.jsonl ...`` (a GPU run's records, e.g. the
+study tier's ``--mpt-results``) writes only the ``gpu`` section, the same rates from the
+records a CUDA device timed; ``--mpt-plan`` then prices the study tier at them
+(``mpt_core/harness/costs.py``).
 
 What it measures, from each record's ``seconds`` and footprint:
 - parameters of each recorded model: ``footprint.fp16_bytes / 2`` (every unique parameter
@@ -39,7 +44,7 @@ from mpt_core.baselines import DOWNSTREAM_METRICS
 from mpt_core.data import data_dir, load_text, tokenize
 from mpt_core.evaluate.tasks import ARC_FILES, arc_rows, local_file, mmlu_rows
 from mpt_core.models import load_model
-from mpt_core.records import Record, read
+from mpt_core.records import Record, device_kind, read
 from mpt_core.spec import Spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -137,16 +142,45 @@ def table(paths: list[str]) -> dict:
     }
 
 
+def gpu_section(paths: list[str]) -> dict | None:
+    """The rates of the records a CUDA device timed (None: there are none)."""
+    records = [r for path in paths for r in read(path) if device_kind(r.device) == "cuda"]
+    if not records:
+        return None
+    return {
+        "records": sorted(os.path.relpath(path, ROOT) for path in paths),
+        "recorded_on": sorted({record.device for record in records}),
+        "compress_seconds_per_bparam": compress_rates(records),
+        "ppl_seconds_per_bparam_per_token": ppl_rate(records),
+        "task_seconds_per_bparam_per_question": task_rates(records),
+    }
+
+
+def existing(out: Path) -> dict:
+    return json.loads(out.read_text(encoding="utf-8")) if out.is_file() else {}
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("records", nargs="*", help=f"default: {DEFAULT_RECORDS}")
     parser.add_argument("--out", default=str(OUT))
+    parser.add_argument("--gpu", action="store_true", help="the records are a GPU run's")
     args = parser.parse_args(argv)
-    if data_dir() is None:
+    out = Path(args.out)
+    if args.gpu:
+        gpu = gpu_section([str(Path(p).resolve()) for p in args.records])
+        if gpu is None:
+            print("--gpu: no record in these files was timed on a cuda device", file=sys.stderr)
+            return 1
+        written = {**existing(out), "gpu": gpu}
+    elif data_dir() is None:
         print("set MPT_DATA_DIR to the offline data (shared/data)", file=sys.stderr)
         return 1
-    paths = [str(Path(p).resolve()) for p in args.records] or expand([DEFAULT_RECORDS])
-    Path(args.out).write_text(json.dumps(table(paths), indent=1) + "\n", encoding="utf-8")
+    else:
+        paths = [str(Path(p).resolve()) for p in args.records] or expand([DEFAULT_RECORDS])
+        kept = {key: value for key, value in existing(out).items() if key == "gpu"}
+        written = {**table(paths), **kept}
+    out.write_text(json.dumps(written, indent=1) + "\n", encoding="utf-8")
     return 0
 
 

@@ -105,8 +105,8 @@ def test_pipelines_sharing_a_first_stage_pay_it_once_and_a_point_compresses_once
     specs = ["wanda:0.5+gguf:Q4_K_M", "wanda:0.5+gguf:Q8_0"]
     planned = plan.build([row(spec, dataset) for spec in specs for dataset in ("wikitext2", "ptb")])
     first, second = planned.points
-    wanda = costs.stage_rate(Spec.parse("wanda:0.5").stages[0])
-    scale = costs.params("llama2-7b") / 1e9 / costs.CPU_TO_H100_SPEEDUP
+    wanda = costs.stage_rate(Spec.parse("wanda:0.5").stages[0], "study")
+    scale = costs.params("llama2-7b") / 1e9
     assert second.compress_seconds == pytest.approx(second.stage_seconds - wanda.point * scale)
     assert first.compress_seconds == pytest.approx(first.stage_seconds + first.first_seconds)
     compress = sum(point.stage_seconds * 2 + point.first_seconds for point in planned.points)
@@ -125,7 +125,7 @@ def test_a_stage_rate_ignores_the_calibration_set_and_says_when_a_median_stands_
 def test_a_study_row_evaluates_the_whole_test_split():
     tokens = costs.table()["eval_tokens"]["wikitext2"]
     seconds = costs.evaluate_seconds(row("dense"), 4096, None)
-    rate = costs.table()["ppl_seconds_per_bparam_per_token"]
+    rate = costs.table()["ppl_seconds_per_bparam_per_token"] / costs.gpu_speedup()
     assert seconds == pytest.approx(rate * 6.74 * (tokens // 4096) * 4096)
 
 

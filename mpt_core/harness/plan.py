@@ -83,7 +83,7 @@ def build(rows: list[BaselineRow], windows_option: int | None = None) -> Plan:
         point.rows.append(row)
         if (row.dataset, row.limit) not in point.evaluations:
             seconds = costs.evaluate_seconds(row, key[1], key[3])
-            point.evaluations[(row.dataset, row.limit)] = seconds / costs.speedup(row)
+            point.evaluations[(row.dataset, row.limit)] = seconds
     substituted = _price_compressions(list(points.values()))
     alone: dict[str, float] = {}  # every row compressed and evaluated on its own
     for point in points.values():
@@ -101,10 +101,10 @@ def _price_compressions(points: list[PlannedPoint]) -> dict[str, str]:
     substituted = {}
     for point in points:
         model, seqlen, spec, _ = point.key
-        scale = costs.params(point.rows[0].model) / 1e9 / costs.speedup(point.rows[0])
+        scale = costs.params(point.rows[0].model) / 1e9
         stages = Spec.parse(spec).stages
         for index, stage in enumerate(stages):
-            rate = costs.stage_rate(stage)
+            rate = costs.stage_rate(stage, point.tier)
             if not rate.measured:
                 substituted[rate.asked] = rate.key
             first_stage = (model, seqlen, str(stage)) if index == 0 and len(stages) > 1 else None
@@ -156,7 +156,7 @@ def render(plan: Plan) -> list[str]:
             lines.append(f"  {checkpoint}: {count / 1e9:.2f}e9 parameters, {size:.1f} GB")
     for asked, used in sorted(plan.substituted.items()):
         lines.append(f"no CPU-tier record of {asked}: the rate of {used} stands in")
-    return [*lines, costs.ESTIMATE_NOTE, *summary(plan)]
+    return [*lines, costs.estimate_note(), *summary(plan)]
 
 
 def _rows(count: int) -> str:
@@ -198,8 +198,8 @@ def as_json(plan: Plan) -> dict:
             for device, total in plan.totals().items()
         },
         "substituted_rates": plan.substituted,
-        "cpu_to_h100_speedup": costs.CPU_TO_H100_SPEEDUP,
-        "note": costs.ESTIMATE_NOTE,
+        "cpu_to_gpu_speedup": costs.gpu_speedup(),
+        "note": costs.estimate_note(),
     }
 
 
