@@ -80,13 +80,14 @@ def compress_rates(records: list[Record]) -> dict[str, dict[str, float]]:
     return table
 
 
-def ppl_rate(records: list[Record]) -> float:
-    """Median seconds per billion parameters per token evaluated."""
-    return statistics.median(
+def ppl_rate(records: list[Record]) -> float | None:
+    """Median seconds per billion parameters per token evaluated (None: no perplexity)."""
+    rates = [
         r.seconds["evaluate"] / (parameters(r) / 1e9) / (r.windows * r.seqlen)
         for r in records
         if r.metric == "ppl"
-    )
+    ]
+    return statistics.median(rates) if rates else None
 
 
 def task_rates(records: list[Record]) -> dict[str, float]:

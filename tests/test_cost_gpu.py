@@ -102,7 +102,7 @@ def test_the_plan_changes_with_the_gpu_run_and_says_so(timed_on_gpu, monkeypatch
     assert measured["hours"]["GPU"]["evaluate"] == pytest.approx(
         assumed["hours"]["GPU"]["evaluate"] * ratio
     )
-    assert "timed (cuda: 1 methods, evaluation)" in measured["note"]
+    assert "study tier at the 3 rates a GPU run timed (cuda)" in measured["note"]
 
 
 def gpu_record(spec: str, compress: float, device: str = "cuda") -> Record:
@@ -143,6 +143,22 @@ def test_the_script_measures_a_gpu_run_into_the_gpu_section_and_keeps_the_rest(t
     assert gpu["recorded_on"] == ["cuda"]
     assert gpu["compress_seconds_per_bparam"] == {"wanda": {"point": 4.0, "first": 0.0}}
     assert gpu["ppl_seconds_per_bparam_per_token"] == pytest.approx(4.0 / 4096)
+
+
+def test_a_gpu_run_without_perplexity_times_its_tasks_only(tmp_path, monkeypatch):
+    task = gpu_record("dense", 0.0)
+    task.metric, task.dataset, task.windows = "acc", "arc_easy", 100
+    results, out = tmp_path / "results-gpu.jsonl", tmp_path / "cost_table.json"
+    append(results, task)
+    assert load_script("cost_table").main(["--gpu", str(results), "--out", str(out)]) == 0
+    gpu = json.loads(out.read_text())["gpu"]
+    assert gpu["ppl_seconds_per_bparam_per_token"] is None
+    assert gpu["task_seconds_per_bparam_per_question"] == {"arc_easy": pytest.approx(0.04)}
+    monkeypatch.setattr(costs, "table", lambda: {**COMMITTED, "gpu": gpu})
+    assert costs.gpu_speedup() == pytest.approx(CPU_ARC / 0.04)
+    dense = costs.evaluate_seconds(row("dense"), 4096, None)
+    tokens = COMMITTED["eval_tokens"]["wikitext2"]
+    assert dense == pytest.approx(CPU_PPL / costs.gpu_speedup() * 6.74 * (tokens // 4096) * 4096)
 
 
 def test_the_script_refuses_records_no_gpu_timed(tmp_path, capsys):

@@ -92,7 +92,10 @@ def cpu_and_gpu_pairs() -> list[tuple[float, float]]:
         for name, rate in cpu["compress_seconds_per_bparam"].items()
         if name in compress
     ]
-    pairs.append((cpu["ppl_seconds_per_bparam_per_token"], gpu["ppl_seconds_per_bparam_per_token"]))
+    if gpu["ppl_seconds_per_bparam_per_token"] is not None:  # the run measured perplexity
+        pairs.append(
+            (cpu["ppl_seconds_per_bparam_per_token"], gpu["ppl_seconds_per_bparam_per_token"])
+        )
     tasks = gpu["task_seconds_per_bparam_per_question"]
     cpu_tasks = cpu["task_seconds_per_bparam_per_question"]
     pairs += [(cpu_tasks[task], tasks[task]) for task in cpu_tasks if task in tasks]
@@ -116,10 +119,12 @@ def estimate_note() -> str:
             f"study tier divided by CPU_TO_H100_SPEEDUP = {CPU_TO_H100_SPEEDUP:.0f} "
             "(assumed from peak FLOP rates, not measured on a GPU)"
         )
+    timed = len(gpu["compress_seconds_per_bparam"])
+    timed += len(gpu["task_seconds_per_bparam_per_question"])
+    timed += gpu["ppl_seconds_per_bparam_per_token"] is not None
     return CPU_NOTE + (
-        f"study tier at the rates a GPU run timed ({', '.join(gpu['recorded_on'])}: "
-        f"{len(gpu['compress_seconds_per_bparam'])} methods, evaluation), the rest divided "
-        f"by the measured speed-up {gpu_speedup():.0f} (median over "
+        f"study tier at the {timed} rates a GPU run timed ({', '.join(gpu['recorded_on'])}), "
+        f"the rest divided by the measured speed-up {gpu_speedup():.0f} (median over "
         f"{len(cpu_and_gpu_pairs())} rates timed on both)"
     )
 
