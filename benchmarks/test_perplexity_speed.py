@@ -23,6 +23,7 @@ import importlib.util
 import os
 import statistics
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -74,8 +75,21 @@ def bare_forward(model, windows: torch.Tensor) -> list[torch.Tensor]:
     return outputs
 
 
+@dataclass
+class Workload:
+    """One model's windows, the losses ``perplexity()`` must reproduce, and each test's
+    time over its forward passes once it has run (``record_over_forward``)."""
+
+    name: str
+    model: torch.nn.Module
+    ids: torch.Tensor
+    windows: torch.Tensor
+    losses: list[float]
+    over_forward: dict[str, float] = field(default_factory=dict)
+
+
 @pytest.fixture(scope="module", params=MODELS)
-def workload(request):
+def workload(request) -> Workload:
     name, seqlen, count = request.param
     loaded = load_model(name, device="cpu")
     ids = token_stream(loaded.tokenizer, seqlen * count)
@@ -85,7 +99,7 @@ def workload(request):
         for start in range(0, len(windows), BATCH)
         for loss in whole_batch_losses(loaded.model, windows[start : start + BATCH])
     ]
-    return name, loaded.model, ids, windows, losses, {}
+    return Workload(name, loaded.model, ids, windows, losses)
 
 
 @torch.no_grad()
@@ -146,11 +160,11 @@ def benchmark_over_forward(benchmark, model, work, *args, **kwargs):
     return result, statistics.median(rounds[1:])
 
 
-def record_over_forward(benchmark, workload, test: str, over_forward: float) -> None:
+def record_over_forward(benchmark, workload: Workload, test: str, over_forward: float) -> None:
     """Keep this test's time over its forward passes; once both tests of the model have
     run, the second records the evaluation's cost over the bare loop, each normalised by
     its own forward passes (the machine's drift between the two benchmarks cancels)."""
-    seen = workload[-1]
+    seen = workload.over_forward
     seen[test] = over_forward
     benchmark.extra_info["over_forward"] = over_forward
     if len(seen) == 2:
@@ -158,22 +172,24 @@ def record_over_forward(benchmark, workload, test: str, over_forward: float) -> 
 
 
 def test_perplexity_evaluation(benchmark, workload):
-    name, model, ids, windows, losses, _ = workload
+    model, windows = workload.model, workload.windows
     seqlen = windows.shape[1]
-    benchmark.group = f"ppl {name} {windows.shape[0]}x{seqlen}"
-    benchmark.extra_info.update(model=name, windows=windows.shape[0], seqlen=seqlen)
+    benchmark.group = f"ppl {workload.name} {windows.shape[0]}x{seqlen}"
+    benchmark.extra_info.update(model=workload.name, windows=windows.shape[0], seqlen=seqlen)
     result, over_forward = benchmark_over_forward(
-        benchmark, model, perplexity, model, ids, seqlen, batch_size=BATCH
+        benchmark, model, perplexity, model, workload.ids, seqlen, batch_size=BATCH
     )
     record_over_forward(benchmark, workload, "perplexity", over_forward)
     assert result.windows == windows.shape[0]
-    assert result.window_losses == tuple(losses)
+    assert result.window_losses == tuple(workload.losses)
 
 
 def test_bare_forward_loop(benchmark, workload):
-    name, model, _, windows, _, _ = workload
-    benchmark.group = f"ppl {name} {windows.shape[0]}x{windows.shape[1]}"
-    benchmark.extra_info.update(model=name, windows=windows.shape[0], seqlen=windows.shape[1])
+    model, windows = workload.model, workload.windows
+    benchmark.group = f"ppl {workload.name} {windows.shape[0]}x{windows.shape[1]}"
+    benchmark.extra_info.update(
+        model=workload.name, windows=windows.shape[0], seqlen=windows.shape[1]
+    )
     outputs, over_forward = benchmark_over_forward(benchmark, model, bare_forward, model, windows)
     record_over_forward(benchmark, workload, "bare", over_forward)
     assert sum(out.shape[0] for out in outputs) == windows.shape[0]
