@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from mpt_core.baselines import BaselineRow
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
@@ -44,6 +46,29 @@ needs_data = pytest.mark.skipif(
     not (HAS_WIKITEXT and HAS_PTB),
     reason="needs MPT_DATA_DIR laid out like shared/data (wikitext-2-raw, ptb)",
 )
+
+
+def table2_row(
+    spec: str, dataset: str = "wikitext2", model: str = "llama2-7b", tier: str = "study"
+) -> BaselineRow:
+    """A perplexity row of the study's Table 2 (its protocol is protocols.toml's), or the same
+    row on another tier."""
+    table2 = REPO / "baselines" / "study" / "table2.csv"
+    return BaselineRow(
+        model,
+        dataset,
+        spec,
+        "ppl",
+        "5.0",
+        None,
+        None,
+        "",
+        None,
+        "",
+        "table2",
+        tier,
+        file=str(table2),
+    )
 
 
 def cli_env(**overrides: str | None) -> dict[str, str]:

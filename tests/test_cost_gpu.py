@@ -6,17 +6,15 @@ of the assumed CPU_TO_H100_SPEEDUP."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from scripts_loader import load_script
 
-from mpt_core.baselines import BaselineRow
+from conftest import table2_row
 from mpt_core.harness import costs, plan
 from mpt_core.records import Record, append
 from mpt_core.spec import Spec
 
-TABLE2 = Path(__file__).resolve().parent.parent / "baselines" / "study" / "table2.csv"
 COMMITTED = costs.table()
 CPU_PPL = COMMITTED["ppl_seconds_per_bparam_per_token"]
 CPU_WANDA = COMMITTED["compress_seconds_per_bparam"]["wanda"]["point"]
@@ -36,25 +34,6 @@ def timed_on_gpu(monkeypatch):
     }
     monkeypatch.setattr(costs, "table", lambda: {**COMMITTED, "gpu": gpu})
     return gpu
-
-
-def row(spec: str, dataset: str = "wikitext2", tier: str = "study") -> BaselineRow:
-    """A row of Table 2 (its protocol is protocols.toml's), or the same on the CPU tier."""
-    return BaselineRow(
-        "llama2-7b",
-        dataset,
-        spec,
-        "ppl",
-        "5.0",
-        None,
-        None,
-        "",
-        None,
-        "",
-        "table2",
-        tier,
-        file=str(TABLE2),
-    )
 
 
 def stage(spec: str):
@@ -85,14 +64,14 @@ def test_what_the_gpu_run_timed_is_priced_at_its_own_rate_the_rest_scaled(timed_
 
 def test_evaluation_on_the_study_tier_takes_the_gpu_runs_rate(timed_on_gpu):
     tokens = COMMITTED["eval_tokens"]["wikitext2"]
-    study = costs.evaluate_seconds(row("dense"), 4096, None)
+    study = costs.evaluate_seconds(table2_row("dense"), 4096, None)
     assert study == pytest.approx(CPU_PPL / 1000 * 6.74 * (tokens // 4096) * 4096)
-    cpu = costs.evaluate_seconds(row("dense", tier="cpu"), 4096, None)
+    cpu = costs.evaluate_seconds(table2_row("dense", tier="cpu"), 4096, None)
     assert cpu == pytest.approx(CPU_PPL * 6.74 * (tokens // 4096) * 4096)
 
 
 def test_the_plan_changes_with_the_gpu_run_and_says_so(timed_on_gpu, monkeypatch):
-    rows = [row("wanda:0.5"), row("sparsegpt:0.5")]
+    rows = [table2_row("wanda:0.5"), table2_row("sparsegpt:0.5")]
     measured = plan.as_json(plan.build(rows))
     monkeypatch.setattr(costs, "table", lambda: COMMITTED)
     assumed = plan.as_json(plan.build(rows))
@@ -156,7 +135,7 @@ def test_a_gpu_run_without_perplexity_times_its_tasks_only(tmp_path, monkeypatch
     assert gpu["task_seconds_per_bparam_per_question"] == {"arc_easy": pytest.approx(0.04)}
     monkeypatch.setattr(costs, "table", lambda: {**COMMITTED, "gpu": gpu})
     assert costs.gpu_speedup() == pytest.approx(CPU_ARC / 0.04)
-    dense = costs.evaluate_seconds(row("dense"), 4096, None)
+    dense = costs.evaluate_seconds(table2_row("dense"), 4096, None)
     tokens = COMMITTED["eval_tokens"]["wikitext2"]
     assert dense == pytest.approx(CPU_PPL / costs.gpu_speedup() * 6.74 * (tokens // 4096) * 4096)
 

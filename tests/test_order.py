@@ -8,11 +8,10 @@ import contextlib
 import io
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 
-from mpt_core.baselines import BaselineRow
+from conftest import table2_row
 from mpt_core.harness import collection, policy
 from mpt_core.spec import Spec
 
@@ -88,16 +87,9 @@ class FakeConfig:
         return None
 
 
-def study_row(model: str, spec: str, dataset: str = "wikitext2") -> BaselineRow:
-    table2 = str(Path(__file__).resolve().parent.parent / "baselines" / "study" / "table2.csv")
-    return BaselineRow(
-        model, dataset, spec, "ppl", "5.0", None, None, "", None, "", "table2", "study", file=table2
-    )  # a row of Table 2: its protocol is protocols.toml's
-
-
 def test_order_groups_rows_and_leaves_other_tests_in_their_places():
     rows = [
-        study_row(model, spec, dataset)
+        table2_row(spec, dataset, model)
         for model in ("llama2-7b", "qwen2.5-7b")
         for spec in ("dense", "wanda:0.5", "wanda:0.5+gguf:Q4_K_M", "rtn:4", "wanda:0.5+rtn:8")
         for dataset in ("wikitext2", "ptb")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from scripts_loader import load_script
 
-from conftest import HAS_PTB, HAS_WIKITEXT, cli_env, offline_file
+from conftest import HAS_PTB, HAS_WIKITEXT, cli_env, offline_file, table2_row
 from mpt_core import baselines
 from mpt_core.baselines import BaselineRow
 from mpt_core.harness import costs, plan, policy
@@ -94,16 +94,11 @@ def test_every_study_model_has_a_parameter_count():
     assert set(STUDY_PARAMS) == set(STUDY_MODELS)
 
 
-def row(spec: str, dataset: str = "wikitext2", model: str = "llama2-7b") -> BaselineRow:
-    table2 = str(Path(__file__).resolve().parent.parent / "baselines" / "study" / "table2.csv")
-    return BaselineRow(
-        model, dataset, spec, "ppl", "5.0", None, None, "", None, "", "table2", "study", file=table2
-    )  # a row of Table 2: its protocol is protocols.toml's
-
-
 def test_pipelines_sharing_a_first_stage_pay_it_once_and_a_point_compresses_once():
     specs = ["wanda:0.5+gguf:Q4_K_M", "wanda:0.5+gguf:Q8_0"]
-    planned = plan.build([row(spec, dataset) for spec in specs for dataset in ("wikitext2", "ptb")])
+    planned = plan.build(
+        [table2_row(spec, dataset) for spec in specs for dataset in ("wikitext2", "ptb")]
+    )
     first, second = planned.points
     wanda = costs.stage_rate(Spec.parse("wanda:0.5").stages[0], "study")
     scale = costs.params("llama2-7b") / 1e9
@@ -124,7 +119,7 @@ def test_a_stage_rate_ignores_the_calibration_set_and_says_when_a_median_stands_
 
 def test_a_study_row_evaluates_the_whole_test_split():
     tokens = costs.table()["eval_tokens"]["wikitext2"]
-    seconds = costs.evaluate_seconds(row("dense"), 4096, None)
+    seconds = costs.evaluate_seconds(table2_row("dense"), 4096, None)
     rate = costs.table()["ppl_seconds_per_bparam_per_token"] / costs.gpu_speedup()
     assert seconds == pytest.approx(rate * 6.74 * (tokens // 4096) * 4096)
 
